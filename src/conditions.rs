@@ -1,0 +1,283 @@
+//! Notification conditions: the label tests a receiver's alerts must pass.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+
+use crate::alert::LabelSet;
+
+/// The operators of KubeSphere's "Notification conditions", plus regex matching.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Operator {
+    In,
+    NotIn,
+    Exists,
+    DoesNotExist,
+    Matches,
+    NotMatches,
+}
+
+impl fmt::Display for Operator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// A condition as written in the config file or sent to the admin API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConditionSpec {
+    pub label: String,
+    pub operator: Operator,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub values: Option<Vec<String>>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ConditionError {
+    #[error("label: must not be empty")]
+    EmptyLabel,
+    #[error("values: operator {0} needs at least one value")]
+    NoValues(Operator),
+    #[error("values: operator {0} takes no values")]
+    UnexpectedValues(Operator),
+    #[error("values: operator {0} takes exactly one regex, got {1}")]
+    OneRegex(Operator, usize),
+    #[error("values[0]: invalid regex {pattern:?}: {message}")]
+    BadRegex { pattern: String, message: String },
+}
+
+#[derive(Debug, Clone)]
+enum Test {
+    In(HashSet<String>),
+    NotIn(HashSet<String>),
+    Exists,
+    DoesNotExist,
+    Matches(Regex),
+    NotMatches(Regex),
+}
+
+/// A validated condition: it can only be built from a spec that makes sense.
+#[derive(Debug, Clone)]
+pub struct Condition {
+    spec: ConditionSpec,
+    test: Test,
+}
+
+impl Condition {
+    pub fn try_new(spec: ConditionSpec) -> Result<Condition, ConditionError> {
+        if spec.label.is_empty() {
+            return Err(ConditionError::EmptyLabel);
+        }
+        let op = spec.operator;
+        let values = spec.values.clone().unwrap_or_default();
+        let test = match op {
+            Operator::In | Operator::NotIn => {
+                if values.is_empty() {
+                    return Err(ConditionError::NoValues(op));
+                }
+                let set = values.into_iter().collect();
+                if op == Operator::In {
+                    Test::In(set)
+                } else {
+                    Test::NotIn(set)
+                }
+            }
+            Operator::Exists | Operator::DoesNotExist => {
+                if spec.values.is_some() {
+                    return Err(ConditionError::UnexpectedValues(op));
+                }
+                if op == Operator::Exists {
+                    Test::Exists
+                } else {
+                    Test::DoesNotExist
+                }
+            }
+            Operator::Matches | Operator::NotMatches => {
+                if values.len() != 1 {
+                    return Err(ConditionError::OneRegex(op, values.len()));
+                }
+                let pattern = &values[0];
+                // Anchored like Alertmanager's matchers.
+                let re = Regex::new(&format!("^(?:{pattern})$")).map_err(|e| {
+                    ConditionError::BadRegex {
+                        pattern: pattern.clone(),
+                        message: e.to_string().lines().last().unwrap_or_default().to_string(),
+                    }
+                })?;
+                if op == Operator::Matches {
+                    Test::Matches(re)
+                } else {
+                    Test::NotMatches(re)
+                }
+            }
+        };
+        Ok(Condition { spec, test })
+    }
+
+    pub fn spec(&self) -> &ConditionSpec {
+        &self.spec
+    }
+
+    pub fn matches(&self, labels: &LabelSet) -> bool {
+        let value = labels.get(&self.spec.label);
+        match &self.test {
+            Test::In(set) => value.is_some_and(|v| set.contains(v)),
+            Test::NotIn(set) => value.is_none_or(|v| !set.contains(v)),
+            Test::Exists => value.is_some(),
+            Test::DoesNotExist => value.is_none(),
+            Test::Matches(re) => re.is_match(value.map_or("", String::as_str)),
+            Test::NotMatches(re) => !re.is_match(value.map_or("", String::as_str)),
+        }
+    }
+}
+
+impl fmt::Display for Condition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.spec.label, self.spec.operator)?;
+        if let Some(values) = &self.spec.values {
+            write!(f, " {values:?}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Index of the first condition the labels fail, if any (conditions are ANDed).
+pub fn first_failing(conditions: &[Condition], labels: &LabelSet) -> Option<usize> {
+    conditions.iter().position(|c| !c.matches(labels))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn cond(label: &str, operator: Operator, values: Option<&[&str]>) -> Condition {
+        Condition::try_new(ConditionSpec {
+            label: label.into(),
+            operator,
+            values: values.map(|v| v.iter().map(|s| s.to_string()).collect()),
+        })
+        .unwrap()
+    }
+
+    fn labels(pairs: &[(&str, &str)]) -> LabelSet {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn operators_on_present_empty_and_missing_labels() {
+        let present = labels(&[("severity", "critical")]);
+        let empty = labels(&[("severity", "")]);
+        let missing = labels(&[("other", "x")]);
+        let cases: Vec<(Condition, [bool; 3])> = vec![
+            (cond("severity", Operator::In, Some(&["critical", "warning"])), [true, false, false]),
+            (cond("severity", Operator::In, Some(&[""])), [false, true, false]),
+            (cond("severity", Operator::NotIn, Some(&["critical"])), [false, true, true]),
+            (cond("severity", Operator::NotIn, Some(&[""])), [true, false, true]),
+            (cond("severity", Operator::Exists, None), [true, true, false]),
+            (cond("severity", Operator::DoesNotExist, None), [false, false, true]),
+            (cond("severity", Operator::Matches, Some(&["crit.*"])), [true, false, false]),
+            (cond("severity", Operator::Matches, Some(&[".*"])), [true, true, true]),
+            (cond("severity", Operator::Matches, Some(&[""])), [false, true, true]),
+            (cond("severity", Operator::NotMatches, Some(&["crit.*"])), [false, true, true]),
+            (cond("severity", Operator::NotMatches, Some(&[".+"])), [false, true, true]),
+        ];
+        for (c, [p, e, m]) in cases {
+            assert_eq!(c.matches(&present), p, "{c} on present");
+            assert_eq!(c.matches(&empty), e, "{c} on empty");
+            assert_eq!(c.matches(&missing), m, "{c} on missing");
+        }
+    }
+
+    #[test]
+    fn regex_is_anchored() {
+        let c = cond("pod", Operator::Matches, Some(&["api"]));
+        assert!(c.matches(&labels(&[("pod", "api")])));
+        assert!(!c.matches(&labels(&[("pod", "api-7d9f")])));
+        assert!(!c.matches(&labels(&[("pod", "my-api")])));
+        // Alternation must not escape the anchors.
+        let c = cond("pod", Operator::Matches, Some(&["a|b"]));
+        assert!(!c.matches(&labels(&[("pod", "xa")])));
+    }
+
+    #[test]
+    fn invalid_specs_are_refused() {
+        let spec = |op, values: Option<Vec<&str>>| ConditionSpec {
+            label: "l".into(),
+            operator: op,
+            values: values.map(|v| v.into_iter().map(String::from).collect()),
+        };
+        assert_eq!(
+            Condition::try_new(spec(Operator::In, None)).unwrap_err(),
+            ConditionError::NoValues(Operator::In)
+        );
+        assert_eq!(
+            Condition::try_new(spec(Operator::NotIn, Some(vec![]))).unwrap_err(),
+            ConditionError::NoValues(Operator::NotIn)
+        );
+        assert_eq!(
+            Condition::try_new(spec(Operator::Exists, Some(vec!["x"]))).unwrap_err(),
+            ConditionError::UnexpectedValues(Operator::Exists)
+        );
+        assert_eq!(
+            Condition::try_new(spec(Operator::Matches, Some(vec!["a", "b"]))).unwrap_err(),
+            ConditionError::OneRegex(Operator::Matches, 2)
+        );
+        let err = Condition::try_new(spec(Operator::NotMatches, Some(vec!["(unclosed"])))
+            .unwrap_err();
+        assert!(err.to_string().starts_with("values[0]: invalid regex \"(unclosed\""), "{err}");
+        let mut empty_label = spec(Operator::Exists, None);
+        empty_label.label.clear();
+        assert_eq!(Condition::try_new(empty_label).unwrap_err(), ConditionError::EmptyLabel);
+    }
+
+    #[test]
+    fn conditions_are_anded_and_first_failure_is_named() {
+        let cs = vec![
+            cond("severity", Operator::In, Some(&["critical"])),
+            cond("namespace", Operator::Exists, None),
+        ];
+        assert_eq!(first_failing(&cs, &labels(&[("severity", "critical"), ("namespace", "")])), None);
+        assert_eq!(first_failing(&cs, &labels(&[("severity", "critical")])), Some(1));
+        assert_eq!(first_failing(&cs, &labels(&[("namespace", "x")])), Some(0));
+        assert_eq!(first_failing(&[], &labels(&[])), None);
+    }
+
+    proptest! {
+        #[test]
+        fn not_in_is_the_negation_of_in(
+            values in proptest::collection::vec("[a-c]{0,2}", 1..4),
+            label in proptest::option::of("[a-c]{0,2}"),
+        ) {
+            let vals: Vec<&str> = values.iter().map(String::as_str).collect();
+            let set = match &label { Some(v) => labels(&[("k", v)]), None => labels(&[]) };
+            let is_in = cond("k", Operator::In, Some(&vals)).matches(&set);
+            let not_in = cond("k", Operator::NotIn, Some(&vals)).matches(&set);
+            prop_assert_ne!(is_in, not_in);
+        }
+
+        #[test]
+        fn not_matches_is_the_negation_of_matches(
+            pattern in "[a-c.*|]{0,4}",
+            label in proptest::option::of("[a-c]{0,3}"),
+        ) {
+            let spec = |op| ConditionSpec { label: "k".into(), operator: op, values: Some(vec![pattern.clone()]) };
+            if let (Ok(m), Ok(n)) = (Condition::try_new(spec(Operator::Matches)), Condition::try_new(spec(Operator::NotMatches))) {
+                let set = match &label { Some(v) => labels(&[("k", v)]), None => labels(&[]) };
+                prop_assert_ne!(m.matches(&set), n.matches(&set));
+            }
+        }
+
+        #[test]
+        fn exists_is_the_negation_of_does_not_exist(label in proptest::option::of("[a-c]{0,2}")) {
+            let set = match &label { Some(v) => labels(&[("k", v)]), None => labels(&[]) };
+            prop_assert_ne!(
+                cond("k", Operator::Exists, None).matches(&set),
+                cond("k", Operator::DoesNotExist, None).matches(&set)
+            );
+        }
+    }
+}

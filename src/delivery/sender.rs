@@ -1,0 +1,128 @@
+//! One HTTP attempt to a receiver's target. Knows nothing of spools or retries.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
+
+use super::retry::{classify, parse_retry_after, FailureReason, Outcome};
+use crate::config::Receiver;
+
+const USER_AGENT: &str = concat!("alert-relay/", env!("CARGO_PKG_VERSION"));
+/// How much of an error answer's body is kept for the delivery's last error.
+const ERROR_BODY_BYTES: usize = 512;
+
+/// A receiver with its HTTP client, built once per configuration.
+pub struct Target {
+    pub receiver: Arc<Receiver>,
+    client: reqwest::Client,
+    authorization: Option<HeaderValue>,
+}
+
+/// What one attempt came to.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    pub outcome: Outcome,
+    pub status: Option<u16>,
+    /// What went wrong, for logs and the deliveries API; never holds a secret.
+    pub error: Option<String>,
+    pub latency: Duration,
+}
+
+impl Target {
+    pub fn new(receiver: Arc<Receiver>) -> Result<Target, String> {
+        let builder = reqwest::Client::builder()
+            .use_preconfigured_tls((*receiver.tls).clone())
+            .timeout(receiver.timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(USER_AGENT)
+            .pool_max_idle_per_host(receiver.concurrency);
+        let builder = match &receiver.proxy {
+            Some(url) => builder.proxy(reqwest::Proxy::all(url.clone()).map_err(|e| e.to_string())?),
+            None => builder.no_proxy(),
+        };
+        let client = builder.build().map_err(|e| format!("cannot build HTTP client: {e}"))?;
+        let authorization = match receiver.auth.header_value() {
+            Some(secret) => {
+                let mut value = HeaderValue::from_str(secret.expose())
+                    .map_err(|_| "auth: credentials hold characters not allowed in a header".to_string())?;
+                value.set_sensitive(true);
+                Some(value)
+            }
+            None => None,
+        };
+        Ok(Target { receiver, client, authorization })
+    }
+
+    /// Posts `body` once. `key` is the delivery's `Idempotency-Key`.
+    pub async fn send(&self, key: &str, body: Vec<u8>) -> Attempt {
+        let r = &self.receiver;
+        let mut request = self
+            .client
+            .post(r.url.clone())
+            .headers(r.headers.clone())
+            .header(CONTENT_TYPE, "application/json")
+            .header("Idempotency-Key", key)
+            .header("X-Alert-Relay-Receiver", r.name.as_str());
+        if let Some(auth) = &self.authorization {
+            request = request.header(AUTHORIZATION, auth.clone());
+        }
+        let started = Instant::now();
+        match request.body(body).send().await {
+            Ok(mut response) => {
+                let status = response.status().as_u16();
+                let retry_after = response
+                    .headers()
+                    .get(RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| parse_retry_after(v, SystemTime::now()));
+                let outcome = classify(status, retry_after);
+                let mut snippet = Vec::new();
+                // Read a little of the body: it explains errors, and a read answer
+                // lets the connection be reused.
+                while snippet.len() < ERROR_BODY_BYTES {
+                    match response.chunk().await {
+                        Ok(Some(chunk)) => snippet.extend_from_slice(&chunk),
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+                let error = (outcome != Outcome::Delivered).then(|| {
+                    snippet.truncate(ERROR_BODY_BYTES);
+                    let text = String::from_utf8_lossy(&snippet);
+                    let text = text.trim();
+                    if text.is_empty() {
+                        format!("HTTP {status}")
+                    } else {
+                        format!("HTTP {status}: {text}")
+                    }
+                });
+                Attempt { outcome, status: Some(status), error, latency: started.elapsed() }
+            }
+            Err(e) => {
+                let reason = if e.is_timeout() { FailureReason::Timeout } else { FailureReason::Connection };
+                Attempt {
+                    outcome: Outcome::Retryable { reason, retry_after: None },
+                    status: None,
+                    error: Some(describe(e)),
+                    latency: started.elapsed(),
+                }
+            }
+        }
+    }
+}
+
+/// The error and its causes, without the URL (it may carry a token).
+fn describe(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,88 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio::signal::unix::{signal, SignalKind};
+
+use alert_relay::config::{Config, Source, DEFAULT_PATH};
+use alert_relay::Relay;
+
+/// Durable Alertmanager webhook relay.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Configuration file [default: config/alert-relay.yaml, else the embedded copy]
+    #[arg(long, global = true, env = "ALERT_RELAY_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the relay (the default).
+    Serve,
+    /// Validate the configuration and the files it names; print every error.
+    CheckConfig,
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    let source = Source::resolve(cli.config);
+    let config = match Config::load(&source) {
+        Ok(c) => c,
+        Err(errors) => {
+            for line in &errors.0 {
+                eprintln!("{line}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::CheckConfig => {
+            let name = match &source {
+                Source::File(p) => p.display().to_string(),
+                Source::Embedded => "embedded default".into(),
+            };
+            println!("{name}: OK ({} receivers)", config.receivers.len());
+            ExitCode::SUCCESS
+        }
+        Command::Serve => {
+            if matches!(source, Source::Embedded) {
+                log::info!("no {DEFAULT_PATH} here; using the embedded default configuration");
+            }
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            runtime.block_on(serve(config))
+        }
+    }
+}
+
+async fn serve(config: Config) -> ExitCode {
+    let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(t), Ok(i)) => (t, i),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("cannot handle signals: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let relay = match Relay::start(config).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => log::info!("SIGTERM: shutting down"),
+        _ = int.recv() => log::info!("SIGINT: shutting down"),
+    }
+    relay.shutdown().await;
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,218 @@
+//! Payload × receivers → one forwarded notification per receiver that has
+//! anything left after its conditions, `send_resolved` and `max_alerts`.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::alert::{Alert, LabelSet, Notification, Status};
+use crate::conditions::first_failing;
+use crate::config::Receiver;
+
+/// Why an alert did not reach a receiver (label `reason` of `alerts_filtered_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FilterReason {
+    Conditions,
+    Resolved,
+    Disabled,
+    MaxAlerts,
+}
+
+impl FilterReason {
+    pub const ALL: [FilterReason; 4] = [
+        FilterReason::Conditions,
+        FilterReason::Resolved,
+        FilterReason::Disabled,
+        FilterReason::MaxAlerts,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FilterReason::Conditions => "conditions",
+            FilterReason::Resolved => "resolved",
+            FilterReason::Disabled => "disabled",
+            FilterReason::MaxAlerts => "max_alerts",
+        }
+    }
+}
+
+/// What a receiver's settings say of one alert, before `max_alerts`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Pass,
+    Disabled,
+    /// Index of the first condition the alert fails.
+    Condition(usize),
+    Resolved,
+}
+
+impl Verdict {
+    pub fn filter_reason(self) -> Option<FilterReason> {
+        match self {
+            Verdict::Pass => None,
+            Verdict::Disabled => Some(FilterReason::Disabled),
+            Verdict::Condition(_) => Some(FilterReason::Conditions),
+            Verdict::Resolved => Some(FilterReason::Resolved),
+        }
+    }
+}
+
+pub fn verdict(receiver: &Receiver, alert: &Alert) -> Verdict {
+    if !receiver.enabled {
+        return Verdict::Disabled;
+    }
+    if let Some(i) = first_failing(&receiver.conditions, &alert.labels) {
+        return Verdict::Condition(i);
+    }
+    if alert.status == Status::Resolved && !receiver.send_resolved {
+        return Verdict::Resolved;
+    }
+    Verdict::Pass
+}
+
+/// The outcome of routing one payload to one receiver.
+#[derive(Debug)]
+pub struct Routed {
+    pub receiver: Arc<Receiver>,
+    /// The body to forward; `None` when no alert is left.
+    pub body: Option<Vec<u8>>,
+    pub matched: usize,
+    /// Alerts filtered, indexed like `FilterReason::ALL`.
+    pub filtered: [usize; 4],
+}
+
+/// The forwarded payload: borrowed alerts and pass-through fields, recomputed rest.
+#[derive(Serialize)]
+struct Forward<'a> {
+    status: Status,
+    alerts: Vec<&'a Alert>,
+    #[serde(rename = "commonLabels")]
+    common_labels: LabelSet,
+    #[serde(rename = "commonAnnotations")]
+    common_annotations: LabelSet,
+    #[serde(rename = "truncatedAlerts")]
+    truncated_alerts: u64,
+    #[serde(rename = "groupKey")]
+    group_key: &'a str,
+    #[serde(flatten)]
+    extra: &'a Map<String, Value>,
+}
+
+pub fn route(notification: &Notification, receivers: &[Arc<Receiver>]) -> Vec<Routed> {
+    receivers.iter().map(|r| route_one(notification, r)).collect()
+}
+
+fn route_one(notification: &Notification, receiver: &Arc<Receiver>) -> Routed {
+    let mut filtered = [0usize; 4];
+    let mut kept: Vec<&Alert> = Vec::with_capacity(notification.alerts.len());
+    for alert in &notification.alerts {
+        match verdict(receiver, alert).filter_reason() {
+            None => kept.push(alert),
+            Some(reason) => filtered[reason as usize] += 1,
+        }
+    }
+    let mut truncated = 0;
+    if receiver.max_alerts > 0 && kept.len() > receiver.max_alerts {
+        truncated = kept.len() - receiver.max_alerts;
+        kept.truncate(receiver.max_alerts);
+        filtered[FilterReason::MaxAlerts as usize] += truncated;
+    }
+    let matched = kept.len();
+    let body = (!kept.is_empty()).then(|| {
+        let forward = Forward {
+            status: if kept.iter().any(|a| a.status == Status::Firing) {
+                Status::Firing
+            } else {
+                Status::Resolved
+            },
+            common_labels: common(kept.iter().map(|a| &a.labels)),
+            common_annotations: common(kept.iter().map(|a| &a.annotations)),
+            truncated_alerts: notification.truncated_alerts + truncated as u64,
+            group_key: &notification.group_key,
+            extra: &notification.extra,
+            alerts: kept,
+        };
+        // Serializing owned JSON values into a Vec cannot fail.
+        serde_json::to_vec(&forward).unwrap_or_default()
+    });
+    Routed { receiver: receiver.clone(), body, matched, filtered }
+}
+
+/// The pairs every set has, with the same value.
+fn common<'a>(mut sets: impl Iterator<Item = &'a LabelSet>) -> LabelSet {
+    let Some(first) = sets.next() else {
+        return LabelSet::new();
+    };
+    let mut common = first.clone();
+    for set in sets {
+        common.retain(|k, v| set.get(k) == Some(v));
+        if common.is_empty() {
+            break;
+        }
+    }
+    common
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    const MIXED: &str = include_str!("../tests/fixtures/alertmanager-0.25/mixed-resolved.json");
+
+    fn receivers(yaml: &str) -> Vec<Arc<Receiver>> {
+        Config::from_yaml(yaml).unwrap().receivers
+    }
+
+    fn forwarded(r: &Routed) -> Value {
+        serde_json::from_slice(r.body.as_ref().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn each_receiver_gets_its_alerts_with_recomputed_fields() {
+        let n = Notification::parse(MIXED.as_bytes()).unwrap();
+        let rs = receivers(
+            "receivers:\n\
+             - { name: crit, url: 'http://x', conditions: [{ label: severity, operator: In, values: [critical] }] }\n\
+             - { name: no-resolved, url: 'http://x', send_resolved: false }\n\
+             - { name: nobody, url: 'http://x', conditions: [{ label: team, operator: Exists }] }\n\
+             - { name: off, url: 'http://x', enabled: false }\n\
+             - { name: one, url: 'http://x', max_alerts: 1 }\n",
+        );
+        let out = route(&n, &rs);
+
+        let crit = forwarded(&out[0]);
+        assert_eq!(crit["status"], "resolved", "only the resolved critical alert is left");
+        assert_eq!(crit["alerts"].as_array().unwrap().len(), 1);
+        assert_eq!(crit["commonLabels"]["service"], "api");
+        assert_eq!(crit["commonAnnotations"]["summary"], "p99 latency above 1s");
+        assert_eq!(crit["groupKey"], n.group_key);
+        assert_eq!(crit["externalURL"], "http://vm:19093", "pass-through field");
+        assert_eq!(out[0].filtered, [1, 0, 0, 0]);
+
+        let nr = forwarded(&out[1]);
+        assert_eq!(nr["status"], "firing");
+        assert_eq!(nr["alerts"][0]["labels"]["service"], "web");
+        assert_eq!(out[1].filtered, [0, 1, 0, 0]);
+
+        assert!(out[2].body.is_none());
+        assert_eq!(out[2].filtered, [2, 0, 0, 0]);
+        assert!(out[3].body.is_none());
+        assert_eq!(out[3].filtered, [0, 0, 2, 0]);
+
+        let one = forwarded(&out[4]);
+        assert_eq!(one["alerts"].as_array().unwrap().len(), 1);
+        assert_eq!(one["truncatedAlerts"], 1);
+        assert_eq!(out[4].filtered, [0, 0, 0, 1]);
+        assert_eq!(out[4].matched, 1);
+    }
+
+    #[test]
+    fn common_labels_of_disjoint_sets_are_empty() {
+        let a: LabelSet = [("a".to_string(), "1".to_string())].into();
+        let b: LabelSet = [("a".to_string(), "2".to_string())].into();
+        assert!(common([&a, &b].into_iter()).is_empty());
+        assert_eq!(common([&a, &a].into_iter()), a);
+    }
+}

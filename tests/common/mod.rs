@@ -1,0 +1,284 @@
+//! Helpers shared by the integration tests: a relay on a loopback port, an HTTP
+//! client, metric reads, waiting on conditions, payloads, certificates and a
+//! small TLS target.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Once};
+use std::time::{Duration, Instant};
+
+use alert_relay::config::Config;
+use alert_relay::Relay;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub const FIRING: &str = include_str!("../fixtures/alertmanager-0.25/firing.json");
+pub const MIXED: &str = include_str!("../fixtures/alertmanager-0.25/mixed-resolved.json");
+
+/// How long any condition may take before a test fails.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+pub fn client() -> reqwest::Client {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+    reqwest::Client::builder().no_proxy().build().expect("test client")
+}
+
+/// A relay on 127.0.0.1 with its spool in a temporary directory.
+pub struct TestRelay {
+    pub relay: Option<Relay>,
+    pub base: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestRelay {
+    /// `yaml` is the config; `spool.dir` is a temporary one (written `SPOOL_DIR` if
+    /// `spool` is given) and `server.listen` defaults to a free port.
+    pub async fn start(yaml: &str) -> TestRelay {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let spool = dir.path().join("spool").display().to_string();
+        let mut text = String::new();
+        if !yaml.contains("SPOOL_DIR") {
+            text.push_str(&format!("spool: {{ dir: '{spool}' }}\n"));
+        }
+        if !yaml.contains("server:") {
+            text.push_str("server: { listen: '127.0.0.1:0' }\n");
+        }
+        text.push_str(&yaml.replace("SPOOL_DIR", &spool));
+        let config = Config::from_yaml(&text).unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
+        let relay = Relay::start(config).await.expect("relay starts");
+        let base = format!("http://{}", relay.local_addr());
+        TestRelay { relay: Some(relay), base, dir }
+    }
+
+    pub async fn post(&self, body: impl Into<Vec<u8>>) -> (u16, Value) {
+        post_json(&format!("{}/webhook", self.base), body.into(), None).await
+    }
+
+    pub async fn metric(&self, series: &str) -> f64 {
+        metric(&self.base, series).await
+    }
+
+    pub async fn shutdown(&mut self) {
+        if let Some(r) = self.relay.take() {
+            r.shutdown().await;
+        }
+    }
+}
+
+pub async fn post_json(url: &str, body: Vec<u8>, auth: Option<&str>) -> (u16, Value) {
+    let mut req = client().post(url).header("content-type", "application/json").body(body);
+    if let Some(a) = auth {
+        req = req.header("authorization", a);
+    }
+    let resp = req.send().await.expect("request sent");
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+/// The value of one series of `/metrics` (labels in alphabetical order); 0 if absent.
+pub async fn metric(base: &str, series: &str) -> f64 {
+    let text = client()
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics body");
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .map(|v| v.trim().parse().expect("metric value"))
+        .unwrap_or(0.0)
+}
+
+/// Polls `check` until it holds; fails the test after `DEADLINE`.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// An Alertmanager v4 payload; `alerts` are (status, labels).
+pub fn payload(group_key: &str, alerts: &[(&str, &[(&str, &str)])]) -> Vec<u8> {
+    let alerts: Vec<Value> = alerts
+        .iter()
+        .map(|(status, labels)| {
+            let labels: serde_json::Map<String, Value> =
+                labels.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+            json!({
+                "status": status,
+                "labels": labels,
+                "annotations": {"summary": "test"},
+                "startsAt": "2026-11-27T03:59:40Z",
+                "endsAt": "0001-01-01T00:00:00Z",
+                "generatorURL": "",
+                "fingerprint": "0000000000000000"
+            })
+        })
+        .collect();
+    let any_firing = alerts.iter().any(|a| a["status"] == "firing");
+    serde_json::to_vec(&json!({
+        "receiver": "relay",
+        "status": if any_firing { "firing" } else { "resolved" },
+        "alerts": alerts,
+        "groupLabels": {},
+        "commonLabels": {},
+        "commonAnnotations": {},
+        "externalURL": "http://alertmanager:9093",
+        "version": "4",
+        "groupKey": group_key,
+        "truncatedAlerts": 0
+    }))
+    .expect("payload")
+}
+
+/// A port nothing listens on (bound, then released).
+pub fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+// ---------------------------------------------------------------------------
+// Certificates and a TLS target.
+
+pub struct Ca {
+    pub issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+pub struct Leaf {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl Ca {
+    pub fn new(name: &str) -> Ca {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+        let key = rcgen::KeyPair::generate().expect("key");
+        Ca { issuer: rcgen::CertifiedIssuer::self_signed(params, key).expect("ca") }
+    }
+
+    pub fn pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    pub fn leaf(&self, names: &[&str]) -> Leaf {
+        let params = rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .expect("params");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params.signed_by(&key, &self.issuer).expect("leaf");
+        Leaf { cert_pem: cert.pem(), key_pem: key.serialize_pem() }
+    }
+}
+
+pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write file");
+    path
+}
+
+fn chain_and_key(leaf: &Leaf) -> (Vec<rustls::pki_types::CertificateDer<'static>>, rustls::pki_types::PrivateKeyDer<'static>) {
+    use rustls::pki_types::pem::PemObject;
+    let chain = rustls::pki_types::CertificateDer::pem_slice_iter(leaf.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .expect("cert pem");
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).expect("key pem");
+    (chain, key)
+}
+
+/// An HTTPS target on 127.0.0.1 answering 200 to every request it reads whole;
+/// `client_ca` makes it demand a client certificate issued by that CA.
+pub struct TlsTarget {
+    pub addr: SocketAddr,
+    pub hits: Arc<AtomicUsize>,
+}
+
+impl TlsTarget {
+    pub async fn start(server: &Leaf, client_ca: Option<&Ca>) -> TlsTarget {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .expect("versions");
+        let builder = match client_ca {
+            Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                roots.add(ca.issuer.der().clone()).expect("client ca");
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                    .build()
+                    .expect("client verifier");
+                builder.with_client_cert_verifier(verifier)
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let (chain, key) = chain_and_key(server);
+        let config = builder.with_single_cert(chain, key).expect("server cert");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let hits = Arc::new(AtomicUsize::new(0));
+        let counter = hits.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+                    if read_request(&mut tls).await {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        let _ = tls
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                            .await;
+                        let _ = tls.shutdown().await;
+                    }
+                });
+            }
+        });
+        TlsTarget { addr, hits }
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+/// Reads one HTTP/1.1 request with a Content-Length body; false if it ends early.
+async fn read_request<S: AsyncReadExt + Unpin>(stream: &mut S) -> bool {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let Ok(n) = stream.read(&mut chunk).await else { return false };
+        if n == 0 {
+            return false;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + length {
+                return true;
+            }
+        }
+    }
+}

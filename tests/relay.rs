@@ -1,0 +1,523 @@
+//! The relay in-process on a loopback port against real HTTP(S) targets.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+use wiremock::matchers::method;
+use wiremock::{Mock, MockServer, Request, ResponseTemplate};
+
+async fn target(status: u16) -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(method("POST")).respond_with(ResponseTemplate::new(status)).mount(&server).await;
+    server
+}
+
+async fn bodies(server: &MockServer) -> Vec<Value> {
+    server
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .iter()
+        .map(|r| serde_json::from_slice(&r.body).expect("forwarded body is JSON"))
+        .collect()
+}
+
+async fn count(server: &MockServer) -> usize {
+    server.received_requests().await.unwrap_or_default().len()
+}
+
+fn header<'a>(r: &'a Request, name: &str) -> &'a str {
+    r.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+}
+
+const FAST_RETRY: &str = "retry: { initial_interval: 50ms, max_interval: 200ms, jitter: 0.0 }";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fixtures_forward_with_unknown_fields_intact() {
+    let t = target(200).await;
+    let relay = TestRelay::start(&format!("receivers: [{{ name: all, url: '{}/hook' }}]", t.uri())).await;
+    for fixture in [FIRING, MIXED] {
+        let mut sent: Value = serde_json::from_str(fixture).unwrap();
+        sent["someFutureField"] = serde_json::json!({"nested": [1, 2, 3]});
+        sent["alerts"][0]["futureAlertField"] = serde_json::json!("kept");
+        let (status, answer) = relay.post(serde_json::to_vec(&sent).unwrap()).await;
+        assert_eq!((status, answer), (200, serde_json::json!({"deliveries": 1})));
+        eventually("the target to receive it", || async { bodies(&t).await.contains(&sent) }).await;
+    }
+    // Recomputed over the same alerts, every field is as Alertmanager sent it.
+    assert_eq!(count(&t).await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_target_gets_exactly_its_alerts_with_its_auth() {
+    let (bearer, basic, none) = (target(200).await, target(204).await, target(202).await);
+    let relay = TestRelay::start(&format!(
+        r#"
+receivers:
+  - name: crit-bearer
+    url: '{}/b'
+    auth: {{ type: bearer, token: tok-123 }}
+    headers: {{ X-Team: ops }}
+    conditions: [{{ label: severity, operator: In, values: [critical] }}]
+  - name: web-basic
+    url: '{}/basic'
+    auth: {{ type: basic, username: relay, password: pw }}
+    conditions:
+      - {{ label: service, operator: Matches, values: ['web|www'] }}
+      - {{ label: team, operator: DoesNotExist }}
+  - name: prod-none
+    url: '{}/none'
+    send_resolved: false
+    conditions: [{{ label: namespace, operator: NotIn, values: [dev] }}]
+"#,
+        bearer.uri(),
+        basic.uri(),
+        none.uri()
+    ))
+    .await;
+    let (status, answer) = relay.post(MIXED).await;
+    assert_eq!((status, answer["deliveries"].as_u64()), (200, Some(3)));
+    eventually("all three deliveries", || async {
+        count(&bearer).await == 1 && count(&basic).await == 1 && count(&none).await == 1
+    })
+    .await;
+
+    let r = &bearer.received_requests().await.unwrap()[0];
+    assert_eq!(header(r, "authorization"), "Bearer tok-123");
+    assert_eq!(header(r, "x-team"), "ops");
+    assert_eq!(header(r, "content-type"), "application/json");
+    assert_eq!(header(r, "x-alert-relay-receiver"), "crit-bearer");
+    assert!(header(r, "user-agent").starts_with("alert-relay/"));
+    assert!(!header(r, "idempotency-key").is_empty());
+    let b: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(b["alerts"].as_array().unwrap().len(), 1);
+    assert_eq!(b["alerts"][0]["labels"]["service"], "api");
+    assert_eq!(b["status"], "resolved", "the only critical alert is resolved");
+    assert_eq!(b["commonLabels"]["severity"], "critical");
+    assert_eq!(b["commonAnnotations"]["description"], "API p99 latency is 1.7s");
+
+    let r = &basic.received_requests().await.unwrap()[0];
+    assert_eq!(header(r, "authorization"), "Basic cmVsYXk6cHc=");
+    let b: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(b["alerts"][0]["labels"]["service"], "web");
+    assert_eq!(b["status"], "firing");
+    assert_eq!(b["commonLabels"]["severity"], "warning");
+
+    let r = &none.received_requests().await.unwrap()[0];
+    assert_eq!(header(r, "authorization"), "");
+    let b: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(b["alerts"].as_array().unwrap().len(), 1, "resolved alert not sent");
+    assert_eq!(b["alerts"][0]["status"], "firing");
+
+    assert_eq!(relay.metric(r#"alert_relay_alerts_matched_total{receiver="crit-bearer"}"#).await, 1.0);
+    assert_eq!(
+        relay.metric(r#"alert_relay_alerts_filtered_total{reason="conditions",receiver="crit-bearer"}"#).await,
+        1.0
+    );
+    assert_eq!(
+        relay.metric(r#"alert_relay_alerts_filtered_total{reason="resolved",receiver="prod-none"}"#).await,
+        1.0
+    );
+    assert_eq!(relay.metric(r#"alert_relay_alerts_received_total{status="resolved"}"#).await, 1.0);
+    assert_eq!(relay.metric(r#"alert_relay_alerts_received_total{status="firing"}"#).await, 1.0);
+    for name in ["crit-bearer", "web-basic", "prod-none"] {
+        eventually("delivered counters", || async {
+            relay.metric(&format!(r#"alert_relay_notifications_delivered_total{{receiver="{name}"}}"#)).await == 1.0
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_left_means_no_delivery() {
+    let t = target(200).await;
+    let relay = TestRelay::start(&format!(
+        "receivers: [{{ name: teams, url: '{}', conditions: [{{ label: team, operator: Exists }}] }}]",
+        t.uri()
+    ))
+    .await;
+    let (status, answer) = relay.post(FIRING).await;
+    assert_eq!((status, answer["deliveries"].as_u64()), (200, Some(0)));
+    assert_eq!(
+        relay.metric(r#"alert_relay_alerts_filtered_total{reason="conditions",receiver="teams"}"#).await,
+        2.0
+    );
+    assert_eq!(relay.metric(r#"alert_relay_notifications_total{receiver="teams"}"#).await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_errors_are_retried_until_delivered() {
+    let t = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(503))
+        .up_to_n_times(2)
+        .with_priority(1)
+        .mount(&t)
+        .await;
+    Mock::given(method("POST")).respond_with(ResponseTemplate::new(200)).mount(&t).await;
+    let relay = TestRelay::start(&format!("receivers: [{{ name: flaky, url: '{}', {FAST_RETRY} }}]", t.uri())).await;
+    assert_eq!(relay.post(FIRING).await.0, 200);
+    eventually("delivery", || async {
+        relay.metric(r#"alert_relay_notifications_delivered_total{receiver="flaky"}"#).await == 1.0
+    })
+    .await;
+    let requests = t.received_requests().await.unwrap();
+    assert_eq!(requests.len(), 3, "503, 503, 200");
+    let key = header(&requests[0], "idempotency-key");
+    assert!(requests.iter().all(|r| header(r, "idempotency-key") == key), "one key for every retry");
+    assert_eq!(relay.metric(r#"alert_relay_notification_requests_total{receiver="flaky"}"#).await, 3.0);
+    assert_eq!(
+        relay.metric(r#"alert_relay_notification_requests_failed_total{reason="serverError",receiver="flaky"}"#).await,
+        2.0
+    );
+    assert_eq!(relay.metric(r#"alert_relay_spool_pending{receiver="flaky"}"#).await, 0.0);
+    assert_eq!(relay.metric(r#"alert_relay_notification_delivery_latency_seconds_count{receiver="flaky"}"#).await, 1.0);
+}
+
+/// A target that answers from a list, then 200, and notes when each request came.
+fn scripted(answers: Vec<ResponseTemplate>, seen: Arc<Mutex<Vec<Instant>>>) -> impl Fn(&Request) -> ResponseTemplate {
+    move |_: &Request| {
+        let mut seen = seen.lock().unwrap();
+        seen.push(Instant::now());
+        answers.get(seen.len() - 1).cloned().unwrap_or_else(|| ResponseTemplate::new(200))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_honour_retry_after_up_to_max_interval() {
+    let honoured = MockServer::start().await;
+    let honoured_seen = Arc::new(Mutex::new(Vec::new()));
+    Mock::given(method("POST"))
+        .respond_with(scripted(
+            vec![ResponseTemplate::new(429).insert_header("Retry-After", "1")],
+            honoured_seen.clone(),
+        ))
+        .mount(&honoured)
+        .await;
+    let capped = MockServer::start().await;
+    let capped_seen = Arc::new(Mutex::new(Vec::new()));
+    Mock::given(method("POST"))
+        .respond_with(scripted(
+            vec![ResponseTemplate::new(429).insert_header("Retry-After", "3600")],
+            capped_seen.clone(),
+        ))
+        .mount(&capped)
+        .await;
+    let relay = TestRelay::start(&format!(
+        r#"
+receivers:
+  - {{ name: honoured, url: '{}', retry: {{ initial_interval: 10ms, max_interval: 5s, jitter: 0.0 }} }}
+  - {{ name: capped, url: '{}', retry: {{ initial_interval: 10ms, max_interval: 300ms, jitter: 0.0 }} }}
+"#,
+        honoured.uri(),
+        capped.uri()
+    ))
+    .await;
+    assert_eq!(relay.post(FIRING).await.0, 200);
+    eventually("both delivered", || async {
+        honoured_seen.lock().unwrap().len() == 2 && capped_seen.lock().unwrap().len() == 2
+    })
+    .await;
+    let gap = |seen: &Arc<Mutex<Vec<Instant>>>| {
+        let s = seen.lock().unwrap();
+        s[1] - s[0]
+    };
+    // Without Retry-After the retry would come after 10ms.
+    assert!(gap(&honoured_seen) >= Duration::from_millis(950), "{:?}", gap(&honoured_seen));
+    assert_eq!(
+        relay.metric(r#"alert_relay_notification_requests_failed_total{reason="rateLimited",receiver="capped"}"#).await,
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_errors_dead_letter_after_one_attempt() {
+    let (bad, denied) = (target(400).await, target(403).await);
+    let relay = TestRelay::start(&format!(
+        "receivers:\n  - {{ name: bad, url: '{}', {FAST_RETRY} }}\n  - {{ name: denied, url: '{}', {FAST_RETRY} }}\n",
+        bad.uri(),
+        denied.uri()
+    ))
+    .await;
+    assert_eq!(relay.post(FIRING).await.0, 200);
+    eventually("dead letters", || async {
+        relay.metric(r#"alert_relay_dead_letters{receiver="bad"}"#).await == 1.0
+            && relay.metric(r#"alert_relay_dead_letters{receiver="denied"}"#).await == 1.0
+    })
+    .await;
+    assert_eq!(relay.metric(r#"alert_relay_notifications_failed_total{reason="clientError",receiver="bad"}"#).await, 1.0);
+    assert_eq!(relay.metric(r#"alert_relay_notifications_failed_total{reason="authError",receiver="denied"}"#).await, 1.0);
+    assert_eq!(relay.metric(r#"alert_relay_spool_pending{receiver="bad"}"#).await, 0.0);
+    assert_eq!((count(&bad).await, count(&denied).await), (1, 1), "no retry of a permanent failure");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn created_and_no_content_are_success() {
+    let (created, empty) = (target(201).await, target(204).await);
+    let relay = TestRelay::start(&format!(
+        "receivers:\n  - {{ name: created, url: '{}', {FAST_RETRY} }}\n  - {{ name: empty, url: '{}', {FAST_RETRY} }}\n",
+        created.uri(),
+        empty.uri()
+    ))
+    .await;
+    assert_eq!(relay.post(FIRING).await.0, 200);
+    for name in ["created", "empty"] {
+        eventually("delivered", || async {
+            relay.metric(&format!(r#"alert_relay_notifications_delivered_total{{receiver="{name}"}}"#)).await == 1.0
+        })
+        .await;
+        assert_eq!(relay.metric(&format!(r#"alert_relay_notification_requests_total{{receiver="{name}"}}"#)).await, 1.0);
+    }
+    assert_eq!((count(&created).await, count(&empty).await), (1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_target_retries_until_max_elapsed_then_dead_letters() {
+    let relay = TestRelay::start(&format!(
+        "receivers: [{{ name: gone, url: 'http://127.0.0.1:{}/x', retry: {{ initial_interval: 50ms, max_interval: 100ms, max_elapsed: 700ms, jitter: 0.0 }} }}]",
+        closed_port()
+    ))
+    .await;
+    assert_eq!(relay.post(FIRING).await.0, 200);
+    eventually("expiry", || async {
+        relay.metric(r#"alert_relay_notifications_failed_total{reason="expired",receiver="gone"}"#).await == 1.0
+    })
+    .await;
+    let failures =
+        relay.metric(r#"alert_relay_notification_requests_failed_total{reason="connection",receiver="gone"}"#).await;
+    assert!(failures >= 3.0, "retried before giving up: {failures}");
+    assert_eq!(relay.metric(r#"alert_relay_dead_letters{receiver="gone"}"#).await, 1.0);
+    assert_eq!(relay.metric(r#"alert_relay_spool_pending{receiver="gone"}"#).await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_attempts_bounds_retries() {
+    let t = target(500).await;
+    let relay = TestRelay::start(&format!(
+        "receivers: [{{ name: r, url: '{}', retry: {{ initial_interval: 10ms, max_interval: 20ms, max_attempts: 3 }} }}]",
+        t.uri()
+    ))
+    .await;
+    assert_eq!(relay.post(FIRING).await.0, 200);
+    eventually("expiry", || async {
+        relay.metric(r#"alert_relay_notifications_failed_total{reason="expired",receiver="r"}"#).await == 1.0
+    })
+    .await;
+    assert_eq!(count(&t).await, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn newer_notification_supersedes_pending_one() {
+    let t = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(503))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&t)
+        .await;
+    Mock::given(method("POST")).respond_with(ResponseTemplate::new(200)).mount(&t).await;
+    // After the first failure the older notification waits 5s: long enough that
+    // only supersession can explain it never arriving.
+    let relay = TestRelay::start(&format!(
+        "receivers: [{{ name: r, url: '{}', retry: {{ initial_interval: 5s, max_interval: 5s, jitter: 0.0 }} }}]",
+        t.uri()
+    ))
+    .await;
+    let firing = payload("{}:{alertname=\"Disk\"}", &[("firing", &[("alertname", "Disk")])]);
+    let resolved = payload("{}:{alertname=\"Disk\"}", &[("resolved", &[("alertname", "Disk")])]);
+    assert_eq!(relay.post(firing).await.0, 200);
+    eventually("the first attempt", || async { count(&t).await == 1 }).await;
+    assert_eq!(relay.post(resolved).await.0, 200);
+    eventually("the newer one delivered", || async {
+        relay.metric(r#"alert_relay_notifications_delivered_total{receiver="r"}"#).await == 1.0
+    })
+    .await;
+    assert_eq!(relay.metric(r#"alert_relay_notifications_superseded_total{receiver="r"}"#).await, 1.0);
+    assert_eq!(relay.metric(r#"alert_relay_spool_pending{receiver="r"}"#).await, 0.0, "the older one is gone");
+    let got = bodies(&t).await;
+    assert_eq!(got.len(), 2);
+    assert_eq!((got[0]["status"].as_str(), got[1]["status"].as_str()), (Some("firing"), Some("resolved")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hanging_target_does_not_delay_a_healthy_receiver() {
+    let hanging = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(120)))
+        .mount(&hanging)
+        .await;
+    let healthy = target(200).await;
+    // The hanging receiver's timeout is longer than the test's deadline: if it
+    // could hold up the healthy one, the test would time out.
+    let relay = TestRelay::start(&format!(
+        "receivers:\n  - {{ name: hanging, url: '{}', timeout: 60s, concurrency: 2 }}\n  - {{ name: healthy, url: '{}', concurrency: 1 }}\n",
+        hanging.uri(),
+        healthy.uri()
+    ))
+    .await;
+    for i in 0..10 {
+        let body = payload(&format!("group-{i}"), &[("firing", &[("alertname", "A")])]);
+        assert_eq!(relay.post(body).await.0, 200);
+    }
+    eventually("the healthy receiver to get all ten", || async { count(&healthy).await == 10 }).await;
+    assert_eq!(count(&hanging).await, 2, "the hanging receiver's workers are both stuck");
+    assert_eq!(relay.metric(r#"alert_relay_spool_pending{receiver="hanging"}"#).await, 10.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_answered_counted_and_survived() {
+    let t = target(200).await;
+    let relay = TestRelay::start(&format!(
+        "server: {{ listen: '127.0.0.1:0', max_body_bytes: 2048 }}\nreceivers: [{{ name: r, url: '{}' }}]",
+        t.uri()
+    ))
+    .await;
+    let url = format!("{}/webhook", relay.base);
+
+    let (s, e) = relay.post(&b"{not json"[..]).await;
+    assert_eq!(s, 400);
+    assert!(e["error"].as_str().unwrap().contains("invalid payload"), "{e}");
+
+    let (s, e) = relay.post(&br#"{"status":"firing","alerts":[{"status":"firing","labels":{"severity":3}}]}"#[..]).await;
+    assert_eq!(s, 400);
+    assert_eq!(e["details"], serde_json::json!(["alerts[0].labels.severity"]));
+    assert!(e["error"].as_str().unwrap().contains("invalid type: integer"), "{e}");
+
+    let (s, e) = relay.post(&br#"{"status":"firing"}"#[..]).await;
+    assert_eq!(s, 400);
+    assert!(e["error"].as_str().unwrap().contains("missing field `alerts`"), "{e}");
+
+    let (s, e) = relay.post(&br#"{"version":"3","status":"firing","alerts":[]}"#[..]).await;
+    assert_eq!((s, e["details"].clone()), (400, serde_json::json!(["version"])));
+
+    let huge = payload("g", &[("firing", &[("alertname", &"x".repeat(4096))])]);
+    let (s, e) = relay.post(huge.clone()).await;
+    assert_eq!(s, 413);
+    assert!(e["error"].as_str().unwrap().contains("max_body_bytes"), "{e}");
+    // Chunked, with no Content-Length to check up front.
+    assert_eq!(post_chunked(relay.base.trim_start_matches("http://"), &huge).await, 413);
+
+    let resp = client().post(&url).header("content-type", "text/plain").body(FIRING).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 415);
+    let e: Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
+    assert!(e["error"].as_str().unwrap().contains("application/json"), "{e}");
+    let resp = client().post(&url).body(FIRING).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 415);
+
+    let resp = client().get(format!("{}/nowhere", relay.base)).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 404);
+    assert!(serde_json::from_str::<Value>(&resp.text().await.unwrap()).unwrap()["error"].is_string());
+
+    // Still serving, and every answer counted.
+    assert_eq!(relay.post(FIRING).await.0, 200);
+    assert_eq!(relay.metric(r#"alert_relay_webhook_requests_total{code="400"}"#).await, 4.0);
+    assert_eq!(relay.metric(r#"alert_relay_webhook_requests_total{code="413"}"#).await, 2.0);
+    assert_eq!(relay.metric(r#"alert_relay_webhook_requests_total{code="415"}"#).await, 2.0);
+    assert_eq!(relay.metric(r#"alert_relay_webhook_requests_total{code="200"}"#).await, 1.0);
+}
+
+/// Posts `body` with chunked transfer encoding over a raw socket; the status code.
+async fn post_chunked(addr: &str, body: &[u8]) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut request = format!(
+        "POST /webhook HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    .into_bytes();
+    for chunk in body.chunks(512) {
+        request.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        request.extend_from_slice(chunk);
+        request.extend_from_slice(b"\r\n");
+    }
+    request.extend_from_slice(b"0\r\n\r\n");
+    // The relay may answer and close before reading everything.
+    let _ = tcp.write_all(&request).await;
+    let mut answer = vec![0u8; 12];
+    tcp.read_exact(&mut answer).await.unwrap();
+    String::from_utf8_lossy(&answer[9..12]).parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_auth_is_required_when_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = write(dir.path(), "token", "s3cret\n");
+    let relay = TestRelay::start(&format!(
+        "server: {{ listen: '127.0.0.1:0', webhook_auth: {{ type: bearer, token_file: '{}' }} }}\nreceivers: []",
+        token.display()
+    ))
+    .await;
+    let url = format!("{}/webhook", relay.base);
+    let (s, e) = post_json(&url, FIRING.into(), None).await;
+    assert_eq!(s, 401);
+    assert!(!e.to_string().contains("s3cret"));
+    assert_eq!(post_json(&url, FIRING.into(), Some("Bearer wrong")).await.0, 401);
+    assert_eq!(post_json(&url, FIRING.into(), Some("Bearer s3cret")).await.0, 200);
+    assert_eq!(relay.metric(r#"alert_relay_webhook_requests_total{code="401"}"#).await, 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_spool_answers_503_with_retry_after() {
+    let relay = TestRelay::start(&format!(
+        "spool: {{ dir: 'SPOOL_DIR', max_pending: 2 }}\nreceivers: [{{ name: r, url: 'http://127.0.0.1:{}', retry: {{ initial_interval: 1h, max_interval: 1h }} }}]",
+        closed_port()
+    ))
+    .await;
+    for group in ["a", "b"] {
+        let body = payload(group, &[("firing", &[("alertname", "A")])]);
+        assert_eq!(relay.post(body).await.0, 200);
+    }
+    let url = format!("{}/webhook", relay.base);
+    let resp = client().post(&url).header("content-type", "application/json").body(FIRING).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 503);
+    assert_eq!(resp.headers().get("retry-after").unwrap(), "5");
+    let e: Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
+    assert!(e["error"].as_str().unwrap().contains("spool full"), "{e}");
+    assert_eq!(relay.metric(r#"alert_relay_webhook_requests_total{code="503"}"#).await, 1.0);
+    assert_eq!(relay.metric(r#"alert_relay_spool_pending{receiver="r"}"#).await, 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_health_and_readiness_from_start() {
+    let relay = TestRelay::start(
+        "receivers:\n  - { name: one, url: 'http://127.0.0.1:1' }\n  - { name: two, url: 'http://127.0.0.1:1' }\n",
+    )
+    .await;
+    let text = client().get(format!("{}/metrics", relay.base)).send().await.unwrap().text().await.unwrap();
+    for r in ["one", "two"] {
+        for reason in ["conditions", "resolved", "disabled", "max_alerts"] {
+            assert!(text.contains(&format!(r#"alert_relay_alerts_filtered_total{{reason="{reason}",receiver="{r}"}} 0"#)));
+        }
+        for reason in ["clientError", "authError", "expired"] {
+            assert!(text.contains(&format!(r#"alert_relay_notifications_failed_total{{reason="{reason}",receiver="{r}"}} 0"#)));
+        }
+        for reason in ["serverError", "clientError", "authError", "rateLimited", "timeout", "connection"] {
+            assert!(text.contains(&format!(
+                r#"alert_relay_notification_requests_failed_total{{reason="{reason}",receiver="{r}"}} 0"#
+            )));
+        }
+        for series in [
+            "alerts_matched_total",
+            "notifications_total",
+            "notifications_delivered_total",
+            "notifications_superseded_total",
+            "notification_requests_total",
+            "spool_pending",
+            "dead_letters",
+            "notification_request_duration_seconds_count",
+            "notification_delivery_latency_seconds_count",
+        ] {
+            assert!(text.contains(&format!(r#"alert_relay_{series}{{receiver="{r}"}} 0"#)), "{series} {r}");
+        }
+    }
+    assert!(text.contains("alert_relay_build_info{version=\""));
+    assert!(text.contains("alert_relay_config_last_reload_successful 1"));
+    assert!(text.contains("alert_relay_spool_commit_duration_seconds_bucket"));
+    assert!(text.contains("process_resident_memory_bytes"));
+    for path in ["/-/healthy", "/-/ready"] {
+        assert_eq!(client().get(format!("{}{path}", relay.base)).send().await.unwrap().status().as_u16(), 200);
+    }
+}
