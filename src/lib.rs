@@ -35,7 +35,10 @@ pub enum StartError {
     #[error("{0}")]
     Dispatcher(String),
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: String, source: std::io::Error },
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
 }
 
 /// A running relay: HTTP server, dispatcher and spool.
@@ -52,14 +55,22 @@ impl Relay {
     pub async fn start(config: Config) -> Result<Relay, StartError> {
         let metrics = Arc::new(Metrics::new());
         metrics.reload_successful.set(1);
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
         metrics.reload_timestamp.set(now.as_secs_f64());
-        let spool = Arc::new(Spool::open(&config.spool.dir, metrics.spool_commit_duration.clone())?);
+        let spool = Arc::new(Spool::open(
+            &config.spool.dir,
+            metrics.spool_commit_duration.clone(),
+        )?);
         let dispatcher = Dispatcher::start(spool, metrics.clone(), config.receivers.clone())
             .await
             .map_err(StartError::Dispatcher)?;
         let listen = config.server.listen.clone();
-        let listen_error = |source| StartError::Listen { addr: listen.clone(), source };
+        let listen_error = |source| StartError::Listen {
+            addr: listen.clone(),
+            source,
+        };
         let listener = std::net::TcpListener::bind(&config.server.listen).map_err(listen_error)?;
         let addr = listener.local_addr().map_err(listen_error)?;
         let receivers = config.receivers.len();
@@ -71,19 +82,28 @@ impl Relay {
             shutting_down: AtomicBool::new(false),
         });
         let data = shared.clone();
-        let server = HttpServer::new(move || actix_web::App::new().app_data(data.clone()).configure(http::routes))
-            .disable_signals()
-            .shutdown_timeout(5)
-            .listen(listener)
-            .map_err(listen_error)?
-            .run();
+        let server = HttpServer::new(move || {
+            actix_web::App::new()
+                .app_data(data.clone())
+                .configure(http::routes)
+        })
+        .disable_signals()
+        .shutdown_timeout(5)
+        .listen(listener)
+        .map_err(listen_error)?
+        .run();
         let handle = server.handle();
         let server = tokio::spawn(server);
         log::info!(
             "alert-relay {} listening on {addr}, spool in {spool_dir}, {receivers} receivers",
             env!("CARGO_PKG_VERSION")
         );
-        Ok(Relay { addr, shared, handle, server })
+        Ok(Relay {
+            addr,
+            shared,
+            handle,
+            server,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -108,6 +128,9 @@ impl Relay {
         if let Ok(Err(e)) = self.server.await {
             log::error!("HTTP server: {e}");
         }
-        log::info!("stopped; {} deliveries left pending in the spool", self.shared.dispatcher.pending());
+        log::info!(
+            "stopped; {} deliveries left pending in the spool",
+            self.shared.dispatcher.pending()
+        );
     }
 }

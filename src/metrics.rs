@@ -31,62 +31,157 @@ pub struct Metrics {
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
-    registry.register(Box::new(c.clone())).expect("metric registered once");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("metric registered once");
     c
 }
 
-fn histogram(registry: &Registry, name: &str, help: &str, labels: &[&str], buckets: Vec<f64>) -> HistogramVec {
+fn histogram(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: Vec<f64>,
+) -> HistogramVec {
     let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
         .expect("static metric definition");
-    registry.register(Box::new(h.clone())).expect("metric registered once");
+    registry
+        .register(Box::new(h.clone()))
+        .expect("metric registered once");
     h
 }
 
 fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition");
-    registry.register(Box::new(g.clone())).expect("metric registered once");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("metric registered once");
     g
 }
 
-const LATENCY_BUCKETS: [f64; 14] =
-    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
-const DELIVERY_BUCKETS: [f64; 16] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 1800.0, 7200.0,
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
-const COMMIT_BUCKETS: [f64; 12] =
-    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
+const DELIVERY_BUCKETS: [f64; 16] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 1800.0,
+    7200.0,
+];
+const COMMIT_BUCKETS: [f64; 12] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
 
 impl Metrics {
     pub fn new() -> Metrics {
         let r = Registry::new_custom(Some("alert_relay".into()), None).expect("valid prefix");
         let m = Metrics {
-            webhook_requests: counter(&r, "webhook_requests_total", "Requests to /webhook by HTTP status code.", &["code"]),
-            alerts_received: counter(&r, "alerts_received_total", "Alerts received on /webhook by status.", &["status"]),
-            alerts_matched: counter(&r, "alerts_matched_total", "Alerts forwarded to a receiver.", &["receiver"]),
-            alerts_filtered: counter(&r, "alerts_filtered_total", "Alerts not forwarded to a receiver, by reason.", &["receiver", "reason"]),
-            notifications: counter(&r, "notifications_total", "Deliveries created.", &["receiver"]),
-            delivered: counter(&r, "notifications_delivered_total", "Deliveries the target accepted.", &["receiver"]),
-            failed: counter(&r, "notifications_failed_total", "Deliveries dead-lettered, by reason.", &["receiver", "reason"]),
-            superseded: counter(&r, "notifications_superseded_total", "Pending deliveries replaced by a newer notification of their group.", &["receiver"]),
-            requests: counter(&r, "notification_requests_total", "HTTP attempts to targets.", &["receiver"]),
-            requests_failed: counter(&r, "notification_requests_failed_total", "HTTP attempts that failed, by reason.", &["receiver", "reason"]),
-            request_duration: histogram(&r, "notification_request_duration_seconds", "Duration of one HTTP attempt.", &["receiver"], LATENCY_BUCKETS.to_vec()),
-            delivery_latency: histogram(&r, "notification_delivery_latency_seconds", "Time from accepting a notification to its delivery.", &["receiver"], DELIVERY_BUCKETS.to_vec()),
-            spool_pending: gauge_vec(&r, "spool_pending", "Deliveries waiting in the spool.", &["receiver"]),
-            dead_letters: gauge_vec(&r, "dead_letters", "Dead-lettered deliveries kept in the spool.", &["receiver"]),
+            webhook_requests: counter(
+                &r,
+                "webhook_requests_total",
+                "Requests to /webhook by HTTP status code.",
+                &["code"],
+            ),
+            alerts_received: counter(
+                &r,
+                "alerts_received_total",
+                "Alerts received on /webhook by status.",
+                &["status"],
+            ),
+            alerts_matched: counter(
+                &r,
+                "alerts_matched_total",
+                "Alerts forwarded to a receiver.",
+                &["receiver"],
+            ),
+            alerts_filtered: counter(
+                &r,
+                "alerts_filtered_total",
+                "Alerts not forwarded to a receiver, by reason.",
+                &["receiver", "reason"],
+            ),
+            notifications: counter(
+                &r,
+                "notifications_total",
+                "Deliveries created.",
+                &["receiver"],
+            ),
+            delivered: counter(
+                &r,
+                "notifications_delivered_total",
+                "Deliveries the target accepted.",
+                &["receiver"],
+            ),
+            failed: counter(
+                &r,
+                "notifications_failed_total",
+                "Deliveries dead-lettered, by reason.",
+                &["receiver", "reason"],
+            ),
+            superseded: counter(
+                &r,
+                "notifications_superseded_total",
+                "Pending deliveries replaced by a newer notification of their group.",
+                &["receiver"],
+            ),
+            requests: counter(
+                &r,
+                "notification_requests_total",
+                "HTTP attempts to targets.",
+                &["receiver"],
+            ),
+            requests_failed: counter(
+                &r,
+                "notification_requests_failed_total",
+                "HTTP attempts that failed, by reason.",
+                &["receiver", "reason"],
+            ),
+            request_duration: histogram(
+                &r,
+                "notification_request_duration_seconds",
+                "Duration of one HTTP attempt.",
+                &["receiver"],
+                LATENCY_BUCKETS.to_vec(),
+            ),
+            delivery_latency: histogram(
+                &r,
+                "notification_delivery_latency_seconds",
+                "Time from accepting a notification to its delivery.",
+                &["receiver"],
+                DELIVERY_BUCKETS.to_vec(),
+            ),
+            spool_pending: gauge_vec(
+                &r,
+                "spool_pending",
+                "Deliveries waiting in the spool.",
+                &["receiver"],
+            ),
+            dead_letters: gauge_vec(
+                &r,
+                "dead_letters",
+                "Dead-lettered deliveries kept in the spool.",
+                &["receiver"],
+            ),
             spool_commit_duration: {
                 let h = Histogram::with_opts(
-                    HistogramOpts::new("spool_commit_duration_seconds", "Duration of one durable spool commit.")
-                        .buckets(COMMIT_BUCKETS.to_vec()),
+                    HistogramOpts::new(
+                        "spool_commit_duration_seconds",
+                        "Duration of one durable spool commit.",
+                    )
+                    .buckets(COMMIT_BUCKETS.to_vec()),
                 )
                 .expect("static metric definition");
-                r.register(Box::new(h.clone())).expect("metric registered once");
+                r.register(Box::new(h.clone()))
+                    .expect("metric registered once");
                 h
             },
             reload_successful: {
-                let g = IntGauge::new("config_last_reload_successful", "Whether the last configuration load succeeded.")
-                    .expect("static metric definition");
-                r.register(Box::new(g.clone())).expect("metric registered once");
+                let g = IntGauge::new(
+                    "config_last_reload_successful",
+                    "Whether the last configuration load succeeded.",
+                )
+                .expect("static metric definition");
+                r.register(Box::new(g.clone()))
+                    .expect("metric registered once");
                 g
             },
             reload_timestamp: {
@@ -95,14 +190,20 @@ impl Metrics {
                     "Time of the last successful configuration load.",
                 )
                 .expect("static metric definition");
-                r.register(Box::new(g.clone())).expect("metric registered once");
+                r.register(Box::new(g.clone()))
+                    .expect("metric registered once");
                 g
             },
             registry: r,
         };
-        let build = IntGaugeVec::new(Opts::new("build_info", "alert-relay build; always 1."), &["version"])
-            .expect("static metric definition");
-        m.registry.register(Box::new(build.clone())).expect("metric registered once");
+        let build = IntGaugeVec::new(
+            Opts::new("build_info", "alert-relay build; always 1."),
+            &["version"],
+        )
+        .expect("static metric definition");
+        m.registry
+            .register(Box::new(build.clone()))
+            .expect("metric registered once");
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         for status in ["firing", "resolved"] {
             m.alerts_received.with_label_values(&[status]);
@@ -122,7 +223,8 @@ impl Metrics {
     pub fn init_receiver(&self, name: &str) {
         self.alerts_matched.with_label_values(&[name]);
         for reason in FilterReason::ALL {
-            self.alerts_filtered.with_label_values(&[name, reason.as_str()]);
+            self.alerts_filtered
+                .with_label_values(&[name, reason.as_str()]);
         }
         self.notifications.with_label_values(&[name]);
         self.delivered.with_label_values(&[name]);
@@ -132,7 +234,8 @@ impl Metrics {
         self.superseded.with_label_values(&[name]);
         self.requests.with_label_values(&[name]);
         for reason in FailureReason::ALL {
-            self.requests_failed.with_label_values(&[name, reason.as_str()]);
+            self.requests_failed
+                .with_label_values(&[name, reason.as_str()]);
         }
         self.request_duration.with_label_values(&[name]);
         self.delivery_latency.with_label_values(&[name]);

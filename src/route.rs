@@ -100,7 +100,10 @@ struct Forward<'a> {
 }
 
 pub fn route(notification: &Notification, receivers: &[Arc<Receiver>]) -> Vec<Routed> {
-    receivers.iter().map(|r| route_one(notification, r)).collect()
+    receivers
+        .iter()
+        .map(|r| route_one(notification, r))
+        .collect()
 }
 
 fn route_one(notification: &Notification, receiver: &Arc<Receiver>) -> Routed {
@@ -136,7 +139,12 @@ fn route_one(notification: &Notification, receiver: &Arc<Receiver>) -> Routed {
         // Serializing owned JSON values into a Vec cannot fail.
         serde_json::to_vec(&forward).unwrap_or_default()
     });
-    Routed { receiver: receiver.clone(), body, matched, filtered }
+    Routed {
+        receiver: receiver.clone(),
+        body,
+        matched,
+        filtered,
+    }
 }
 
 /// The pairs every set has, with the same value.
@@ -183,7 +191,10 @@ mod tests {
         let out = route(&n, &rs);
 
         let crit = forwarded(&out[0]);
-        assert_eq!(crit["status"], "resolved", "only the resolved critical alert is left");
+        assert_eq!(
+            crit["status"], "resolved",
+            "only the resolved critical alert is left"
+        );
         assert_eq!(crit["alerts"].as_array().unwrap().len(), 1);
         assert_eq!(crit["commonLabels"]["service"], "api");
         assert_eq!(crit["commonAnnotations"]["summary"], "p99 latency above 1s");

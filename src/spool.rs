@@ -43,10 +43,18 @@ pub struct DeliveryMeta {
 
 #[derive(Debug)]
 pub enum Op {
-    Insert { meta: DeliveryMeta, body: Vec<u8> },
+    Insert {
+        meta: DeliveryMeta,
+        body: Vec<u8>,
+    },
     /// Replaces the state of an existing delivery; a missing one stays missing.
-    Update { id: u64, meta: DeliveryMeta },
-    Remove { id: u64 },
+    Update {
+        id: u64,
+        meta: DeliveryMeta,
+    },
+    Remove {
+        id: u64,
+    },
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -73,8 +81,12 @@ impl Spool {
     /// Opens (or creates) `dir/spool.redb` and starts its writer thread.
     pub fn open(dir: &Path, commit_duration: Histogram) -> Result<Spool, SpoolError> {
         let path = dir.join("spool.redb");
-        let err = |message: String| SpoolError::Storage { path: path.display().to_string(), message };
-        std::fs::create_dir_all(dir).map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
+        let err = |message: String| SpoolError::Storage {
+            path: path.display().to_string(),
+            message,
+        };
+        std::fs::create_dir_all(dir)
+            .map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
         let db = Database::create(&path).map_err(|e| err(e.to_string()))?;
         let instance = {
             let txn = db.begin_write().map_err(|e| err(e.to_string()))?;
@@ -90,7 +102,8 @@ impl Spool {
                     Some(id) => id,
                     None => {
                         let id = format!("{:016x}", fastrand::u64(..));
-                        meta.insert(INSTANCE, id.as_bytes()).map_err(|e| err(e.to_string()))?;
+                        meta.insert(INSTANCE, id.as_bytes())
+                            .map_err(|e| err(e.to_string()))?;
                         id
                     }
                 }
@@ -106,7 +119,12 @@ impl Spool {
             .name("spool-writer".into())
             .spawn(move || write_loop(&writer_db, &writer_path, rx, &commit_duration))
             .map_err(|e| err(format!("cannot start writer thread: {e}")))?;
-        Ok(Spool { db, path, writer: tx, instance })
+        Ok(Spool {
+            db,
+            path,
+            writer: tx,
+            instance,
+        })
     }
 
     /// A random id of this spool, stable across restarts: with the delivery id it
@@ -122,12 +140,17 @@ impl Spool {
             return Ok(Vec::new());
         }
         let (reply, answer) = oneshot::channel();
-        self.writer.send(Batch { ops, reply }).map_err(|_| SpoolError::Closed)?;
+        self.writer
+            .send(Batch { ops, reply })
+            .map_err(|_| SpoolError::Closed)?;
         answer.await.map_err(|_| SpoolError::Closed)?
     }
 
     fn err(&self, e: impl std::fmt::Display) -> SpoolError {
-        SpoolError::Storage { path: self.path.display().to_string(), message: e.to_string() }
+        SpoolError::Storage {
+            path: self.path.display().to_string(),
+            message: e.to_string(),
+        }
     }
 
     /// Every delivery's state, oldest first.
@@ -178,8 +201,15 @@ fn write_loop(
                 }
             }
             Err(message) => {
-                log::error!("spool {}: commit of {} requests failed: {message}", path.display(), batches.len());
-                let error = SpoolError::Storage { path: path.display().to_string(), message };
+                log::error!(
+                    "spool {}: commit of {} requests failed: {message}",
+                    path.display(),
+                    batches.len()
+                );
+                let error = SpoolError::Storage {
+                    path: path.display().to_string(),
+                    message,
+                };
                 for batch in batches {
                     let _ = batch.reply.send(Err(error.clone()));
                 }
@@ -198,7 +228,11 @@ fn apply(db: &Database, batches: &mut [Batch]) -> Result<Vec<Vec<u64>>, String> 
         let mut deliveries = txn.open_table(DELIVERIES).map_err(|e| s(&e))?;
         let mut payloads = txn.open_table(PAYLOADS).map_err(|e| s(&e))?;
         let mut next_id = match meta.get(NEXT_ID).map_err(|e| s(&e))? {
-            Some(v) => u64::from_le_bytes(v.value().try_into().map_err(|_| "corrupt next_id".to_string())?),
+            Some(v) => u64::from_le_bytes(
+                v.value()
+                    .try_into()
+                    .map_err(|_| "corrupt next_id".to_string())?,
+            ),
             None => 1,
         };
         for batch in batches.iter_mut() {
@@ -209,14 +243,18 @@ fn apply(db: &Database, batches: &mut [Batch]) -> Result<Vec<Vec<u64>>, String> 
                         let id = next_id;
                         next_id += 1;
                         let encoded = serde_json::to_vec(&meta).map_err(|e| s(&e))?;
-                        deliveries.insert(id, encoded.as_slice()).map_err(|e| s(&e))?;
+                        deliveries
+                            .insert(id, encoded.as_slice())
+                            .map_err(|e| s(&e))?;
                         payloads.insert(id, body.as_slice()).map_err(|e| s(&e))?;
                         ids.push(id);
                     }
                     Op::Update { id, meta } => {
                         if deliveries.get(id).map_err(|e| s(&e))?.is_some() {
                             let encoded = serde_json::to_vec(&meta).map_err(|e| s(&e))?;
-                            deliveries.insert(id, encoded.as_slice()).map_err(|e| s(&e))?;
+                            deliveries
+                                .insert(id, encoded.as_slice())
+                                .map_err(|e| s(&e))?;
                         }
                     }
                     Op::Remove { id } => {
@@ -227,7 +265,8 @@ fn apply(db: &Database, batches: &mut [Batch]) -> Result<Vec<Vec<u64>>, String> 
             }
             all_ids.push(ids);
         }
-        meta.insert(NEXT_ID, next_id.to_le_bytes().as_slice()).map_err(|e| s(&e))?;
+        meta.insert(NEXT_ID, next_id.to_le_bytes().as_slice())
+            .map_err(|e| s(&e))?;
     }
     txn.commit().map_err(|e| s(&e))?;
     Ok(all_ids)
@@ -262,14 +301,29 @@ mod tests {
             let spool = Spool::open(dir.path(), hist()).unwrap();
             let ids = spool
                 .commit(vec![
-                    Op::Insert { meta: meta("a"), body: b"one".to_vec() },
-                    Op::Insert { meta: meta("b"), body: b"two".to_vec() },
+                    Op::Insert {
+                        meta: meta("a"),
+                        body: b"one".to_vec(),
+                    },
+                    Op::Insert {
+                        meta: meta("b"),
+                        body: b"two".to_vec(),
+                    },
                 ])
                 .await
                 .unwrap();
             let mut dead = meta("b");
             dead.dead = Some(DeadReason::Expired);
-            spool.commit(vec![Op::Update { id: ids[1], meta: dead }, Op::Remove { id: 999 }]).await.unwrap();
+            spool
+                .commit(vec![
+                    Op::Update {
+                        id: ids[1],
+                        meta: dead,
+                    },
+                    Op::Remove { id: 999 },
+                ])
+                .await
+                .unwrap();
             (spool.instance().to_string(), ids)
         };
         // The writer thread owns a handle too; wait until the file can be reopened.
@@ -283,10 +337,22 @@ mod tests {
         let all = spool.load_all().unwrap();
         assert_eq!(all.len(), 2);
         assert_eq!(all[1].1.dead, Some(DeadReason::Expired));
-        assert_eq!(spool.payload(first_ids[0]).unwrap().as_deref(), Some(&b"one"[..]));
-        let more = spool.commit(vec![Op::Insert { meta: meta("a"), body: vec![] }]).await.unwrap();
+        assert_eq!(
+            spool.payload(first_ids[0]).unwrap().as_deref(),
+            Some(&b"one"[..])
+        );
+        let more = spool
+            .commit(vec![Op::Insert {
+                meta: meta("a"),
+                body: vec![],
+            }])
+            .await
+            .unwrap();
         assert!(more[0] > first_ids[1]);
-        spool.commit(vec![Op::Remove { id: first_ids[0] }]).await.unwrap();
+        spool
+            .commit(vec![Op::Remove { id: first_ids[0] }])
+            .await
+            .unwrap();
         assert_eq!(spool.payload(first_ids[0]).unwrap(), None);
     }
 
@@ -298,7 +364,13 @@ mod tests {
             .map(|_| {
                 let spool = spool.clone();
                 tokio::spawn(async move {
-                    spool.commit(vec![Op::Insert { meta: meta("a"), body: vec![1] }]).await.unwrap()[0]
+                    spool
+                        .commit(vec![Op::Insert {
+                            meta: meta("a"),
+                            body: vec![1],
+                        }])
+                        .await
+                        .unwrap()[0]
                 })
             })
             .collect();

@@ -95,7 +95,13 @@ impl QueueState {
             }
         }
         self.due.insert((meta.next_due_ms, id));
-        self.entries.insert(id, Entry { meta, obsolete: false });
+        self.entries.insert(
+            id,
+            Entry {
+                meta,
+                obsolete: false,
+            },
+        );
         superseded
     }
 
@@ -105,7 +111,9 @@ impl QueueState {
             if due > now {
                 return Step::WaitUntil(due);
             }
-            let Some(entry) = self.entries.get(&id) else { continue };
+            let Some(entry) = self.entries.get(&id) else {
+                continue;
+            };
             let key = &entry.meta.group_key;
             if !key.is_empty() && self.groups.get(key).is_some_and(|g| g.in_flight.is_some()) {
                 continue;
@@ -113,9 +121,13 @@ impl QueueState {
             chosen = Some((due, id));
             break;
         }
-        let Some((due, id)) = chosen else { return Step::Idle };
+        let Some((due, id)) = chosen else {
+            return Step::Idle;
+        };
         self.due.remove(&(due, id));
-        let Some(entry) = self.entries.get(&id) else { return Step::Idle };
+        let Some(entry) = self.entries.get(&id) else {
+            return Step::Idle;
+        };
         let meta = entry.meta.clone();
         if let Some(group) = self.groups.get_mut(&meta.group_key) {
             group.pending = None;
@@ -127,7 +139,9 @@ impl QueueState {
     /// Records the end of an attempt; true when the delivery was superseded
     /// meanwhile and must be removed from the spool.
     fn finish(&mut self, id: u64, how: Finish) -> bool {
-        let Some(entry) = self.entries.remove(&id) else { return false };
+        let Some(entry) = self.entries.remove(&id) else {
+            return false;
+        };
         let key = entry.meta.group_key.clone();
         let mut superseded = false;
         match how {
@@ -142,7 +156,13 @@ impl QueueState {
                 if let Some(group) = self.groups.get_mut(&key) {
                     group.pending = Some(id);
                 }
-                self.entries.insert(id, Entry { meta, obsolete: false });
+                self.entries.insert(
+                    id,
+                    Entry {
+                        meta,
+                        obsolete: false,
+                    },
+                );
             }
         }
         if let Some(group) = self.groups.get_mut(&key) {
@@ -165,7 +185,10 @@ struct Queue {
 
 impl Queue {
     fn target(&self) -> Arc<Target> {
-        self.target.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.target
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
@@ -214,7 +237,9 @@ impl Dispatcher {
         dispatcher.resume().await.map_err(|e| e.to_string())?;
         let mut workers = lock(&dispatcher.workers);
         for r in dispatcher.receivers.iter() {
-            let Some(queue) = dispatcher.queues.get(&r.name) else { continue };
+            let Some(queue) = dispatcher.queues.get(&r.name) else {
+                continue;
+            };
             for _ in 0..r.concurrency {
                 let d = dispatcher.clone();
                 let q = queue.clone();
@@ -254,14 +279,25 @@ impl Dispatcher {
             if let Some(q) = self.queues.get(&r.name) {
                 let state = lock(&q.state);
                 self.metrics.superseded.with_label_values(&[&r.name]);
-                self.metrics.dead_letters.with_label_values(&[&r.name]).set(state.dead as i64);
-                self.metrics.spool_pending.with_label_values(&[&r.name]).set(state.entries.len() as i64);
+                self.metrics
+                    .dead_letters
+                    .with_label_values(&[&r.name])
+                    .set(state.dead as i64);
+                self.metrics
+                    .spool_pending
+                    .with_label_values(&[&r.name])
+                    .set(state.entries.len() as i64);
             }
         }
         self.pending.store(pending - stale.len(), Ordering::Relaxed);
         if !stale.is_empty() {
-            log::info!("spool: {} older notifications superseded on start", stale.len());
-            self.spool.commit(stale.into_iter().map(|id| Op::Remove { id }).collect()).await?;
+            log::info!(
+                "spool: {} older notifications superseded on start",
+                stale.len()
+            );
+            self.spool
+                .commit(stale.into_iter().map(|id| Op::Remove { id }).collect())
+                .await?;
         }
         let total = self.pending.load(Ordering::Relaxed);
         if total > 0 {
@@ -281,7 +317,11 @@ impl Dispatcher {
     }
 
     /// Makes the deliveries durable, then queues them. Returns once committed.
-    pub async fn accept(&self, group_key: &str, deliveries: Vec<NewDelivery>) -> Result<usize, SpoolError> {
+    pub async fn accept(
+        &self,
+        group_key: &str,
+        deliveries: Vec<NewDelivery>,
+    ) -> Result<usize, SpoolError> {
         let now = now_ms();
         let mut metas = Vec::with_capacity(deliveries.len());
         let mut ops = Vec::with_capacity(deliveries.len());
@@ -297,21 +337,32 @@ impl Dispatcher {
                 last_error: None,
                 dead: None,
             };
-            ops.push(Op::Insert { meta: meta.clone(), body: d.body });
+            ops.push(Op::Insert {
+                meta: meta.clone(),
+                body: d.body,
+            });
             metas.push(meta);
         }
         let ids = self.spool.commit(ops).await?;
         let count = ids.len();
         let mut stale = Vec::new();
         for (id, meta) in ids.into_iter().zip(metas) {
-            self.metrics.notifications.with_label_values(&[&meta.receiver]).inc();
+            self.metrics
+                .notifications
+                .with_label_values(&[&meta.receiver])
+                .inc();
             self.pending.fetch_add(1, Ordering::Relaxed);
-            let Some(queue) = self.queues.get(&meta.receiver) else { continue };
+            let Some(queue) = self.queues.get(&meta.receiver) else {
+                continue;
+            };
             let name = meta.receiver.clone();
             let superseded = {
                 let mut state = lock(&queue.state);
                 let superseded = state.add(id, meta);
-                self.metrics.spool_pending.with_label_values(&[&name]).set(state.entries.len() as i64);
+                self.metrics
+                    .spool_pending
+                    .with_label_values(&[&name])
+                    .set(state.entries.len() as i64);
                 superseded
             };
             for old in superseded {
@@ -342,7 +393,11 @@ impl Dispatcher {
                 return;
             }
             let target = queue.target();
-            let step = if target.receiver.enabled { lock(&queue.state).take(now_ms()) } else { Step::Idle };
+            let step = if target.receiver.enabled {
+                lock(&queue.state).take(now_ms())
+            } else {
+                Step::Idle
+            };
             match step {
                 Step::Attempt(id, meta) => {
                     // Others may find work too: pass the wake-up on.
@@ -388,7 +443,9 @@ impl Dispatcher {
         let attempt = target.send(&key, body).await;
         let m = &self.metrics;
         m.requests.with_label_values(&[name]).inc();
-        m.request_duration.with_label_values(&[name]).observe(attempt.latency.as_secs_f64());
+        m.request_duration
+            .with_label_values(&[name])
+            .observe(attempt.latency.as_secs_f64());
         meta.attempts += 1;
         let first = *meta.first_attempt_ms.get_or_insert(started);
         meta.last_error = attempt.error.clone();
@@ -397,14 +454,30 @@ impl Dispatcher {
             Outcome::Delivered => {
                 m.delivered.with_label_values(&[name]).inc();
                 let latency = now_ms().saturating_sub(meta.created_ms) as f64 / 1000.0;
-                m.delivery_latency.with_label_values(&[name]).observe(latency);
-                log::debug!("receiver {name}: delivery {id} delivered after {} attempts", meta.attempts);
+                m.delivery_latency
+                    .with_label_values(&[name])
+                    .observe(latency);
+                log::debug!(
+                    "receiver {name}: delivery {id} delivered after {} attempts",
+                    meta.attempts
+                );
                 (Op::Remove { id }, Finish::Gone)
             }
-            Outcome::Retryable { reason, retry_after } => {
-                m.requests_failed.with_label_values(&[name, reason.as_str()]).inc();
+            Outcome::Retryable {
+                reason,
+                retry_after,
+            } => {
+                m.requests_failed
+                    .with_label_values(&[name, reason.as_str()])
+                    .inc();
                 let policy = &target.receiver.retry;
-                match policy.after_failure(meta.attempts, first, now_ms(), retry_after, fastrand::f64()) {
+                match policy.after_failure(
+                    meta.attempts,
+                    first,
+                    now_ms(),
+                    retry_after,
+                    fastrand::f64(),
+                ) {
                     Next::RetryAt(at) => {
                         log::warn!(
                             "receiver {name}: delivery {id} attempt {} failed: {error}; next in {}ms",
@@ -412,13 +485,21 @@ impl Dispatcher {
                             at.saturating_sub(now_ms())
                         );
                         meta.next_due_ms = at;
-                        (Op::Update { id, meta: meta.clone() }, Finish::Retry(meta))
+                        (
+                            Op::Update {
+                                id,
+                                meta: meta.clone(),
+                            },
+                            Finish::Retry(meta),
+                        )
                     }
                     Next::Dead(dead) => self.dead_letter(name, id, meta, dead, error),
                 }
             }
             Outcome::Permanent { reason } => {
-                m.requests_failed.with_label_values(&[name, reason.as_str()]).inc();
+                m.requests_failed
+                    .with_label_values(&[name, reason.as_str()])
+                    .inc();
                 self.dead_letter(name, id, meta, reason.dead_reason(), error)
             }
         };
@@ -428,13 +509,23 @@ impl Dispatcher {
         self.finish(queue, name, id, finish).await;
     }
 
-    fn dead_letter(&self, name: &str, id: u64, mut meta: DeliveryMeta, reason: DeadReason, error: &str) -> (Op, Finish) {
+    fn dead_letter(
+        &self,
+        name: &str,
+        id: u64,
+        mut meta: DeliveryMeta,
+        reason: DeadReason,
+        error: &str,
+    ) -> (Op, Finish) {
         log::warn!(
             "receiver {name}: delivery {id} dead-lettered ({}) after {} attempts: {error}",
             reason.as_str(),
             meta.attempts
         );
-        self.metrics.failed.with_label_values(&[name, reason.as_str()]).inc();
+        self.metrics
+            .failed
+            .with_label_values(&[name, reason.as_str()])
+            .inc();
         meta.dead = Some(reason);
         (Op::Update { id, meta }, Finish::Dead)
     }
@@ -444,8 +535,14 @@ impl Dispatcher {
         let superseded = {
             let mut state = lock(&queue.state);
             let superseded = state.finish(id, how);
-            self.metrics.spool_pending.with_label_values(&[name]).set(state.entries.len() as i64);
-            self.metrics.dead_letters.with_label_values(&[name]).set(state.dead as i64);
+            self.metrics
+                .spool_pending
+                .with_label_values(&[name])
+                .set(state.entries.len() as i64);
+            self.metrics
+                .dead_letters
+                .with_label_values(&[name])
+                .set(state.dead as i64);
             superseded
         };
         if !stays || superseded {
@@ -469,7 +566,10 @@ impl Dispatcher {
         let workers: Vec<_> = lock(&self.workers).drain(..).collect();
         let deadline = tokio::time::Instant::now() + grace;
         for mut worker in workers {
-            if tokio::time::timeout_at(deadline, &mut worker).await.is_err() {
+            if tokio::time::timeout_at(deadline, &mut worker)
+                .await
+                .is_err()
+            {
                 worker.abort();
             }
         }
@@ -522,7 +622,10 @@ mod tests {
         q.add(1, meta("g", 0));
         q.add(10, meta("other", 0));
         assert!(matches!(q.take(0), Step::Attempt(1, _)));
-        assert!(q.add(2, meta("g", 0)).is_empty(), "in flight is not superseded at once");
+        assert!(
+            q.add(2, meta("g", 0)).is_empty(),
+            "in flight is not superseded at once"
+        );
         // 2 waits for 1; the other group goes ahead.
         assert!(matches!(q.take(0), Step::Attempt(10, _)));
         assert_eq!(q.take(0), Step::Idle);

@@ -43,14 +43,17 @@ fn provider() -> Arc<CryptoProvider> {
 pub fn client_config(material: &TlsMaterial) -> Result<Arc<ClientConfig>, TlsError> {
     let provider = provider();
     let verifier: Arc<dyn ServerCertVerifier> = if material.insecure_skip_verify {
-        Arc::new(AcceptAnyCertificate { provider: provider.clone() })
+        Arc::new(AcceptAnyCertificate {
+            provider: provider.clone(),
+        })
     } else {
         let mut roots = RootCertStore::empty();
         match &material.ca_pem {
             Some(pem) => {
                 let mut count = 0;
                 for cert in CertificateDer::pem_slice_iter(pem) {
-                    let cert = cert.map_err(|e| TlsError::Ca(format!("not a PEM certificate: {e}")))?;
+                    let cert =
+                        cert.map_err(|e| TlsError::Ca(format!("not a PEM certificate: {e}")))?;
                     roots.add(cert).map_err(|e| TlsError::Ca(e.to_string()))?;
                     count += 1;
                 }
@@ -67,7 +70,10 @@ pub fn client_config(material: &TlsMaterial) -> Result<Arc<ClientConfig>, TlsErr
             Some(name) => {
                 let name = ServerName::try_from(name.clone())
                     .map_err(|_| TlsError::ServerName(name.clone()))?;
-                Arc::new(PinnedServerName { inner: webpki, name })
+                Arc::new(PinnedServerName {
+                    inner: webpki,
+                    name,
+                })
             }
             None => webpki,
         }
@@ -112,7 +118,8 @@ impl ServerCertVerifier for PinnedServerName {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        self.inner.verify_server_cert(end_entity, intermediates, &self.name, ocsp_response, now)
+        self.inner
+            .verify_server_cert(end_entity, intermediates, &self.name, ocsp_response, now)
     }
 
     fn verify_tls12_signature(
@@ -163,7 +170,12 @@ impl ServerCertVerifier for AcceptAnyCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -172,10 +184,17 @@ impl ServerCertVerifier for AcceptAnyCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }

@@ -26,7 +26,10 @@ pub fn client() -> reqwest::Client {
     INSTALL.call_once(|| {
         let _ = rustls::crypto::ring::default_provider().install_default();
     });
-    reqwest::Client::builder().no_proxy().build().expect("test client")
+    reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("test client")
 }
 
 /// A relay on 127.0.0.1 with its spool in a temporary directory.
@@ -50,10 +53,15 @@ impl TestRelay {
             text.push_str("server: { listen: '127.0.0.1:0' }\n");
         }
         text.push_str(&yaml.replace("SPOOL_DIR", &spool));
-        let config = Config::from_yaml(&text).unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
+        let config =
+            Config::from_yaml(&text).unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
         let relay = Relay::start(config).await.expect("relay starts");
         let base = format!("http://{}", relay.local_addr());
-        TestRelay { relay: Some(relay), base, dir }
+        TestRelay {
+            relay: Some(relay),
+            base,
+            dir,
+        }
     }
 
     pub async fn post(&self, body: impl Into<Vec<u8>>) -> (u16, Value) {
@@ -72,14 +80,20 @@ impl TestRelay {
 }
 
 pub async fn post_json(url: &str, body: Vec<u8>, auth: Option<&str>) -> (u16, Value) {
-    let mut req = client().post(url).header("content-type", "application/json").body(body);
+    let mut req = client()
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body);
     if let Some(a) = auth {
         req = req.header("authorization", a);
     }
     let resp = req.send().await.expect("request sent");
     let status = resp.status().as_u16();
     let text = resp.text().await.unwrap_or_default();
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
 }
 
 /// The value of one series of `/metrics` (labels in alphabetical order); 0 if absent.
@@ -93,7 +107,10 @@ pub async fn metric(base: &str, series: &str) -> f64 {
         .await
         .expect("metrics body");
     text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
         .map(|v| v.trim().parse().expect("metric value"))
         .unwrap_or(0.0)
 }
@@ -119,8 +136,10 @@ pub fn payload(group_key: &str, alerts: &[(&str, &[(&str, &str)])]) -> Vec<u8> {
     let alerts: Vec<Value> = alerts
         .iter()
         .map(|(status, labels)| {
-            let labels: serde_json::Map<String, Value> =
-                labels.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+            let labels: serde_json::Map<String, Value> = labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), json!(v)))
+                .collect();
             json!({
                 "status": status,
                 "labels": labels,
@@ -170,10 +189,17 @@ impl Ca {
     pub fn new(name: &str) -> Ca {
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params.distinguished_name.push(rcgen::DnType::CommonName, name);
-        params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
         let key = rcgen::KeyPair::generate().expect("key");
-        Ca { issuer: rcgen::CertifiedIssuer::self_signed(params, key).expect("ca") }
+        Ca {
+            issuer: rcgen::CertifiedIssuer::self_signed(params, key).expect("ca"),
+        }
     }
 
     pub fn pem(&self) -> String {
@@ -181,11 +207,19 @@ impl Ca {
     }
 
     pub fn leaf(&self, names: &[&str]) -> Leaf {
-        let params = rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-            .expect("params");
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .expect("params");
+        params.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
         let key = rcgen::KeyPair::generate().expect("key");
         let cert = params.signed_by(&key, &self.issuer).expect("leaf");
-        Leaf { cert_pem: cert.pem(), key_pem: key.serialize_pem() }
+        Leaf {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
     }
 }
 
@@ -195,12 +229,18 @@ pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     path
 }
 
-fn chain_and_key(leaf: &Leaf) -> (Vec<rustls::pki_types::CertificateDer<'static>>, rustls::pki_types::PrivateKeyDer<'static>) {
+fn chain_and_key(
+    leaf: &Leaf,
+) -> (
+    Vec<rustls::pki_types::CertificateDer<'static>>,
+    rustls::pki_types::PrivateKeyDer<'static>,
+) {
     use rustls::pki_types::pem::PemObject;
     let chain = rustls::pki_types::CertificateDer::pem_slice_iter(leaf.cert_pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .expect("cert pem");
-    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).expect("key pem");
+    let key =
+        rustls::pki_types::PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).expect("key pem");
     (chain, key)
 }
 
@@ -221,9 +261,12 @@ impl TlsTarget {
             Some(ca) => {
                 let mut roots = rustls::RootCertStore::empty();
                 roots.add(ca.issuer.der().clone()).expect("client ca");
-                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                    .build()
-                    .expect("client verifier");
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider,
+                )
+                .build()
+                .expect("client verifier");
                 builder.with_client_cert_verifier(verifier)
             }
             None => builder.with_no_client_auth(),
@@ -231,7 +274,9 @@ impl TlsTarget {
         let (chain, key) = chain_and_key(server);
         let config = builder.with_single_cert(chain, key).expect("server cert");
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let hits = Arc::new(AtomicUsize::new(0));
         let counter = hits.clone();
@@ -240,7 +285,9 @@ impl TlsTarget {
                 let acceptor = acceptor.clone();
                 let counter = counter.clone();
                 tokio::spawn(async move {
-                    let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
                     if read_request(&mut tls).await {
                         counter.fetch_add(1, Ordering::SeqCst);
                         let _ = tls
@@ -264,7 +311,9 @@ async fn read_request<S: AsyncReadExt + Unpin>(stream: &mut S) -> bool {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
-        let Ok(n) = stream.read(&mut chunk).await else { return false };
+        let Ok(n) = stream.read(&mut chunk).await else {
+            return false;
+        };
         if n == 0 {
             return false;
         }

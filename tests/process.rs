@@ -1,0 +1,295 @@
+//! The real `alert-relay` binary as a child process: CLI, crash recovery,
+//! graceful stop, embedded defaults.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use common::*;
+use serde_json::Value;
+use wiremock::matchers::method;
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+const BIN: &str = env!("CARGO_BIN_EXE_alert-relay");
+
+struct Process {
+    child: Child,
+    base: String,
+}
+
+impl Process {
+    /// Starts the binary in `dir` with `args` and waits until it is ready.
+    async fn start(dir: &Path, args: &[&str], port: u16, env: &[(&str, &str)]) -> Process {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("relay.log"))
+            .unwrap();
+        let child = Command::new(BIN)
+            .args(args)
+            .current_dir(dir)
+            .envs(env.iter().copied())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("binary starts");
+        let base = format!("http://127.0.0.1:{port}");
+        let ready = format!("{base}/-/ready");
+        eventually("the relay to be ready", || async {
+            matches!(client().get(&ready).send().await, Ok(r) if r.status().is_success())
+        })
+        .await;
+        Process { child, base }
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args(["-s", name, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    async fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let mut status = None;
+        eventually("the process to exit", || {
+            status = self.child.try_wait().unwrap();
+            let done = status.is_some();
+            async move { done }
+        })
+        .await;
+        status.unwrap()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn config(dir: &Path, port: u16, receivers: &str) -> String {
+    let path = dir.join("relay.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "server: {{ listen: '127.0.0.1:{port}' }}\nspool: {{ dir: '{}' }}\n{receivers}",
+            dir.join("spool").display()
+        ),
+    )
+    .unwrap();
+    path.display().to_string()
+}
+
+fn group_keys(requests: &[wiremock::Request]) -> BTreeSet<String> {
+    requests
+        .iter()
+        .map(|r| {
+            serde_json::from_slice::<Value>(&r.body).unwrap()["groupKey"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_loses_no_accepted_delivery() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(503))
+        .mount(&target)
+        .await;
+    let port = closed_port();
+    let cfg = config(
+        dir.path(),
+        port,
+        &format!(
+            "receivers: [{{ name: r, url: '{}', concurrency: 2, retry: {{ initial_interval: 100ms, max_interval: 300ms }} }}]",
+            target.uri()
+        ),
+    );
+    let mut relay = Process::start(dir.path(), &["--config", &cfg], port, &[]).await;
+    let sent: BTreeSet<String> = (0..30).map(|i| format!("group-{i}")).collect();
+    for key in &sent {
+        let (status, _) = post_json(
+            &format!("{}/webhook", relay.base),
+            payload(key, &[("firing", &[("alertname", "Crash")])]),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+    eventually("attempts against the failing target", || async {
+        target.received_requests().await.unwrap_or_default().len() >= 30
+    })
+    .await;
+    relay.child.kill().unwrap(); // SIGKILL
+    relay.child.wait().unwrap();
+
+    target.reset().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&target)
+        .await;
+    let relay = Process::start(dir.path(), &["serve", "--config", &cfg], port, &[]).await;
+    eventually("every accepted delivery after restart", || async {
+        group_keys(&target.received_requests().await.unwrap_or_default()) == sent
+    })
+    .await;
+    eventually("the spool to drain", || async {
+        metric(&relay.base, r#"alert_relay_spool_pending{receiver="r"}"#).await == 0.0
+    })
+    .await;
+    // Nothing was delivered before the kill; only an attempt in flight at that
+    // moment (at most one per worker) may be seen twice.
+    let received = target.received_requests().await.unwrap().len();
+    assert!(
+        (30..=32).contains(&received),
+        "{received} requests for 30 deliveries"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_zero_and_keeps_pending_deliveries() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = closed_port();
+    let cfg = config(
+        dir.path(),
+        port,
+        &format!(
+            "receivers: [{{ name: r, url: 'http://127.0.0.1:{}/', timeout: 1s }}]",
+            closed_port()
+        ),
+    );
+    let mut relay = Process::start(dir.path(), &["--config", &cfg], port, &[]).await;
+    let (status, _) = post_json(&format!("{}/webhook", relay.base), FIRING.into(), None).await;
+    assert_eq!(status, 200);
+    relay.signal("TERM");
+    assert!(relay.wait_exit().await.success());
+    let hist = prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("h", "h")).unwrap();
+    let spool = alert_relay::spool::Spool::open(&dir.path().join("spool"), hist).unwrap();
+    let left = spool.load_all().unwrap();
+    assert_eq!(left.len(), 1);
+    assert!(left[0].1.dead.is_none(), "still pending, not dead");
+    let log = std::fs::read_to_string(dir.path().join("relay.log")).unwrap();
+    assert!(log.contains("1 deliveries left pending"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_on_embedded_defaults_with_env_overrides() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = closed_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut relay = Process::start(
+        dir.path(),
+        &[],
+        port,
+        &[("ALERT_RELAY__SERVER__LISTEN", &listen)],
+    )
+    .await;
+    assert!(
+        dir.path().join("data/spool.redb").exists(),
+        "spool in ./data"
+    );
+    let text = client()
+        .get(format!("{}/metrics", relay.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains(r#"alert_relay_spool_pending{receiver="example"} 0"#));
+    relay.signal("INT");
+    assert!(relay.wait_exit().await.success());
+}
+
+#[test]
+fn check_config_prints_every_error_and_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "receivers:\n  - { name: a, url: 'nope', conditions: [{ label: x, operator: Matches, values: ['('] }] }\n  - { name: a, url: 'http://x', timeout: soon }\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 4, "{stderr}");
+    assert!(lines[0].starts_with("receivers[0] (a).url:"), "{stderr}");
+    assert!(
+        lines[1].starts_with("receivers[0] (a).conditions[0]: x Matches: values[0]: invalid regex"),
+        "{stderr}"
+    );
+    assert!(
+        lines[2].starts_with("receivers[1] (a).name: duplicate"),
+        "{stderr}"
+    );
+    assert!(
+        lines[3].starts_with("receivers[1] (a).timeout: invalid duration \"soon\""),
+        "{stderr}"
+    );
+
+    let unknown = dir.path().join("unknown.yaml");
+    std::fs::write(&unknown, "spool: { dri: x }\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&unknown)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field `dri`"));
+
+    let good = dir.path().join("good.yaml");
+    std::fs::write(
+        &good,
+        "receivers: [{ name: a, url: 'http://127.0.0.1:1/' }]\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("OK (1 receivers)"));
+
+    let out = Command::new(BIN).arg("--version").output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("alert-relay {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn shipped_config_passes_check_config() {
+    let out = Command::new(BIN)
+        .args([
+            "check-config",
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config/alert-relay.yaml"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
