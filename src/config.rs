@@ -142,7 +142,7 @@ pub enum AuthType {
 }
 
 /// `auth` of a receiver, or `server.webhook_auth`.
-#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Default, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthSpec {
     #[serde(rename = "type", default)]
@@ -157,6 +157,20 @@ pub struct AuthSpec {
     pub password: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_file: Option<PathBuf>,
+}
+
+impl fmt::Debug for AuthSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shown = |v: &Option<String>| v.as_ref().map(|_| REDACTED);
+        f.debug_struct("AuthSpec")
+            .field("kind", &self.kind)
+            .field("token", &shown(&self.token))
+            .field("token_file", &self.token_file)
+            .field("username", &self.username)
+            .field("password", &shown(&self.password))
+            .field("password_file", &self.password_file)
+            .finish()
+    }
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
@@ -289,6 +303,8 @@ pub struct Spool {
 /// A receiver ready to use: every value checked, every file read.
 #[derive(Debug, Clone)]
 pub struct Receiver {
+    /// As written (with secrets): what the admin API shows, redacted.
+    pub spec: ReceiverSpec,
     pub name: String,
     pub url: reqwest::Url,
     pub enabled: bool,
@@ -310,6 +326,8 @@ pub struct Config {
     pub server: Server,
     pub admin: Admin,
     pub spool: Spool,
+    pub delivery: DeliveryDefaults,
+    /// The receivers of the file (provisioned).
     pub receivers: Vec<Arc<Receiver>>,
     /// The file it came from; `None` for the embedded default.
     pub source: Option<PathBuf>,
@@ -399,7 +417,9 @@ struct Errors<'a> {
 
 impl Errors<'_> {
     fn push(&mut self, field: &str, message: impl fmt::Display) {
-        if field.is_empty() {
+        if self.prefix.is_empty() {
+            self.list.push(format!("{field}: {message}"));
+        } else if field.is_empty() {
             self.list.push(format!("{}: {message}", self.prefix));
         } else {
             self.list
@@ -487,7 +507,7 @@ fn validate(raw: RawConfig, source: Option<PathBuf>) -> Result<Config, ConfigErr
         if let Err(e) = retry_policy(&retry) {
             errors.push("retry", e);
         }
-        Defaults {
+        DeliveryDefaults {
             timeout,
             concurrency,
             retry,
@@ -514,6 +534,7 @@ fn validate(raw: RawConfig, source: Option<PathBuf>) -> Result<Config, ConfigErr
             server,
             admin,
             spool,
+            delivery: defaults,
             receivers,
             source,
         })
@@ -523,10 +544,62 @@ fn validate(raw: RawConfig, source: Option<PathBuf>) -> Result<Config, ConfigErr
 }
 
 /// The `delivery` section, which a receiver's own settings override.
-struct Defaults {
+#[derive(Debug, Clone)]
+pub struct DeliveryDefaults {
     timeout: String,
     concurrency: u64,
     retry: RetrySpec,
+}
+
+/// Validates a receiver given to the admin API, with the file's delivery
+/// defaults: the same checks as the file's, errors as `field: message`.
+pub fn validate_receiver(
+    spec: &ReceiverSpec,
+    defaults: &DeliveryDefaults,
+) -> Result<Receiver, Vec<String>> {
+    let mut list = Vec::new();
+    let received = receiver(
+        spec,
+        defaults,
+        &mut Errors {
+            list: &mut list,
+            prefix: String::new(),
+        },
+    );
+    match received {
+        Some(r) if list.is_empty() => Ok(r),
+        _ => Err(list),
+    }
+}
+
+/// Stands in for a secret in API answers; sent back in a `PUT`, it keeps the
+/// stored secret.
+pub const REDACTED: &str = "<redacted>";
+
+impl ReceiverSpec {
+    /// A copy fit to show: inline secrets replaced by `REDACTED`.
+    pub fn redacted(&self) -> ReceiverSpec {
+        let mut spec = self.clone();
+        let hide = |v: &mut Option<String>| {
+            if v.is_some() {
+                *v = Some(REDACTED.into());
+            }
+        };
+        hide(&mut spec.auth.token);
+        hide(&mut spec.auth.password);
+        spec
+    }
+
+    /// Puts back the secrets of `stored` where this spec holds `REDACTED`.
+    pub fn keep_secrets_of(&mut self, stored: &ReceiverSpec) {
+        let keep = |v: &mut Option<String>, old: &Option<String>| {
+            if v.as_deref() == Some(REDACTED) {
+                v.clone_from(old);
+            }
+        };
+        keep(&mut self.auth.token, &stored.auth.token);
+        keep(&mut self.auth.password, &stored.auth.password);
+    }
 }
 
 fn looks_like_host_port(s: &str) -> bool {
@@ -677,7 +750,11 @@ fn auth(spec: &AuthSpec, errors: &mut Errors<'_>) -> Auth {
     }
 }
 
-fn receiver(spec: &ReceiverSpec, defaults: &Defaults, errors: &mut Errors<'_>) -> Option<Receiver> {
+fn receiver(
+    spec: &ReceiverSpec,
+    defaults: &DeliveryDefaults,
+    errors: &mut Errors<'_>,
+) -> Option<Receiver> {
     let before = errors.list.len();
     if !is_valid_name(&spec.name) {
         errors.push(
@@ -770,6 +847,7 @@ fn receiver(spec: &ReceiverSpec, defaults: &Defaults, errors: &mut Errors<'_>) -
         return None;
     }
     Some(Receiver {
+        spec: spec.clone(),
         name: spec.name.clone(),
         url: url?,
         enabled: spec.enabled,

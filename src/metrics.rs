@@ -18,6 +18,7 @@ pub struct Metrics {
     pub delivered: IntCounterVec,
     pub failed: IntCounterVec,
     pub superseded: IntCounterVec,
+    pub dropped: IntCounterVec,
     pub requests: IntCounterVec,
     pub requests_failed: IntCounterVec,
     pub request_duration: HistogramVec,
@@ -121,6 +122,12 @@ impl Metrics {
                 &r,
                 "notifications_superseded_total",
                 "Pending deliveries replaced by a newer notification of their group.",
+                &["receiver"],
+            ),
+            dropped: counter(
+                &r,
+                "notifications_dropped_total",
+                "Pending deliveries dropped because their receiver was deleted.",
                 &["receiver"],
             ),
             requests: counter(
@@ -232,6 +239,7 @@ impl Metrics {
             self.failed.with_label_values(&[name, reason.as_str()]);
         }
         self.superseded.with_label_values(&[name]);
+        self.dropped.with_label_values(&[name]);
         self.requests.with_label_values(&[name]);
         for reason in FailureReason::ALL {
             self.requests_failed

@@ -18,6 +18,8 @@ use crate::delivery::retry::DeadReason;
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const DELIVERIES: TableDefinition<u64, &[u8]> = TableDefinition::new("deliveries");
 const PAYLOADS: TableDefinition<u64, &[u8]> = TableDefinition::new("payloads");
+/// Receivers created through the admin API: name → JSON spec.
+const RECEIVERS: TableDefinition<&str, &[u8]> = TableDefinition::new("receivers");
 
 const NEXT_ID: &str = "next_id";
 const INSTANCE: &str = "instance";
@@ -54,6 +56,14 @@ pub enum Op {
     },
     Remove {
         id: u64,
+    },
+    /// Stores an API-managed receiver's spec (JSON).
+    PutReceiver {
+        name: String,
+        spec: Vec<u8>,
+    },
+    DeleteReceiver {
+        name: String,
     },
 }
 
@@ -94,6 +104,7 @@ impl Spool {
                 let mut meta = txn.open_table(META).map_err(|e| err(e.to_string()))?;
                 txn.open_table(DELIVERIES).map_err(|e| err(e.to_string()))?;
                 txn.open_table(PAYLOADS).map_err(|e| err(e.to_string()))?;
+                txn.open_table(RECEIVERS).map_err(|e| err(e.to_string()))?;
                 let existing = meta
                     .get(INSTANCE)
                     .map_err(|e| err(e.to_string()))?
@@ -169,6 +180,61 @@ impl Spool {
         Ok(out)
     }
 
+    /// One delivery's state.
+    pub fn get(&self, id: u64) -> Result<Option<DeliveryMeta>, SpoolError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let table = txn.open_table(DELIVERIES).map_err(|e| self.err(e))?;
+        let value = table.get(id).map_err(|e| self.err(e))?;
+        match value {
+            Some(v) => serde_json::from_slice(v.value())
+                .map(Some)
+                .map_err(|e| self.err(e)),
+            None => Ok(None),
+        }
+    }
+
+    /// Deliveries newest first, those with ids below `before` that `keep`
+    /// accepts, at most `limit`.
+    pub fn list(
+        &self,
+        before: Option<u64>,
+        limit: usize,
+        keep: impl Fn(&DeliveryMeta) -> bool,
+    ) -> Result<Vec<(u64, DeliveryMeta)>, SpoolError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let table = txn.open_table(DELIVERIES).map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in table
+            .range(..before.unwrap_or(u64::MAX))
+            .map_err(|e| self.err(e))?
+            .rev()
+        {
+            let (id, value) = row.map_err(|e| self.err(e))?;
+            let Ok(meta) = serde_json::from_slice::<DeliveryMeta>(value.value()) else {
+                continue;
+            };
+            if keep(&meta) {
+                out.push((id.value(), meta));
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The API-managed receivers' specs (JSON), by name.
+    pub fn receivers(&self) -> Result<Vec<(String, Vec<u8>)>, SpoolError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let table = txn.open_table(RECEIVERS).map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(|e| self.err(e))? {
+            let (name, spec) = row.map_err(|e| self.err(e))?;
+            out.push((name.value().to_string(), spec.value().to_vec()));
+        }
+        Ok(out)
+    }
+
     pub fn payload(&self, id: u64) -> Result<Option<Vec<u8>>, SpoolError> {
         let txn = self.db.begin_read().map_err(|e| self.err(e))?;
         let table = txn.open_table(PAYLOADS).map_err(|e| self.err(e))?;
@@ -227,6 +293,7 @@ fn apply(db: &Database, batches: &mut [Batch]) -> Result<Vec<Vec<u64>>, String> 
         let mut meta = txn.open_table(META).map_err(|e| s(&e))?;
         let mut deliveries = txn.open_table(DELIVERIES).map_err(|e| s(&e))?;
         let mut payloads = txn.open_table(PAYLOADS).map_err(|e| s(&e))?;
+        let mut receivers = txn.open_table(RECEIVERS).map_err(|e| s(&e))?;
         let mut next_id = match meta.get(NEXT_ID).map_err(|e| s(&e))? {
             Some(v) => u64::from_le_bytes(
                 v.value()
@@ -260,6 +327,14 @@ fn apply(db: &Database, batches: &mut [Batch]) -> Result<Vec<Vec<u64>>, String> 
                     Op::Remove { id } => {
                         deliveries.remove(id).map_err(|e| s(&e))?;
                         payloads.remove(id).map_err(|e| s(&e))?;
+                    }
+                    Op::PutReceiver { name, spec } => {
+                        receivers
+                            .insert(name.as_str(), spec.as_slice())
+                            .map_err(|e| s(&e))?;
+                    }
+                    Op::DeleteReceiver { name } => {
+                        receivers.remove(name.as_str()).map_err(|e| s(&e))?;
                     }
                 }
             }

@@ -3,7 +3,7 @@
 //! spool before it is acted on.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -53,6 +53,19 @@ enum Step {
     Attempt(u64, DeliveryMeta),
     WaitUntil(u64),
     Idle,
+}
+
+/// What became of a delivery at the end of its attempt.
+#[derive(Debug, PartialEq)]
+enum Ended {
+    /// It was dropped meanwhile (its receiver deleted).
+    Unknown,
+    /// Delivered, gone or dead: no longer pending.
+    Left,
+    /// Pending again, for a retry.
+    Stays,
+    /// A newer notification of its group arrived: drop it.
+    Superseded,
 }
 
 /// How an attempt ended, for the in-memory queue.
@@ -136,21 +149,19 @@ impl QueueState {
         Step::Attempt(id, meta)
     }
 
-    /// Records the end of an attempt; true when the delivery was superseded
-    /// meanwhile and must be removed from the spool.
-    fn finish(&mut self, id: u64, how: Finish) -> bool {
+    /// Records the end of an attempt.
+    fn finish(&mut self, id: u64, how: Finish) -> Ended {
         let Some(entry) = self.entries.remove(&id) else {
-            return false;
+            return Ended::Unknown;
         };
         let key = entry.meta.group_key.clone();
-        let mut superseded = false;
-        match how {
-            Finish::Gone => {}
-            Finish::Dead => self.dead += 1,
-            Finish::Retry(meta) if entry.obsolete => {
-                let _ = meta;
-                superseded = true;
+        let ended = match how {
+            Finish::Gone => Ended::Left,
+            Finish::Dead => {
+                self.dead += 1;
+                Ended::Left
             }
+            Finish::Retry(_) if entry.obsolete => Ended::Superseded,
             Finish::Retry(meta) => {
                 self.due.insert((meta.next_due_ms, id));
                 if let Some(group) = self.groups.get_mut(&key) {
@@ -163,8 +174,9 @@ impl QueueState {
                         obsolete: false,
                     },
                 );
+                Ended::Stays
             }
-        }
+        };
         if let Some(group) = self.groups.get_mut(&key) {
             if group.in_flight == Some(id) {
                 group.in_flight = None;
@@ -173,7 +185,14 @@ impl QueueState {
                 self.groups.remove(&key);
             }
         }
-        superseded
+        ended
+    }
+
+    /// Forgets every pending delivery; their ids.
+    fn clear(&mut self) -> Vec<u64> {
+        self.due.clear();
+        self.groups.clear();
+        self.entries.drain().map(|(id, _)| id).collect()
     }
 }
 
@@ -181,6 +200,9 @@ struct Queue {
     target: RwLock<Arc<Target>>,
     state: Mutex<QueueState>,
     wake: Notify,
+    /// Worker `i` runs while `i` is below the receiver's concurrency.
+    workers: Mutex<Vec<JoinHandle<()>>>,
+    removed: AtomicBool,
 }
 
 impl Queue {
@@ -190,125 +212,261 @@ impl Queue {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
+
+    /// Wakes every worker: one stored permit covers a worker about to wait.
+    fn wake_all(&self) {
+        self.wake.notify_waiters();
+        self.wake.notify_one();
+    }
+}
+
+/// What `Dispatcher::apply` dropped with the receivers it removed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Dropped {
+    pub pending: usize,
+    pub dead: usize,
+}
+
+/// Why a dead letter could not be retried or deleted.
+#[derive(Debug, thiserror::Error)]
+pub enum DeadLetterError {
+    #[error("no delivery {0}")]
+    NotFound(u64),
+    #[error("delivery {0} is pending, not dead-lettered")]
+    Pending(u64),
+    #[error("receiver {0} of this delivery is not configured")]
+    NoReceiver(String),
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
 }
 
 pub struct Dispatcher {
     spool: Arc<Spool>,
     metrics: Arc<Metrics>,
-    receivers: Arc<Vec<Arc<Receiver>>>,
-    queues: HashMap<String, Arc<Queue>>,
+    receivers: RwLock<Arc<Vec<Arc<Receiver>>>>,
+    queues: RwLock<HashMap<String, Arc<Queue>>>,
     /// Pending deliveries in the spool, every receiver's.
     pending: AtomicUsize,
     stop: watch::Sender<bool>,
-    workers: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Dispatcher {
-    /// Builds every receiver's queue, resumes what the spool holds and starts the
-    /// workers on the current Tokio runtime.
+    /// Resumes what the spool holds and starts every receiver's workers on the
+    /// current Tokio runtime.
     pub async fn start(
         spool: Arc<Spool>,
         metrics: Arc<Metrics>,
         receivers: Vec<Arc<Receiver>>,
     ) -> Result<Arc<Dispatcher>, String> {
-        let mut queues = HashMap::new();
-        for r in &receivers {
-            metrics.init_receiver(&r.name);
-            let target = Target::new(r.clone()).map_err(|e| format!("receiver {}: {e}", r.name))?;
-            queues.insert(
-                r.name.clone(),
-                Arc::new(Queue {
-                    target: RwLock::new(Arc::new(target)),
-                    state: Mutex::new(QueueState::default()),
-                    wake: Notify::new(),
-                }),
-            );
-        }
+        let pending = spool
+            .load_all()
+            .map_err(|e| e.to_string())?
+            .iter()
+            .filter(|(_, m)| m.dead.is_none())
+            .count();
         let (stop, _) = watch::channel(false);
         let dispatcher = Arc::new(Dispatcher {
             spool,
             metrics,
-            receivers: Arc::new(receivers),
-            queues,
-            pending: AtomicUsize::new(0),
+            receivers: RwLock::new(Arc::new(Vec::new())),
+            queues: RwLock::new(HashMap::new()),
+            pending: AtomicUsize::new(pending),
             stop,
-            workers: Mutex::new(Vec::new()),
         });
-        dispatcher.resume().await.map_err(|e| e.to_string())?;
-        let mut workers = lock(&dispatcher.workers);
-        for r in dispatcher.receivers.iter() {
-            let Some(queue) = dispatcher.queues.get(&r.name) else {
-                continue;
-            };
-            for _ in 0..r.concurrency {
-                let d = dispatcher.clone();
-                let q = queue.clone();
-                workers.push(tokio::spawn(async move { d.work(q).await }));
+        dispatcher.apply(receivers).await?;
+        let configured = dispatcher.receivers();
+        let mut orphans: HashMap<String, usize> = HashMap::new();
+        for (_, meta) in dispatcher.spool.load_all().map_err(|e| e.to_string())? {
+            if !configured.iter().any(|r| r.name == meta.receiver) {
+                *orphans.entry(meta.receiver).or_default() += 1;
             }
         }
-        drop(workers);
+        for (name, count) in orphans {
+            log::warn!("spool holds {count} deliveries for receiver {name}, which is not configured; kept until it is");
+        }
+        if pending > 0 {
+            log::info!(
+                "spool: resuming {} pending deliveries",
+                dispatcher.pending()
+            );
+        }
         Ok(dispatcher)
     }
 
-    /// Loads the spool into the queues; deliveries of receivers no longer
-    /// configured stay in the spool untouched.
-    async fn resume(&self) -> Result<(), SpoolError> {
-        let mut stale = Vec::new();
-        let mut orphans: HashMap<String, usize> = HashMap::new();
-        let mut pending = 0;
-        for (id, meta) in self.spool.load_all()? {
-            let Some(queue) = self.queues.get(&meta.receiver) else {
-                *orphans.entry(meta.receiver.clone()).or_default() += 1;
-                if meta.dead.is_none() {
-                    pending += 1;
+    /// Puts a new set of receivers in force at once: new ones get a queue (and
+    /// whatever the spool holds for them), kept ones take their new settings for
+    /// every attempt from now on, removed ones are stopped and their
+    /// deliveries dropped. Nothing changes if a receiver's client cannot be built.
+    pub async fn apply(
+        self: &Arc<Self>,
+        receivers: Vec<Arc<Receiver>>,
+    ) -> Result<HashMap<String, Dropped>, String> {
+        let mut targets = Vec::with_capacity(receivers.len());
+        for r in &receivers {
+            targets.push(Arc::new(
+                Target::new(r.clone()).map_err(|e| format!("receiver {}: {e}", r.name))?,
+            ));
+        }
+        let (created, removed) = {
+            let mut queues = write(&self.queues);
+            let mut created = Vec::new();
+            for target in targets {
+                let name = target.receiver.name.clone();
+                match queues.get(&name) {
+                    Some(q) => *q.target.write().unwrap_or_else(|p| p.into_inner()) = target,
+                    None => {
+                        self.metrics.init_receiver(&name);
+                        let q = Arc::new(Queue {
+                            target: RwLock::new(target),
+                            state: Mutex::new(QueueState::default()),
+                            wake: Notify::new(),
+                            workers: Mutex::new(Vec::new()),
+                            removed: AtomicBool::new(false),
+                        });
+                        queues.insert(name.clone(), q.clone());
+                        created.push((name, q));
+                    }
                 }
+            }
+            let gone: Vec<String> = queues
+                .keys()
+                .filter(|n| !receivers.iter().any(|r| &r.name == *n))
+                .cloned()
+                .collect();
+            let removed: Vec<(String, Arc<Queue>)> = gone
+                .into_iter()
+                .filter_map(|n| queues.remove(&n).map(|q| (n, q)))
+                .collect();
+            *self.receivers.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(receivers);
+            (created, removed)
+        };
+        if !created.is_empty() {
+            self.adopt(&created).await.map_err(|e| e.to_string())?;
+        }
+        let dropped = self.drop_queues(removed).await.map_err(|e| e.to_string())?;
+        for queue in read(&self.queues).values() {
+            self.spawn_workers(queue);
+            queue.wake_all();
+        }
+        Ok(dropped)
+    }
+
+    /// Loads the spool's deliveries of newly created queues.
+    async fn adopt(&self, created: &[(String, Arc<Queue>)]) -> Result<(), SpoolError> {
+        let mut stale = Vec::new();
+        for (id, meta) in self.spool.load_all()? {
+            let Some((_, queue)) = created.iter().find(|(n, _)| *n == meta.receiver) else {
                 continue;
             };
             let mut state = lock(&queue.state);
             if meta.dead.is_some() {
                 state.dead += 1;
             } else {
-                pending += 1;
                 stale.extend(state.add(id, meta));
             }
         }
-        for (name, count) in orphans {
-            log::warn!("spool holds {count} deliveries for receiver {name}, which is not configured; they are kept");
+        for (name, queue) in created {
+            let state = lock(&queue.state);
+            self.metrics
+                .dead_letters
+                .with_label_values(&[name])
+                .set(state.dead as i64);
+            self.metrics
+                .spool_pending
+                .with_label_values(&[name])
+                .set(state.entries.len() as i64);
         }
-        for r in self.receivers.iter() {
-            if let Some(q) = self.queues.get(&r.name) {
-                let state = lock(&q.state);
-                self.metrics.superseded.with_label_values(&[&r.name]);
-                self.metrics
-                    .dead_letters
-                    .with_label_values(&[&r.name])
-                    .set(state.dead as i64);
-                self.metrics
-                    .spool_pending
-                    .with_label_values(&[&r.name])
-                    .set(state.entries.len() as i64);
-            }
-        }
-        self.pending.store(pending - stale.len(), Ordering::Relaxed);
         if !stale.is_empty() {
             log::info!(
-                "spool: {} older notifications superseded on start",
+                "spool: {} older notifications superseded by newer ones of their groups",
                 stale.len()
             );
+            self.pending.fetch_sub(stale.len(), Ordering::Relaxed);
             self.spool
                 .commit(stale.into_iter().map(|id| Op::Remove { id }).collect())
                 .await?;
         }
-        let total = self.pending.load(Ordering::Relaxed);
-        if total > 0 {
-            log::info!("spool: resuming {total} pending deliveries");
-        }
         Ok(())
+    }
+
+    /// Stops removed queues and deletes their deliveries, dead letters included.
+    async fn drop_queues(
+        &self,
+        removed: Vec<(String, Arc<Queue>)>,
+    ) -> Result<HashMap<String, Dropped>, SpoolError> {
+        let mut report = HashMap::new();
+        if removed.is_empty() {
+            return Ok(report);
+        }
+        let mut ops = Vec::new();
+        for (name, queue) in &removed {
+            queue.removed.store(true, Ordering::Relaxed);
+            queue.wake_all();
+            let ids = lock(&queue.state).clear();
+            self.pending.fetch_sub(ids.len(), Ordering::Relaxed);
+            self.metrics
+                .dropped
+                .with_label_values(&[name])
+                .inc_by(ids.len() as u64);
+            self.metrics.spool_pending.with_label_values(&[name]).set(0);
+            self.metrics.dead_letters.with_label_values(&[name]).set(0);
+            report.insert(
+                name.clone(),
+                Dropped {
+                    pending: ids.len(),
+                    dead: 0,
+                },
+            );
+            ops.extend(ids.into_iter().map(|id| Op::Remove { id }));
+        }
+        for (id, meta) in self.spool.list(None, usize::MAX, |m| m.dead.is_some())? {
+            if let Some(d) = report.get_mut(&meta.receiver) {
+                d.dead += 1;
+                ops.push(Op::Remove { id });
+            }
+        }
+        for (name, d) in &report {
+            log::warn!(
+                "receiver {name} removed: {} pending deliveries and {} dead letters dropped",
+                d.pending,
+                d.dead
+            );
+        }
+        self.spool.commit(ops).await?;
+        Ok(report)
+    }
+
+    fn spawn_workers(self: &Arc<Self>, queue: &Arc<Queue>) {
+        let concurrency = queue.target().receiver.concurrency;
+        let mut workers = lock(&queue.workers);
+        // Workers past the new concurrency end on their own once idle.
+        workers.truncate(concurrency);
+        for index in workers.len()..concurrency {
+            let d = self.clone();
+            let q = queue.clone();
+            workers.push(tokio::spawn(async move { d.work(q, index).await }));
+        }
     }
 
     /// The receivers, in configuration order.
     pub fn receivers(&self) -> Arc<Vec<Arc<Receiver>>> {
-        self.receivers.clone()
+        self.receivers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// A receiver's target as its workers use it.
+    pub fn target(&self, name: &str) -> Option<Arc<Target>> {
+        read(&self.queues).get(name).map(|q| q.target())
+    }
+
+    /// Pending deliveries and dead letters of one receiver.
+    pub fn counts(&self, name: &str) -> (usize, usize) {
+        read(&self.queues).get(name).map_or((0, 0), |q| {
+            let state = lock(&q.state);
+            (state.entries.len(), state.dead)
+        })
     }
 
     /// Pending deliveries in the spool, all receivers together.
@@ -347,15 +505,17 @@ impl Dispatcher {
         let count = ids.len();
         let mut stale = Vec::new();
         for (id, meta) in ids.into_iter().zip(metas) {
-            self.metrics
-                .notifications
-                .with_label_values(&[&meta.receiver])
-                .inc();
+            let name = meta.receiver.clone();
+            self.metrics.notifications.with_label_values(&[&name]).inc();
             self.pending.fetch_add(1, Ordering::Relaxed);
-            let Some(queue) = self.queues.get(&meta.receiver) else {
+            let Some(queue) = read(&self.queues).get(&name).cloned() else {
+                // Deleted while this request was being routed.
+                log::warn!("receiver {name} was removed meanwhile; delivery {id} dropped");
+                self.metrics.dropped.with_label_values(&[&name]).inc();
+                self.pending.fetch_sub(1, Ordering::Relaxed);
+                stale.push(Op::Remove { id });
                 continue;
             };
-            let name = meta.receiver.clone();
             let superseded = {
                 let mut state = lock(&queue.state);
                 let superseded = state.add(id, meta);
@@ -386,13 +546,86 @@ impl Dispatcher {
         Ok(count)
     }
 
-    async fn work(self: Arc<Self>, queue: Arc<Queue>) {
+    /// Requeues a dead letter as a new first attempt.
+    pub async fn retry_dead(&self, id: u64) -> Result<(), DeadLetterError> {
+        let mut meta = self.spool.get(id)?.ok_or(DeadLetterError::NotFound(id))?;
+        if meta.dead.is_none() {
+            return Err(DeadLetterError::Pending(id));
+        }
+        let name = meta.receiver.clone();
+        let queue = read(&self.queues)
+            .get(&name)
+            .cloned()
+            .ok_or(DeadLetterError::NoReceiver(name.clone()))?;
+        meta.dead = None;
+        meta.attempts = 0;
+        meta.first_attempt_ms = None;
+        meta.next_due_ms = now_ms();
+        self.spool
+            .commit(vec![Op::Update {
+                id,
+                meta: meta.clone(),
+            }])
+            .await?;
+        self.pending.fetch_add(1, Ordering::Relaxed);
+        let superseded = {
+            let mut state = lock(&queue.state);
+            state.dead = state.dead.saturating_sub(1);
+            let superseded = state.add(id, meta);
+            self.metrics
+                .spool_pending
+                .with_label_values(&[&name])
+                .set(state.entries.len() as i64);
+            self.metrics
+                .dead_letters
+                .with_label_values(&[&name])
+                .set(state.dead as i64);
+            superseded
+        };
+        if !superseded.is_empty() {
+            self.metrics
+                .superseded
+                .with_label_values(&[&name])
+                .inc_by(superseded.len() as u64);
+            self.pending.fetch_sub(superseded.len(), Ordering::Relaxed);
+            self.spool
+                .commit(superseded.into_iter().map(|id| Op::Remove { id }).collect())
+                .await?;
+        }
+        log::info!("receiver {name}: dead letter {id} requeued");
+        queue.wake.notify_one();
+        Ok(())
+    }
+
+    /// Deletes a dead letter.
+    pub async fn delete_dead(&self, id: u64) -> Result<(), DeadLetterError> {
+        let meta = self.spool.get(id)?.ok_or(DeadLetterError::NotFound(id))?;
+        if meta.dead.is_none() {
+            return Err(DeadLetterError::Pending(id));
+        }
+        self.spool.commit(vec![Op::Remove { id }]).await?;
+        if let Some(queue) = read(&self.queues).get(&meta.receiver) {
+            let mut state = lock(&queue.state);
+            state.dead = state.dead.saturating_sub(1);
+            self.metrics
+                .dead_letters
+                .with_label_values(&[&meta.receiver])
+                .set(state.dead as i64);
+        }
+        log::info!("receiver {}: dead letter {id} deleted", meta.receiver);
+        Ok(())
+    }
+
+    async fn work(self: Arc<Self>, queue: Arc<Queue>, index: usize) {
         let mut stop = self.stop.subscribe();
         loop {
-            if *stop.borrow() {
+            let target = queue.target();
+            if *stop.borrow()
+                || queue.removed.load(Ordering::Relaxed)
+                || index >= target.receiver.concurrency
+            {
                 return;
             }
-            let target = queue.target();
             let step = if target.receiver.enabled {
                 lock(&queue.state).take(now_ms())
             } else {
@@ -531,28 +764,33 @@ impl Dispatcher {
     }
 
     async fn finish(&self, queue: &Queue, name: &str, id: u64, how: Finish) {
-        let stays = matches!(how, Finish::Retry(_));
-        let superseded = {
+        let ended = {
             let mut state = lock(&queue.state);
-            let superseded = state.finish(id, how);
-            self.metrics
-                .spool_pending
-                .with_label_values(&[name])
-                .set(state.entries.len() as i64);
-            self.metrics
-                .dead_letters
-                .with_label_values(&[name])
-                .set(state.dead as i64);
-            superseded
+            let ended = state.finish(id, how);
+            if !queue.removed.load(Ordering::Relaxed) {
+                self.metrics
+                    .spool_pending
+                    .with_label_values(&[name])
+                    .set(state.entries.len() as i64);
+                self.metrics
+                    .dead_letters
+                    .with_label_values(&[name])
+                    .set(state.dead as i64);
+            }
+            ended
         };
-        if !stays || superseded {
-            self.pending.fetch_sub(1, Ordering::Relaxed);
-        }
-        if superseded {
-            log::info!("receiver {name}: failed delivery {id} superseded by a newer notification of its group");
-            self.metrics.superseded.with_label_values(&[name]).inc();
-            if let Err(e) = self.spool.commit(vec![Op::Remove { id }]).await {
-                log::error!("receiver {name}: removing superseded delivery {id} failed: {e}");
+        match ended {
+            Ended::Unknown | Ended::Stays => {}
+            Ended::Left => {
+                self.pending.fetch_sub(1, Ordering::Relaxed);
+            }
+            Ended::Superseded => {
+                self.pending.fetch_sub(1, Ordering::Relaxed);
+                log::info!("receiver {name}: failed delivery {id} superseded by a newer notification of its group");
+                self.metrics.superseded.with_label_values(&[name]).inc();
+                if let Err(e) = self.spool.commit(vec![Op::Remove { id }]).await {
+                    log::error!("receiver {name}: removing superseded delivery {id} failed: {e}");
+                }
             }
         }
         // The group's next notification may be waiting for this one.
@@ -563,7 +801,10 @@ impl Dispatcher {
     /// left stays pending in the spool.
     pub async fn shutdown(&self, grace: Duration) {
         let _ = self.stop.send(true);
-        let workers: Vec<_> = lock(&self.workers).drain(..).collect();
+        let workers: Vec<JoinHandle<()>> = read(&self.queues)
+            .values()
+            .flat_map(|q| lock(&q.workers).drain(..).collect::<Vec<_>>())
+            .collect();
         let deadline = tokio::time::Instant::now() + grace;
         for mut worker in workers {
             if tokio::time::timeout_at(deadline, &mut worker)
@@ -574,6 +815,14 @@ impl Dispatcher {
             }
         }
     }
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]
@@ -630,10 +879,14 @@ mod tests {
         assert!(matches!(q.take(0), Step::Attempt(10, _)));
         assert_eq!(q.take(0), Step::Idle);
         // 1 fails: it is not retried, since 2 is newer.
-        assert!(q.finish(1, Finish::Retry(meta("g", 100))));
+        assert_eq!(
+            q.finish(1, Finish::Retry(meta("g", 100))),
+            Ended::Superseded
+        );
         assert!(matches!(q.take(0), Step::Attempt(2, _)));
-        assert!(!q.finish(2, Finish::Gone));
-        assert!(!q.finish(10, Finish::Dead));
+        assert_eq!(q.finish(2, Finish::Gone), Ended::Left);
+        assert_eq!(q.finish(10, Finish::Dead), Ended::Left);
+        assert_eq!(q.finish(10, Finish::Dead), Ended::Unknown);
         assert_eq!(q.dead, 1);
         assert!(q.entries.is_empty() && q.due.is_empty() && q.groups.is_empty());
     }
@@ -643,7 +896,7 @@ mod tests {
         let mut q = QueueState::default();
         q.add(1, meta("g", 0));
         assert!(matches!(q.take(0), Step::Attempt(1, _)));
-        assert!(!q.finish(1, Finish::Retry(meta("g", 500))));
+        assert_eq!(q.finish(1, Finish::Retry(meta("g", 500))), Ended::Stays);
         assert_eq!(q.take(100), Step::WaitUntil(500));
         assert!(matches!(q.take(500), Step::Attempt(1, _)));
     }

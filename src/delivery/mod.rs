@@ -6,4 +6,4 @@ pub mod retry;
 pub mod sender;
 pub mod tls;
 
-pub use dispatcher::{Dispatcher, NewDelivery};
+pub use dispatcher::{DeadLetterError, Dispatcher, Dropped, NewDelivery};
