@@ -62,32 +62,41 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            runtime.block_on(serve(config))
+            runtime.block_on(serve(source, config))
         }
     }
 }
 
-async fn serve(config: Config) -> ExitCode {
-    let (mut term, mut int) = match (
+async fn serve(source: Source, config: Config) -> ExitCode {
+    let signals = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) {
-        (Ok(t), Ok(i)) => (t, i),
-        (Err(e), _) | (_, Err(e)) => {
+        signal(SignalKind::hangup()),
+    );
+    let (mut term, mut int, mut hup) = match signals {
+        (Ok(t), Ok(i), Ok(h)) => (t, i, h),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
             eprintln!("cannot handle signals: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let relay = match Relay::start(config).await {
+    let relay = match Relay::start_from(source, config).await {
         Ok(r) => r,
         Err(e) => {
             eprintln!("{e}");
             return ExitCode::FAILURE;
         }
     };
-    tokio::select! {
-        _ = term.recv() => log::info!("SIGTERM: shutting down"),
-        _ = int.recv() => log::info!("SIGINT: shutting down"),
+    loop {
+        tokio::select! {
+            _ = term.recv() => { log::info!("SIGTERM: shutting down"); break }
+            _ = int.recv() => { log::info!("SIGINT: shutting down"); break }
+            _ = hup.recv() => {
+                log::info!("SIGHUP: reloading the configuration");
+                // Errors are logged by the reload itself.
+                let _ = relay.reload().await;
+            }
+        }
     }
     relay.shutdown().await;
     ExitCode::SUCCESS

@@ -37,38 +37,59 @@ impl FilterReason {
     }
 }
 
-/// What a receiver's settings say of one alert, before `max_alerts`.
+/// What becomes of one alert at one receiver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    Pass,
+pub enum Fate {
+    Forwarded,
     Disabled,
     /// Index of the first condition the alert fails.
     Condition(usize),
     Resolved,
+    MaxAlerts,
 }
 
-impl Verdict {
+impl Fate {
     pub fn filter_reason(self) -> Option<FilterReason> {
         match self {
-            Verdict::Pass => None,
-            Verdict::Disabled => Some(FilterReason::Disabled),
-            Verdict::Condition(_) => Some(FilterReason::Conditions),
-            Verdict::Resolved => Some(FilterReason::Resolved),
+            Fate::Forwarded => None,
+            Fate::Disabled => Some(FilterReason::Disabled),
+            Fate::Condition(_) => Some(FilterReason::Conditions),
+            Fate::Resolved => Some(FilterReason::Resolved),
+            Fate::MaxAlerts => Some(FilterReason::MaxAlerts),
         }
     }
 }
 
-pub fn verdict(receiver: &Receiver, alert: &Alert) -> Verdict {
+/// The receiver's settings on one alert, `max_alerts` aside.
+pub fn verdict(receiver: &Receiver, alert: &Alert) -> Fate {
     if !receiver.enabled {
-        return Verdict::Disabled;
+        return Fate::Disabled;
     }
     if let Some(i) = first_failing(&receiver.conditions, &alert.labels) {
-        return Verdict::Condition(i);
+        return Fate::Condition(i);
     }
     if alert.status == Status::Resolved && !receiver.send_resolved {
-        return Verdict::Resolved;
+        return Fate::Resolved;
     }
-    Verdict::Pass
+    Fate::Forwarded
+}
+
+/// Every alert's fate at one receiver, in order: the first `max_alerts` that
+/// pass are forwarded, the rest are cut.
+pub fn fates(notification: &Notification, receiver: &Receiver) -> Vec<Fate> {
+    let mut forwarded = 0;
+    notification
+        .alerts
+        .iter()
+        .map(|alert| match verdict(receiver, alert) {
+            Fate::Forwarded if receiver.max_alerts > 0 && forwarded >= receiver.max_alerts => Fate::MaxAlerts,
+            Fate::Forwarded => {
+                forwarded += 1;
+                Fate::Forwarded
+            }
+            other => other,
+        })
+        .collect()
 }
 
 /// The outcome of routing one payload to one receiver.
@@ -109,18 +130,13 @@ pub fn route(notification: &Notification, receivers: &[Arc<Receiver>]) -> Vec<Ro
 fn route_one(notification: &Notification, receiver: &Arc<Receiver>) -> Routed {
     let mut filtered = [0usize; 4];
     let mut kept: Vec<&Alert> = Vec::with_capacity(notification.alerts.len());
-    for alert in &notification.alerts {
-        match verdict(receiver, alert).filter_reason() {
+    for (alert, fate) in notification.alerts.iter().zip(fates(notification, receiver)) {
+        match fate.filter_reason() {
             None => kept.push(alert),
             Some(reason) => filtered[reason as usize] += 1,
         }
     }
-    let mut truncated = 0;
-    if receiver.max_alerts > 0 && kept.len() > receiver.max_alerts {
-        truncated = kept.len() - receiver.max_alerts;
-        kept.truncate(receiver.max_alerts);
-        filtered[FilterReason::MaxAlerts as usize] += truncated;
-    }
+    let truncated = filtered[FilterReason::MaxAlerts as usize];
     let matched = kept.len();
     let body = (!kept.is_empty()).then(|| {
         let forward = Forward {

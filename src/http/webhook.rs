@@ -45,7 +45,7 @@ fn peer(req: &HttpRequest) -> String {
 }
 
 async fn handle(req: &HttpRequest, body: web::Payload, shared: &Shared) -> Result<usize, ApiError> {
-    let config = &shared.config;
+    let config = shared.control.config();
     if let Some(expected) = &config.server.webhook_auth {
         let given = req
             .headers()
@@ -78,7 +78,7 @@ async fn handle(req: &HttpRequest, body: web::Payload, shared: &Shared) -> Resul
         );
     }
     let max_pending = config.spool.max_pending;
-    if shared.dispatcher.pending() >= max_pending {
+    if shared.control.dispatcher.pending() >= max_pending {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("spool full: {max_pending} deliveries pending"),
@@ -120,7 +120,7 @@ async fn handle(req: &HttpRequest, body: web::Payload, shared: &Shared) -> Resul
             .with_label_values(&[alert.status.as_str()])
             .inc();
     }
-    let receivers = shared.dispatcher.receivers();
+    let receivers = shared.control.dispatcher.receivers();
     let mut deliveries = Vec::new();
     for routed in route(&notification, &receivers) {
         let name = routed.receiver.name.as_str();
@@ -143,7 +143,7 @@ async fn handle(req: &HttpRequest, body: web::Payload, shared: &Shared) -> Resul
             });
         }
     }
-    shared
+    shared.control
         .dispatcher
         .accept(&notification.group_key, deliveries)
         .await
