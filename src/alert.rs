@@ -80,15 +80,8 @@ impl Notification {
         let de = &mut serde_json::Deserializer::from_slice(body);
         let notification: Notification = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
-            let path = if path == "." {
-                "body".to_string()
-            } else {
-                path
-            };
-            PayloadError::Json {
-                path,
-                message: strip_position(&e.into_inner().to_string()),
-            }
+            let path = if path == "." { "body".to_string() } else { path };
+            PayloadError::Json { path, message: strip_position(&e.into_inner().to_string()) }
         })?;
         match notification.extra.get("version") {
             None => {}
@@ -121,10 +114,8 @@ mod tests {
 
     #[test]
     fn wrong_type_names_the_field() {
-        let err = Notification::parse(
-            br#"{"status":"firing","alerts":[{"status":"firing","labels":{"a":1}}]}"#,
-        )
-        .unwrap_err();
+        let err =
+            Notification::parse(br#"{"status":"firing","alerts":[{"status":"firing","labels":{"a":1}}]}"#).unwrap_err();
         assert_eq!(err.field(), "alerts[0].labels.a");
         assert!(err.to_string().contains("invalid type"), "{err}");
     }
@@ -137,15 +128,13 @@ mod tests {
 
     #[test]
     fn bad_status_is_named() {
-        let err = Notification::parse(br#"{"status":"firing","alerts":[{"status":"burning"}]}"#)
-            .unwrap_err();
+        let err = Notification::parse(br#"{"status":"firing","alerts":[{"status":"burning"}]}"#).unwrap_err();
         assert_eq!(err.field(), "alerts[0].status");
     }
 
     #[test]
     fn other_versions_are_refused() {
-        let err =
-            Notification::parse(br#"{"version":"5","status":"firing","alerts":[]}"#).unwrap_err();
+        let err = Notification::parse(br#"{"version":"5","status":"firing","alerts":[]}"#).unwrap_err();
         assert_eq!(err.field(), "version");
     }
 
@@ -156,10 +145,7 @@ mod tests {
         raw["alerts"][0]["futureAlertField"] = serde_json::json!("kept");
         let n = Notification::parse(raw.to_string().as_bytes()).unwrap();
         assert_eq!(n.alerts.len(), 2);
-        assert_eq!(
-            n.group_key,
-            "{}:{alertname=\"HighLatency\", namespace=\"prod\"}"
-        );
+        assert_eq!(n.group_key, "{}:{alertname=\"HighLatency\", namespace=\"prod\"}");
         let back = serde_json::to_value(&n).unwrap();
         assert_eq!(back, raw);
     }

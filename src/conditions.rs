@@ -101,11 +101,9 @@ impl Condition {
                 }
                 let pattern = &values[0];
                 // Anchored like Alertmanager's matchers.
-                let re = Regex::new(&format!("^(?:{pattern})$")).map_err(|e| {
-                    ConditionError::BadRegex {
-                        pattern: pattern.clone(),
-                        message: e.to_string().lines().last().unwrap_or_default().to_string(),
-                    }
+                let re = Regex::new(&format!("^(?:{pattern})$")).map_err(|e| ConditionError::BadRegex {
+                    pattern: pattern.clone(),
+                    message: e.to_string().lines().last().unwrap_or_default().to_string(),
                 })?;
                 if op == Operator::Matches {
                     Test::Matches(re)
@@ -164,10 +162,7 @@ mod tests {
     }
 
     fn labels(pairs: &[(&str, &str)]) -> LabelSet {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     #[test]
@@ -176,50 +171,17 @@ mod tests {
         let empty = labels(&[("severity", "")]);
         let missing = labels(&[("other", "x")]);
         let cases: Vec<(Condition, [bool; 3])> = vec![
-            (
-                cond("severity", Operator::In, Some(&["critical", "warning"])),
-                [true, false, false],
-            ),
-            (
-                cond("severity", Operator::In, Some(&[""])),
-                [false, true, false],
-            ),
-            (
-                cond("severity", Operator::NotIn, Some(&["critical"])),
-                [false, true, true],
-            ),
-            (
-                cond("severity", Operator::NotIn, Some(&[""])),
-                [true, false, true],
-            ),
-            (
-                cond("severity", Operator::Exists, None),
-                [true, true, false],
-            ),
-            (
-                cond("severity", Operator::DoesNotExist, None),
-                [false, false, true],
-            ),
-            (
-                cond("severity", Operator::Matches, Some(&["crit.*"])),
-                [true, false, false],
-            ),
-            (
-                cond("severity", Operator::Matches, Some(&[".*"])),
-                [true, true, true],
-            ),
-            (
-                cond("severity", Operator::Matches, Some(&[""])),
-                [false, true, true],
-            ),
-            (
-                cond("severity", Operator::NotMatches, Some(&["crit.*"])),
-                [false, true, true],
-            ),
-            (
-                cond("severity", Operator::NotMatches, Some(&[".+"])),
-                [false, true, true],
-            ),
+            (cond("severity", Operator::In, Some(&["critical", "warning"])), [true, false, false]),
+            (cond("severity", Operator::In, Some(&[""])), [false, true, false]),
+            (cond("severity", Operator::NotIn, Some(&["critical"])), [false, true, true]),
+            (cond("severity", Operator::NotIn, Some(&[""])), [true, false, true]),
+            (cond("severity", Operator::Exists, None), [true, true, false]),
+            (cond("severity", Operator::DoesNotExist, None), [false, false, true]),
+            (cond("severity", Operator::Matches, Some(&["crit.*"])), [true, false, false]),
+            (cond("severity", Operator::Matches, Some(&[".*"])), [true, true, true]),
+            (cond("severity", Operator::Matches, Some(&[""])), [false, true, true]),
+            (cond("severity", Operator::NotMatches, Some(&["crit.*"])), [false, true, true]),
+            (cond("severity", Operator::NotMatches, Some(&[".+"])), [false, true, true]),
         ];
         for (c, [p, e, m]) in cases {
             assert_eq!(c.matches(&present), p, "{c} on present");
@@ -246,10 +208,7 @@ mod tests {
             operator: op,
             values: values.map(|v| v.into_iter().map(String::from).collect()),
         };
-        assert_eq!(
-            Condition::try_new(spec(Operator::In, None)).unwrap_err(),
-            ConditionError::NoValues(Operator::In)
-        );
+        assert_eq!(Condition::try_new(spec(Operator::In, None)).unwrap_err(), ConditionError::NoValues(Operator::In));
         assert_eq!(
             Condition::try_new(spec(Operator::NotIn, Some(vec![]))).unwrap_err(),
             ConditionError::NoValues(Operator::NotIn)
@@ -262,35 +221,18 @@ mod tests {
             Condition::try_new(spec(Operator::Matches, Some(vec!["a", "b"]))).unwrap_err(),
             ConditionError::OneRegex(Operator::Matches, 2)
         );
-        let err =
-            Condition::try_new(spec(Operator::NotMatches, Some(vec!["(unclosed"]))).unwrap_err();
-        assert!(
-            err.to_string()
-                .starts_with("values[0]: invalid regex \"(unclosed\""),
-            "{err}"
-        );
+        let err = Condition::try_new(spec(Operator::NotMatches, Some(vec!["(unclosed"]))).unwrap_err();
+        assert!(err.to_string().starts_with("values[0]: invalid regex \"(unclosed\""), "{err}");
         let mut empty_label = spec(Operator::Exists, None);
         empty_label.label.clear();
-        assert_eq!(
-            Condition::try_new(empty_label).unwrap_err(),
-            ConditionError::EmptyLabel
-        );
+        assert_eq!(Condition::try_new(empty_label).unwrap_err(), ConditionError::EmptyLabel);
     }
 
     #[test]
     fn conditions_are_anded_and_first_failure_is_named() {
-        let cs = vec![
-            cond("severity", Operator::In, Some(&["critical"])),
-            cond("namespace", Operator::Exists, None),
-        ];
-        assert_eq!(
-            first_failing(&cs, &labels(&[("severity", "critical"), ("namespace", "")])),
-            None
-        );
-        assert_eq!(
-            first_failing(&cs, &labels(&[("severity", "critical")])),
-            Some(1)
-        );
+        let cs = vec![cond("severity", Operator::In, Some(&["critical"])), cond("namespace", Operator::Exists, None)];
+        assert_eq!(first_failing(&cs, &labels(&[("severity", "critical"), ("namespace", "")])), None);
+        assert_eq!(first_failing(&cs, &labels(&[("severity", "critical")])), Some(1));
         assert_eq!(first_failing(&cs, &labels(&[("namespace", "x")])), Some(0));
         assert_eq!(first_failing(&[], &labels(&[])), None);
     }

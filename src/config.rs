@@ -102,19 +102,10 @@ pub struct RetrySpec {
 impl RetrySpec {
     fn or(&self, base: &RetrySpec) -> RetrySpec {
         RetrySpec {
-            initial_interval: self
-                .initial_interval
-                .clone()
-                .or_else(|| base.initial_interval.clone()),
+            initial_interval: self.initial_interval.clone().or_else(|| base.initial_interval.clone()),
             multiplier: self.multiplier.or(base.multiplier),
-            max_interval: self
-                .max_interval
-                .clone()
-                .or_else(|| base.max_interval.clone()),
-            max_elapsed: self
-                .max_elapsed
-                .clone()
-                .or_else(|| base.max_elapsed.clone()),
+            max_interval: self.max_interval.clone().or_else(|| base.max_interval.clone()),
+            max_elapsed: self.max_elapsed.clone().or_else(|| base.max_elapsed.clone()),
             max_attempts: self.max_attempts.or(base.max_attempts),
             jitter: self.jitter.or(base.jitter),
         }
@@ -375,8 +366,9 @@ impl Config {
         env: Option<std::collections::HashMap<String, String>>,
     ) -> Result<Config, ConfigErrors> {
         let text = match source {
-            Source::File(path) => std::fs::read_to_string(path)
-                .map_err(|e| ConfigErrors(vec![format!("{}: {e}", path.display())]))?,
+            Source::File(path) => {
+                std::fs::read_to_string(path).map_err(|e| ConfigErrors(vec![format!("{}: {e}", path.display())]))?
+            }
             Source::Embedded => EMBEDDED.to_string(),
         };
         let file = config::File::from_str(&text, config::FileFormat::Yaml);
@@ -422,16 +414,12 @@ impl Errors<'_> {
         } else if field.is_empty() {
             self.list.push(format!("{}: {message}", self.prefix));
         } else {
-            self.list
-                .push(format!("{}.{field}: {message}", self.prefix));
+            self.list.push(format!("{}.{field}: {message}", self.prefix));
         }
     }
 
     fn sub(&mut self, prefix: &str) -> Errors<'_> {
-        Errors {
-            list: self.list,
-            prefix: format!("{}.{prefix}", self.prefix),
-        }
+        Errors { list: self.list, prefix: format!("{}.{prefix}", self.prefix) }
     }
 }
 
@@ -439,10 +427,7 @@ fn validate(raw: RawConfig, source: Option<PathBuf>) -> Result<Config, ConfigErr
     let mut list = Vec::new();
 
     let server = {
-        let mut errors = Errors {
-            list: &mut list,
-            prefix: "server".into(),
-        };
+        let mut errors = Errors { list: &mut list, prefix: "server".into() };
         let listen = raw.server.listen.unwrap_or_else(|| "0.0.0.0:9097".into());
         if listen.parse::<SocketAddr>().is_err() && !looks_like_host_port(&listen) {
             errors.push("listen", format!("{listen:?} is not host:port"));
@@ -455,27 +440,17 @@ fn validate(raw: RawConfig, source: Option<PathBuf>) -> Result<Config, ConfigErr
             Some(spec) => auth(&spec, &mut errors.sub("webhook_auth")).header_value(),
             None => None,
         };
-        Server {
-            listen,
-            max_body_bytes: usize::try_from(max_body_bytes).unwrap_or(usize::MAX),
-            webhook_auth,
-        }
+        Server { listen, max_body_bytes: usize::try_from(max_body_bytes).unwrap_or(usize::MAX), webhook_auth }
     };
 
     let admin = {
-        let mut errors = Errors {
-            list: &mut list,
-            prefix: "admin".into(),
-        };
+        let mut errors = Errors { list: &mut list, prefix: "admin".into() };
         let token = secret(raw.admin.token, raw.admin.token_file, "token", &mut errors);
         Admin { token }
     };
 
     let spool = {
-        let mut errors = Errors {
-            list: &mut list,
-            prefix: "spool".into(),
-        };
+        let mut errors = Errors { list: &mut list, prefix: "spool".into() };
         let max_pending = raw.spool.max_pending.unwrap_or(100_000);
         if max_pending == 0 {
             errors.push("max_pending", "must be more than 0");
@@ -487,10 +462,7 @@ fn validate(raw: RawConfig, source: Option<PathBuf>) -> Result<Config, ConfigErr
     };
 
     let defaults = {
-        let mut errors = Errors {
-            list: &mut list,
-            prefix: "delivery".into(),
-        };
+        let mut errors = Errors { list: &mut list, prefix: "delivery".into() };
         let timeout = raw.delivery.timeout.unwrap_or_else(|| "10s".into());
         if let Err(e) = duration(&timeout) {
             errors.push("timeout", e);
@@ -499,28 +471,17 @@ fn validate(raw: RawConfig, source: Option<PathBuf>) -> Result<Config, ConfigErr
         if concurrency == 0 {
             errors.push("concurrency", "must be more than 0");
         }
-        let retry = raw
-            .delivery
-            .retry
-            .unwrap_or_default()
-            .or(&RetrySpec::builtin());
+        let retry = raw.delivery.retry.unwrap_or_default().or(&RetrySpec::builtin());
         if let Err(e) = retry_policy(&retry) {
             errors.push("retry", e);
         }
-        DeliveryDefaults {
-            timeout,
-            concurrency,
-            retry,
-        }
+        DeliveryDefaults { timeout, concurrency, retry }
     };
 
     let mut receivers = Vec::new();
     let mut names = HashSet::new();
     for (i, spec) in raw.receivers.iter().enumerate() {
-        let mut errors = Errors {
-            list: &mut list,
-            prefix: format!("receivers[{i}] ({})", spec.name),
-        };
+        let mut errors = Errors { list: &mut list, prefix: format!("receivers[{i}] ({})", spec.name) };
         if !names.insert(spec.name.clone()) {
             errors.push("name", format!("duplicate receiver name {:?}", spec.name));
         }
@@ -530,14 +491,7 @@ fn validate(raw: RawConfig, source: Option<PathBuf>) -> Result<Config, ConfigErr
     }
 
     if list.is_empty() {
-        Ok(Config {
-            server,
-            admin,
-            spool,
-            delivery: defaults,
-            receivers,
-            source,
-        })
+        Ok(Config { server, admin, spool, delivery: defaults, receivers, source })
     } else {
         Err(ConfigErrors(list))
     }
@@ -553,19 +507,9 @@ pub struct DeliveryDefaults {
 
 /// Validates a receiver given to the admin API, with the file's delivery
 /// defaults: the same checks as the file's, errors as `field: message`.
-pub fn validate_receiver(
-    spec: &ReceiverSpec,
-    defaults: &DeliveryDefaults,
-) -> Result<Receiver, Vec<String>> {
+pub fn validate_receiver(spec: &ReceiverSpec, defaults: &DeliveryDefaults) -> Result<Receiver, Vec<String>> {
     let mut list = Vec::new();
-    let received = receiver(
-        spec,
-        defaults,
-        &mut Errors {
-            list: &mut list,
-            prefix: String::new(),
-        },
-    );
+    let received = receiver(spec, defaults, &mut Errors { list: &mut list, prefix: String::new() });
     match received {
         Some(r) if list.is_empty() => Ok(r),
         _ => Err(list),
@@ -610,10 +554,7 @@ fn looks_like_host_port(s: &str) -> bool {
 }
 
 fn is_valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
 /// Parses `500ms`, `10s`, `1m`, `1h`, `1h30m`.
@@ -644,18 +585,10 @@ fn read_file(path: &Path) -> Result<Vec<u8>, String> {
 }
 
 /// An inline secret or one read from a file (trailing newline dropped).
-fn secret(
-    inline: Option<String>,
-    file: Option<PathBuf>,
-    field: &str,
-    errors: &mut Errors<'_>,
-) -> Option<Secret> {
+fn secret(inline: Option<String>, file: Option<PathBuf>, field: &str, errors: &mut Errors<'_>) -> Option<Secret> {
     match (inline, file) {
         (Some(_), Some(_)) => {
-            errors.push(
-                field,
-                format!("set either {field} or {field}_file, not both"),
-            );
+            errors.push(field, format!("set either {field} or {field}_file, not both"));
             None
         }
         (Some(v), None) => Some(Secret(v)),
@@ -663,10 +596,7 @@ fn secret(
             Ok(bytes) => match String::from_utf8(bytes) {
                 Ok(text) => Some(Secret(text.trim_end_matches(['\r', '\n']).to_string())),
                 Err(_) => {
-                    errors.push(
-                        &format!("{field}_file"),
-                        format!("{} is not UTF-8 text", path.display()),
-                    );
+                    errors.push(&format!("{field}_file"), format!("{} is not UTF-8 text", path.display()));
                     None
                 }
             },
@@ -687,26 +617,14 @@ fn auth(spec: &AuthSpec, errors: &mut Errors<'_>) -> Auth {
     };
     match spec.kind {
         AuthType::None => {
-            forbid(
-                errors,
-                spec.token.is_some() || spec.token_file.is_some(),
-                "token",
-            );
+            forbid(errors, spec.token.is_some() || spec.token_file.is_some(), "token");
             forbid(errors, spec.username.is_some(), "username");
-            forbid(
-                errors,
-                spec.password.is_some() || spec.password_file.is_some(),
-                "password",
-            );
+            forbid(errors, spec.password.is_some() || spec.password_file.is_some(), "password");
             Auth::None
         }
         AuthType::Bearer => {
             forbid(errors, spec.username.is_some(), "username");
-            forbid(
-                errors,
-                spec.password.is_some() || spec.password_file.is_some(),
-                "password",
-            );
+            forbid(errors, spec.password.is_some() || spec.password_file.is_some(), "password");
             match secret(spec.token.clone(), spec.token_file.clone(), "token", errors) {
                 Some(t) if !t.expose().is_empty() => Auth::Bearer(t),
                 Some(_) => {
@@ -722,57 +640,32 @@ fn auth(spec: &AuthSpec, errors: &mut Errors<'_>) -> Auth {
             }
         }
         AuthType::Basic => {
-            forbid(
-                errors,
-                spec.token.is_some() || spec.token_file.is_some(),
-                "token",
-            );
+            forbid(errors, spec.token.is_some() || spec.token_file.is_some(), "token");
             let username = spec.username.clone().unwrap_or_default();
             if username.is_empty() {
                 errors.push("username", "basic auth needs a username");
             } else if username.contains(':') {
                 errors.push("username", "must not contain ':'");
             }
-            let password = secret(
-                spec.password.clone(),
-                spec.password_file.clone(),
-                "password",
-                errors,
-            );
+            let password = secret(spec.password.clone(), spec.password_file.clone(), "password", errors);
             if password.is_none() && spec.password.is_none() && spec.password_file.is_none() {
                 errors.push("password", "basic auth needs password or password_file");
             }
-            Auth::Basic {
-                username,
-                password: password.unwrap_or(Secret(String::new())),
-            }
+            Auth::Basic { username, password: password.unwrap_or(Secret(String::new())) }
         }
     }
 }
 
-fn receiver(
-    spec: &ReceiverSpec,
-    defaults: &DeliveryDefaults,
-    errors: &mut Errors<'_>,
-) -> Option<Receiver> {
+fn receiver(spec: &ReceiverSpec, defaults: &DeliveryDefaults, errors: &mut Errors<'_>) -> Option<Receiver> {
     let before = errors.list.len();
     if !is_valid_name(&spec.name) {
-        errors.push(
-            "name",
-            format!("{:?} must match [a-zA-Z0-9_.-]+", spec.name),
-        );
+        errors.push("name", format!("{:?} must match [a-zA-Z0-9_.-]+", spec.name));
     }
     let url = match reqwest::Url::parse(&spec.url) {
         Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Some(u),
         Ok(u) => {
-            errors.push(
-                "url",
-                format!(
-                    "{:?}: scheme must be http or https with a host, got {:?}",
-                    spec.url,
-                    u.scheme()
-                ),
-            );
+            errors
+                .push("url", format!("{:?}: scheme must be http or https with a host, got {:?}", spec.url, u.scheme()));
             None
         }
         Err(e) => {
@@ -797,16 +690,10 @@ fn receiver(
     }
     let mut headers = HeaderMap::new();
     for (name, value) in &spec.headers {
-        match (
-            HeaderName::try_from(name.as_str()),
-            HeaderValue::try_from(value.as_str()),
-        ) {
+        match (HeaderName::try_from(name.as_str()), HeaderValue::try_from(value.as_str())) {
             (Ok(n), Ok(v)) => {
                 if n == reqwest::header::AUTHORIZATION {
-                    errors.push(
-                        &format!("headers.{name}"),
-                        "set auth instead of an Authorization header",
-                    );
+                    errors.push(&format!("headers.{name}"), "set auth instead of an Authorization header");
                 }
                 headers.insert(n, v);
             }
@@ -816,24 +703,18 @@ fn receiver(
     }
     let auth = auth(&spec.auth, &mut errors.sub("auth"));
     let tls = tls_config(&spec.tls, &mut errors.sub("tls"));
-    let proxy = spec
-        .proxy_url
-        .as_ref()
-        .and_then(|p| match reqwest::Url::parse(p) {
-            Ok(u) if matches!(u.scheme(), "http" | "https" | "socks5") => Some(u),
-            Ok(_) | Err(_) => {
-                errors.push("proxy_url", format!("{p:?} is not an http(s) proxy URL"));
-                None
-            }
-        });
+    let proxy = spec.proxy_url.as_ref().and_then(|p| match reqwest::Url::parse(p) {
+        Ok(u) if matches!(u.scheme(), "http" | "https" | "socks5") => Some(u),
+        Ok(_) | Err(_) => {
+            errors.push("proxy_url", format!("{p:?} is not an http(s) proxy URL"));
+            None
+        }
+    });
     let mut conditions = Vec::new();
     for (i, c) in spec.conditions.iter().enumerate() {
         match Condition::try_new(c.clone()) {
             Ok(c) => conditions.push(c),
-            Err(e) => errors.push(
-                &format!("conditions[{i}]"),
-                format!("{} {}: {e}", c.label, c.operator),
-            ),
+            Err(e) => errors.push(&format!("conditions[{i}]"), format!("{} {}: {e}", c.label, c.operator)),
         }
     }
     let retry = match retry_policy(&spec.retry.clone().unwrap_or_default().or(&defaults.retry)) {
@@ -948,11 +829,7 @@ mod tests {
         assert_eq!((b.timeout, b.concurrency), (Duration::from_secs(1), 9));
         assert_eq!(a.retry.max_elapsed(), Duration::from_secs(7200));
         assert_eq!(b.retry.max_elapsed(), Duration::from_secs(3600));
-        assert_eq!(
-            b.retry.delay(1, 0.5),
-            Duration::from_secs(1),
-            "initial_interval inherited"
-        );
+        assert_eq!(b.retry.delay(1, 0.5), Duration::from_secs(1), "initial_interval inherited");
         assert!(a.enabled && a.send_resolved);
         assert_eq!(c.server.max_body_bytes, 4 * 1024 * 1024);
         assert_eq!(c.spool.max_pending, 100_000);
@@ -982,18 +859,11 @@ receivers:
   - { name: 'bad name', url: 'http://x', tls: { ca_file: /nonexistent/ca.pem } }
 "#,
         );
-        let has = |needle: &str| {
-            assert!(
-                e.iter().any(|l| l.contains(needle)),
-                "{needle:?} not in {e:#?}"
-            )
-        };
+        let has = |needle: &str| assert!(e.iter().any(|l| l.contains(needle)), "{needle:?} not in {e:#?}");
         has("delivery.timeout: invalid duration \"10 parsecs\"");
         has("receivers[0] (ops).url: \"ftp://x\"");
         has("receivers[0] (ops).timeout: invalid duration \"5x\"");
-        has(
-            "receivers[0] (ops).conditions[0]: severity Matches: values[0]: invalid regex \"(bad\"",
-        );
+        has("receivers[0] (ops).conditions[0]: severity Matches: values[0]: invalid regex \"(bad\"");
         has("receivers[0] (ops).conditions[1]: ns Exists: values: operator Exists takes no values");
         has("receivers[1] (ops).name: duplicate receiver name \"ops\"");
         has("receivers[1] (ops).auth.token: bearer auth needs token or token_file");
@@ -1011,20 +881,11 @@ receivers:
             f.path().display()
         ))
         .unwrap();
-        assert_eq!(
-            c.server.webhook_auth.as_ref().unwrap().expose(),
-            "Bearer hunter2"
-        );
+        assert_eq!(c.server.webhook_auth.as_ref().unwrap().expose(), "Bearer hunter2");
         let shown = format!("{c:?}");
-        assert!(
-            !shown.contains("hunter2") && !shown.contains("pw-secret"),
-            "{shown}"
-        );
+        assert!(!shown.contains("hunter2") && !shown.contains("pw-secret"), "{shown}");
         let missing = errors_of("admin: { token_file: /nonexistent/token }");
-        assert!(
-            missing[0].starts_with("admin.token_file: cannot read /nonexistent/token"),
-            "{missing:?}"
-        );
+        assert!(missing[0].starts_with("admin.token_file: cannot read /nonexistent/token"), "{missing:?}");
     }
 
     #[test]
@@ -1038,24 +899,11 @@ receivers:
     fn environment_overrides_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.yaml");
-        std::fs::write(
-            &path,
-            "server: { listen: '127.0.0.1:1' }\nspool: { max_pending: 5 }\n",
-        )
-        .unwrap();
+        std::fs::write(&path, "server: { listen: '127.0.0.1:1' }\nspool: { max_pending: 5 }\n").unwrap();
         let env = HashMap::from([
-            (
-                "ALERT_RELAY__SERVER__LISTEN".to_string(),
-                "0.0.0.0:9097".to_string(),
-            ),
-            (
-                "ALERT_RELAY__SPOOL__MAX_PENDING".to_string(),
-                "7".to_string(),
-            ),
-            (
-                "ALERT_RELAY__DELIVERY__TIMEOUT".to_string(),
-                "2s".to_string(),
-            ),
+            ("ALERT_RELAY__SERVER__LISTEN".to_string(), "0.0.0.0:9097".to_string()),
+            ("ALERT_RELAY__SPOOL__MAX_PENDING".to_string(), "7".to_string()),
+            ("ALERT_RELAY__DELIVERY__TIMEOUT".to_string(), "2s".to_string()),
         ]);
         let c = Config::load_with_env(&Source::File(path), Some(env)).unwrap();
         assert_eq!(c.server.listen, "0.0.0.0:9097");
@@ -1064,11 +912,7 @@ receivers:
 
     #[test]
     fn missing_file_is_an_error() {
-        let e = Config::load_with_env(
-            &Source::File("/nonexistent/x.yaml".into()),
-            Some(HashMap::new()),
-        )
-        .unwrap_err();
+        let e = Config::load_with_env(&Source::File("/nonexistent/x.yaml".into()), Some(HashMap::new())).unwrap_err();
         assert!(e.0[0].contains("/nonexistent/x.yaml"), "{e}");
     }
 }

@@ -71,9 +71,7 @@ impl Relay {
         let listen_error = |source| StartError::Listen { addr: listen.clone(), source };
         let listener = std::net::TcpListener::bind(&listen).map_err(listen_error)?;
         let addr = listener.local_addr().map_err(listen_error)?;
-        let control = Control::start(source, config, spool, metrics.clone())
-            .await
-            .map_err(StartError::Dispatcher)?;
+        let control = Control::start(source, config, spool, metrics.clone()).await.map_err(StartError::Dispatcher)?;
         Control::watch_file(&control, FILE_CHECK_INTERVAL);
         let receivers = control.dispatcher.receivers().len();
         let shared = web::Data::new(Shared { control, metrics, shutting_down: AtomicBool::new(false) });
@@ -107,8 +105,7 @@ impl Relay {
     pub async fn shutdown(self) {
         self.shared.shutting_down.store(true, Ordering::Relaxed);
         let dispatcher = &self.shared.control.dispatcher;
-        let grace =
-            dispatcher.receivers().iter().map(|r| r.timeout).max().unwrap_or_default() + Duration::from_secs(1);
+        let grace = dispatcher.receivers().iter().map(|r| r.timeout).max().unwrap_or_default() + Duration::from_secs(1);
         dispatcher.shutdown(grace).await;
         self.handle.stop(true).await;
         if let Ok(Err(e)) = self.server.await {

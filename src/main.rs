@@ -52,10 +52,7 @@ fn main() -> ExitCode {
             if matches!(source, Source::Embedded) {
                 log::info!("no {DEFAULT_PATH} here; using the embedded default configuration");
             }
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("cannot start the runtime: {e}");
@@ -68,11 +65,7 @@ fn main() -> ExitCode {
 }
 
 async fn serve(source: Source, config: Config) -> ExitCode {
-    let signals = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    );
+    let signals = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()));
     let (mut term, mut int, mut hup) = match signals {
         (Ok(t), Ok(i), Ok(h)) => (t, i, h),
         (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {

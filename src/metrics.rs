@@ -1,8 +1,8 @@
 //! The Prometheus registry and every metric of the contract.
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::delivery::retry::{DeadReason, FailureReason};
@@ -32,45 +32,27 @@ pub struct Metrics {
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
-    registry
-        .register(Box::new(c.clone()))
-        .expect("metric registered once");
+    registry.register(Box::new(c.clone())).expect("metric registered once");
     c
 }
 
-fn histogram(
-    registry: &Registry,
-    name: &str,
-    help: &str,
-    labels: &[&str],
-    buckets: Vec<f64>,
-) -> HistogramVec {
-    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
-        .expect("static metric definition");
-    registry
-        .register(Box::new(h.clone()))
-        .expect("metric registered once");
+fn histogram(registry: &Registry, name: &str, help: &str, labels: &[&str], buckets: Vec<f64>) -> HistogramVec {
+    let h =
+        HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels).expect("static metric definition");
+    registry.register(Box::new(h.clone())).expect("metric registered once");
     h
 }
 
 fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition");
-    registry
-        .register(Box::new(g.clone()))
-        .expect("metric registered once");
+    registry.register(Box::new(g.clone())).expect("metric registered once");
     g
 }
 
-const LATENCY_BUCKETS: [f64; 14] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-];
-const DELIVERY_BUCKETS: [f64; 16] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 1800.0,
-    7200.0,
-];
-const COMMIT_BUCKETS: [f64; 12] = [
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
-];
+const LATENCY_BUCKETS: [f64; 14] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+const DELIVERY_BUCKETS: [f64; 16] =
+    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 1800.0, 7200.0];
+const COMMIT_BUCKETS: [f64; 12] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
 
 impl Metrics {
     pub fn new() -> Metrics {
@@ -88,30 +70,15 @@ impl Metrics {
                 "Alerts received on /webhook by status.",
                 &["status"],
             ),
-            alerts_matched: counter(
-                &r,
-                "alerts_matched_total",
-                "Alerts forwarded to a receiver.",
-                &["receiver"],
-            ),
+            alerts_matched: counter(&r, "alerts_matched_total", "Alerts forwarded to a receiver.", &["receiver"]),
             alerts_filtered: counter(
                 &r,
                 "alerts_filtered_total",
                 "Alerts not forwarded to a receiver, by reason.",
                 &["receiver", "reason"],
             ),
-            notifications: counter(
-                &r,
-                "notifications_total",
-                "Deliveries created.",
-                &["receiver"],
-            ),
-            delivered: counter(
-                &r,
-                "notifications_delivered_total",
-                "Deliveries the target accepted.",
-                &["receiver"],
-            ),
+            notifications: counter(&r, "notifications_total", "Deliveries created.", &["receiver"]),
+            delivered: counter(&r, "notifications_delivered_total", "Deliveries the target accepted.", &["receiver"]),
             failed: counter(
                 &r,
                 "notifications_failed_total",
@@ -130,12 +97,7 @@ impl Metrics {
                 "Pending deliveries dropped because their receiver was deleted.",
                 &["receiver"],
             ),
-            requests: counter(
-                &r,
-                "notification_requests_total",
-                "HTTP attempts to targets.",
-                &["receiver"],
-            ),
+            requests: counter(&r, "notification_requests_total", "HTTP attempts to targets.", &["receiver"]),
             requests_failed: counter(
                 &r,
                 "notification_requests_failed_total",
@@ -156,39 +118,22 @@ impl Metrics {
                 &["receiver"],
                 DELIVERY_BUCKETS.to_vec(),
             ),
-            spool_pending: gauge_vec(
-                &r,
-                "spool_pending",
-                "Deliveries waiting in the spool.",
-                &["receiver"],
-            ),
-            dead_letters: gauge_vec(
-                &r,
-                "dead_letters",
-                "Dead-lettered deliveries kept in the spool.",
-                &["receiver"],
-            ),
+            spool_pending: gauge_vec(&r, "spool_pending", "Deliveries waiting in the spool.", &["receiver"]),
+            dead_letters: gauge_vec(&r, "dead_letters", "Dead-lettered deliveries kept in the spool.", &["receiver"]),
             spool_commit_duration: {
                 let h = Histogram::with_opts(
-                    HistogramOpts::new(
-                        "spool_commit_duration_seconds",
-                        "Duration of one durable spool commit.",
-                    )
-                    .buckets(COMMIT_BUCKETS.to_vec()),
+                    HistogramOpts::new("spool_commit_duration_seconds", "Duration of one durable spool commit.")
+                        .buckets(COMMIT_BUCKETS.to_vec()),
                 )
                 .expect("static metric definition");
-                r.register(Box::new(h.clone()))
-                    .expect("metric registered once");
+                r.register(Box::new(h.clone())).expect("metric registered once");
                 h
             },
             reload_successful: {
-                let g = IntGauge::new(
-                    "config_last_reload_successful",
-                    "Whether the last configuration load succeeded.",
-                )
-                .expect("static metric definition");
-                r.register(Box::new(g.clone()))
-                    .expect("metric registered once");
+                let g =
+                    IntGauge::new("config_last_reload_successful", "Whether the last configuration load succeeded.")
+                        .expect("static metric definition");
+                r.register(Box::new(g.clone())).expect("metric registered once");
                 g
             },
             reload_timestamp: {
@@ -197,20 +142,14 @@ impl Metrics {
                     "Time of the last successful configuration load.",
                 )
                 .expect("static metric definition");
-                r.register(Box::new(g.clone()))
-                    .expect("metric registered once");
+                r.register(Box::new(g.clone())).expect("metric registered once");
                 g
             },
             registry: r,
         };
-        let build = IntGaugeVec::new(
-            Opts::new("build_info", "alert-relay build; always 1."),
-            &["version"],
-        )
-        .expect("static metric definition");
-        m.registry
-            .register(Box::new(build.clone()))
-            .expect("metric registered once");
+        let build = IntGaugeVec::new(Opts::new("build_info", "alert-relay build; always 1."), &["version"])
+            .expect("static metric definition");
+        m.registry.register(Box::new(build.clone())).expect("metric registered once");
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         for status in ["firing", "resolved"] {
             m.alerts_received.with_label_values(&[status]);
@@ -230,8 +169,7 @@ impl Metrics {
     pub fn init_receiver(&self, name: &str) {
         self.alerts_matched.with_label_values(&[name]);
         for reason in FilterReason::ALL {
-            self.alerts_filtered
-                .with_label_values(&[name, reason.as_str()]);
+            self.alerts_filtered.with_label_values(&[name, reason.as_str()]);
         }
         self.notifications.with_label_values(&[name]);
         self.delivered.with_label_values(&[name]);
@@ -242,8 +180,7 @@ impl Metrics {
         self.dropped.with_label_values(&[name]);
         self.requests.with_label_values(&[name]);
         for reason in FailureReason::ALL {
-            self.requests_failed
-                .with_label_values(&[name, reason.as_str()]);
+            self.requests_failed.with_label_values(&[name, reason.as_str()]);
         }
         self.request_duration.with_label_values(&[name]);
         self.delivery_latency.with_label_values(&[name]);

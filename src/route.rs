@@ -20,12 +20,8 @@ pub enum FilterReason {
 }
 
 impl FilterReason {
-    pub const ALL: [FilterReason; 4] = [
-        FilterReason::Conditions,
-        FilterReason::Resolved,
-        FilterReason::Disabled,
-        FilterReason::MaxAlerts,
-    ];
+    pub const ALL: [FilterReason; 4] =
+        [FilterReason::Conditions, FilterReason::Resolved, FilterReason::Disabled, FilterReason::MaxAlerts];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -121,10 +117,7 @@ struct Forward<'a> {
 }
 
 pub fn route(notification: &Notification, receivers: &[Arc<Receiver>]) -> Vec<Routed> {
-    receivers
-        .iter()
-        .map(|r| route_one(notification, r))
-        .collect()
+    receivers.iter().map(|r| route_one(notification, r)).collect()
 }
 
 fn route_one(notification: &Notification, receiver: &Arc<Receiver>) -> Routed {
@@ -140,11 +133,7 @@ fn route_one(notification: &Notification, receiver: &Arc<Receiver>) -> Routed {
     let matched = kept.len();
     let body = (!kept.is_empty()).then(|| {
         let forward = Forward {
-            status: if kept.iter().any(|a| a.status == Status::Firing) {
-                Status::Firing
-            } else {
-                Status::Resolved
-            },
+            status: if kept.iter().any(|a| a.status == Status::Firing) { Status::Firing } else { Status::Resolved },
             common_labels: common(kept.iter().map(|a| &a.labels)),
             common_annotations: common(kept.iter().map(|a| &a.annotations)),
             truncated_alerts: notification.truncated_alerts + truncated as u64,
@@ -155,12 +144,7 @@ fn route_one(notification: &Notification, receiver: &Arc<Receiver>) -> Routed {
         // Serializing owned JSON values into a Vec cannot fail.
         serde_json::to_vec(&forward).unwrap_or_default()
     });
-    Routed {
-        receiver: receiver.clone(),
-        body,
-        matched,
-        filtered,
-    }
+    Routed { receiver: receiver.clone(), body, matched, filtered }
 }
 
 /// The pairs every set has, with the same value.
@@ -207,10 +191,7 @@ mod tests {
         let out = route(&n, &rs);
 
         let crit = forwarded(&out[0]);
-        assert_eq!(
-            crit["status"], "resolved",
-            "only the resolved critical alert is left"
-        );
+        assert_eq!(crit["status"], "resolved", "only the resolved critical alert is left");
         assert_eq!(crit["alerts"].as_array().unwrap().len(), 1);
         assert_eq!(crit["commonLabels"]["service"], "api");
         assert_eq!(crit["commonAnnotations"]["summary"], "p99 latency above 1s");

@@ -91,12 +91,8 @@ impl Spool {
     /// Opens (or creates) `dir/spool.redb` and starts its writer thread.
     pub fn open(dir: &Path, commit_duration: Histogram) -> Result<Spool, SpoolError> {
         let path = dir.join("spool.redb");
-        let err = |message: String| SpoolError::Storage {
-            path: path.display().to_string(),
-            message,
-        };
-        std::fs::create_dir_all(dir)
-            .map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
+        let err = |message: String| SpoolError::Storage { path: path.display().to_string(), message };
+        std::fs::create_dir_all(dir).map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
         let db = Database::create(&path).map_err(|e| err(e.to_string()))?;
         let instance = {
             let txn = db.begin_write().map_err(|e| err(e.to_string()))?;
@@ -113,8 +109,7 @@ impl Spool {
                     Some(id) => id,
                     None => {
                         let id = format!("{:016x}", fastrand::u64(..));
-                        meta.insert(INSTANCE, id.as_bytes())
-                            .map_err(|e| err(e.to_string()))?;
+                        meta.insert(INSTANCE, id.as_bytes()).map_err(|e| err(e.to_string()))?;
                         id
                     }
                 }
@@ -130,12 +125,7 @@ impl Spool {
             .name("spool-writer".into())
             .spawn(move || write_loop(&writer_db, &writer_path, rx, &commit_duration))
             .map_err(|e| err(format!("cannot start writer thread: {e}")))?;
-        Ok(Spool {
-            db,
-            path,
-            writer: tx,
-            instance,
-        })
+        Ok(Spool { db, path, writer: tx, instance })
     }
 
     /// A random id of this spool, stable across restarts: with the delivery id it
@@ -151,17 +141,12 @@ impl Spool {
             return Ok(Vec::new());
         }
         let (reply, answer) = oneshot::channel();
-        self.writer
-            .send(Batch { ops, reply })
-            .map_err(|_| SpoolError::Closed)?;
+        self.writer.send(Batch { ops, reply }).map_err(|_| SpoolError::Closed)?;
         answer.await.map_err(|_| SpoolError::Closed)?
     }
 
     fn err(&self, e: impl std::fmt::Display) -> SpoolError {
-        SpoolError::Storage {
-            path: self.path.display().to_string(),
-            message: e.to_string(),
-        }
+        SpoolError::Storage { path: self.path.display().to_string(), message: e.to_string() }
     }
 
     /// Every delivery's state, oldest first.
@@ -186,9 +171,7 @@ impl Spool {
         let table = txn.open_table(DELIVERIES).map_err(|e| self.err(e))?;
         let value = table.get(id).map_err(|e| self.err(e))?;
         match value {
-            Some(v) => serde_json::from_slice(v.value())
-                .map(Some)
-                .map_err(|e| self.err(e)),
+            Some(v) => serde_json::from_slice(v.value()).map(Some).map_err(|e| self.err(e)),
             None => Ok(None),
         }
     }
@@ -204,11 +187,7 @@ impl Spool {
         let txn = self.db.begin_read().map_err(|e| self.err(e))?;
         let table = txn.open_table(DELIVERIES).map_err(|e| self.err(e))?;
         let mut out = Vec::new();
-        for row in table
-            .range(..before.unwrap_or(u64::MAX))
-            .map_err(|e| self.err(e))?
-            .rev()
-        {
+        for row in table.range(..before.unwrap_or(u64::MAX)).map_err(|e| self.err(e))?.rev() {
             let (id, value) = row.map_err(|e| self.err(e))?;
             let Ok(meta) = serde_json::from_slice::<DeliveryMeta>(value.value()) else {
                 continue;
@@ -243,12 +222,7 @@ impl Spool {
     }
 }
 
-fn write_loop(
-    db: &Database,
-    path: &Path,
-    mut rx: mpsc::UnboundedReceiver<Batch>,
-    commit_duration: &Histogram,
-) {
+fn write_loop(db: &Database, path: &Path, mut rx: mpsc::UnboundedReceiver<Batch>, commit_duration: &Histogram) {
     while let Some(first) = rx.blocking_recv() {
         let mut batches = vec![first];
         while batches.len() < MAX_BATCH {
@@ -267,15 +241,8 @@ fn write_loop(
                 }
             }
             Err(message) => {
-                log::error!(
-                    "spool {}: commit of {} requests failed: {message}",
-                    path.display(),
-                    batches.len()
-                );
-                let error = SpoolError::Storage {
-                    path: path.display().to_string(),
-                    message,
-                };
+                log::error!("spool {}: commit of {} requests failed: {message}", path.display(), batches.len());
+                let error = SpoolError::Storage { path: path.display().to_string(), message };
                 for batch in batches {
                     let _ = batch.reply.send(Err(error.clone()));
                 }
@@ -295,11 +262,7 @@ fn apply(db: &Database, batches: &mut [Batch]) -> Result<Vec<Vec<u64>>, String> 
         let mut payloads = txn.open_table(PAYLOADS).map_err(|e| s(&e))?;
         let mut receivers = txn.open_table(RECEIVERS).map_err(|e| s(&e))?;
         let mut next_id = match meta.get(NEXT_ID).map_err(|e| s(&e))? {
-            Some(v) => u64::from_le_bytes(
-                v.value()
-                    .try_into()
-                    .map_err(|_| "corrupt next_id".to_string())?,
-            ),
+            Some(v) => u64::from_le_bytes(v.value().try_into().map_err(|_| "corrupt next_id".to_string())?),
             None => 1,
         };
         for batch in batches.iter_mut() {
@@ -310,18 +273,14 @@ fn apply(db: &Database, batches: &mut [Batch]) -> Result<Vec<Vec<u64>>, String> 
                         let id = next_id;
                         next_id += 1;
                         let encoded = serde_json::to_vec(&meta).map_err(|e| s(&e))?;
-                        deliveries
-                            .insert(id, encoded.as_slice())
-                            .map_err(|e| s(&e))?;
+                        deliveries.insert(id, encoded.as_slice()).map_err(|e| s(&e))?;
                         payloads.insert(id, body.as_slice()).map_err(|e| s(&e))?;
                         ids.push(id);
                     }
                     Op::Update { id, meta } => {
                         if deliveries.get(id).map_err(|e| s(&e))?.is_some() {
                             let encoded = serde_json::to_vec(&meta).map_err(|e| s(&e))?;
-                            deliveries
-                                .insert(id, encoded.as_slice())
-                                .map_err(|e| s(&e))?;
+                            deliveries.insert(id, encoded.as_slice()).map_err(|e| s(&e))?;
                         }
                     }
                     Op::Remove { id } => {
@@ -329,9 +288,7 @@ fn apply(db: &Database, batches: &mut [Batch]) -> Result<Vec<Vec<u64>>, String> 
                         payloads.remove(id).map_err(|e| s(&e))?;
                     }
                     Op::PutReceiver { name, spec } => {
-                        receivers
-                            .insert(name.as_str(), spec.as_slice())
-                            .map_err(|e| s(&e))?;
+                        receivers.insert(name.as_str(), spec.as_slice()).map_err(|e| s(&e))?;
                     }
                     Op::DeleteReceiver { name } => {
                         receivers.remove(name.as_str()).map_err(|e| s(&e))?;
@@ -340,8 +297,7 @@ fn apply(db: &Database, batches: &mut [Batch]) -> Result<Vec<Vec<u64>>, String> 
             }
             all_ids.push(ids);
         }
-        meta.insert(NEXT_ID, next_id.to_le_bytes().as_slice())
-            .map_err(|e| s(&e))?;
+        meta.insert(NEXT_ID, next_id.to_le_bytes().as_slice()).map_err(|e| s(&e))?;
     }
     txn.commit().map_err(|e| s(&e))?;
     Ok(all_ids)
@@ -376,29 +332,14 @@ mod tests {
             let spool = Spool::open(dir.path(), hist()).unwrap();
             let ids = spool
                 .commit(vec![
-                    Op::Insert {
-                        meta: meta("a"),
-                        body: b"one".to_vec(),
-                    },
-                    Op::Insert {
-                        meta: meta("b"),
-                        body: b"two".to_vec(),
-                    },
+                    Op::Insert { meta: meta("a"), body: b"one".to_vec() },
+                    Op::Insert { meta: meta("b"), body: b"two".to_vec() },
                 ])
                 .await
                 .unwrap();
             let mut dead = meta("b");
             dead.dead = Some(DeadReason::Expired);
-            spool
-                .commit(vec![
-                    Op::Update {
-                        id: ids[1],
-                        meta: dead,
-                    },
-                    Op::Remove { id: 999 },
-                ])
-                .await
-                .unwrap();
+            spool.commit(vec![Op::Update { id: ids[1], meta: dead }, Op::Remove { id: 999 }]).await.unwrap();
             (spool.instance().to_string(), ids)
         };
         // The writer thread owns a handle too; wait until the file can be reopened.
@@ -412,22 +353,10 @@ mod tests {
         let all = spool.load_all().unwrap();
         assert_eq!(all.len(), 2);
         assert_eq!(all[1].1.dead, Some(DeadReason::Expired));
-        assert_eq!(
-            spool.payload(first_ids[0]).unwrap().as_deref(),
-            Some(&b"one"[..])
-        );
-        let more = spool
-            .commit(vec![Op::Insert {
-                meta: meta("a"),
-                body: vec![],
-            }])
-            .await
-            .unwrap();
+        assert_eq!(spool.payload(first_ids[0]).unwrap().as_deref(), Some(&b"one"[..]));
+        let more = spool.commit(vec![Op::Insert { meta: meta("a"), body: vec![] }]).await.unwrap();
         assert!(more[0] > first_ids[1]);
-        spool
-            .commit(vec![Op::Remove { id: first_ids[0] }])
-            .await
-            .unwrap();
+        spool.commit(vec![Op::Remove { id: first_ids[0] }]).await.unwrap();
         assert_eq!(spool.payload(first_ids[0]).unwrap(), None);
     }
 
@@ -439,13 +368,7 @@ mod tests {
             .map(|_| {
                 let spool = spool.clone();
                 tokio::spawn(async move {
-                    spool
-                        .commit(vec![Op::Insert {
-                            meta: meta("a"),
-                            body: vec![1],
-                        }])
-                        .await
-                        .unwrap()[0]
+                    spool.commit(vec![Op::Insert { meta: meta("a"), body: vec![1] }]).await.unwrap()[0]
                 })
             })
             .collect();

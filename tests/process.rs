@@ -22,11 +22,7 @@ struct Process {
 impl Process {
     /// Starts the binary in `dir` with `args` and waits until it is ready.
     async fn start(dir: &Path, args: &[&str], port: u16, env: &[(&str, &str)]) -> Process {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("relay.log"))
-            .unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("relay.log")).unwrap();
         let child = Command::new(BIN)
             .args(args)
             .current_dir(dir)
@@ -46,10 +42,7 @@ impl Process {
     }
 
     fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .args(["-s", name, &self.child.id().to_string()])
-            .status()
-            .unwrap();
+        let status = Command::new("kill").args(["-s", name, &self.child.id().to_string()]).status().unwrap();
         assert!(status.success());
     }
 
@@ -88,12 +81,7 @@ fn config(dir: &Path, port: u16, receivers: &str) -> String {
 fn group_keys(requests: &[wiremock::Request]) -> BTreeSet<String> {
     requests
         .iter()
-        .map(|r| {
-            serde_json::from_slice::<Value>(&r.body).unwrap()["groupKey"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
+        .map(|r| serde_json::from_slice::<Value>(&r.body).unwrap()["groupKey"].as_str().unwrap().to_string())
         .collect()
 }
 
@@ -101,10 +89,7 @@ fn group_keys(requests: &[wiremock::Request]) -> BTreeSet<String> {
 async fn kill_9_loses_no_accepted_delivery() {
     let dir = tempfile::tempdir().unwrap();
     let target = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(503))
-        .mount(&target)
-        .await;
+    Mock::given(method("POST")).respond_with(ResponseTemplate::new(503)).mount(&target).await;
     let port = closed_port();
     let cfg = config(
         dir.path(),
@@ -117,12 +102,9 @@ async fn kill_9_loses_no_accepted_delivery() {
     let mut relay = Process::start(dir.path(), &["--config", &cfg], port, &[]).await;
     let sent: BTreeSet<String> = (0..30).map(|i| format!("group-{i}")).collect();
     for key in &sent {
-        let (status, _) = post_json(
-            &format!("{}/webhook", relay.base),
-            payload(key, &[("firing", &[("alertname", "Crash")])]),
-            None,
-        )
-        .await;
+        let (status, _) =
+            post_json(&format!("{}/webhook", relay.base), payload(key, &[("firing", &[("alertname", "Crash")])]), None)
+                .await;
         assert_eq!(status, 200);
     }
     eventually("attempts against the failing target", || async {
@@ -133,10 +115,7 @@ async fn kill_9_loses_no_accepted_delivery() {
     relay.child.wait().unwrap();
 
     target.reset().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(200))
-        .mount(&target)
-        .await;
+    Mock::given(method("POST")).respond_with(ResponseTemplate::new(200)).mount(&target).await;
     let relay = Process::start(dir.path(), &["serve", "--config", &cfg], port, &[]).await;
     eventually("every accepted delivery after restart", || async {
         group_keys(&target.received_requests().await.unwrap_or_default()) == sent
@@ -149,10 +128,7 @@ async fn kill_9_loses_no_accepted_delivery() {
     // Nothing was delivered before the kill; only an attempt in flight at that
     // moment (at most one per worker) may be seen twice.
     let received = target.received_requests().await.unwrap().len();
-    assert!(
-        (30..=32).contains(&received),
-        "{received} requests for 30 deliveries"
-    );
+    assert!((30..=32).contains(&received), "{received} requests for 30 deliveries");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -162,10 +138,7 @@ async fn sigterm_exits_zero_and_keeps_pending_deliveries() {
     let cfg = config(
         dir.path(),
         port,
-        &format!(
-            "receivers: [{{ name: r, url: 'http://127.0.0.1:{}/', timeout: 1s }}]",
-            closed_port()
-        ),
+        &format!("receivers: [{{ name: r, url: 'http://127.0.0.1:{}/', timeout: 1s }}]", closed_port()),
     );
     let mut relay = Process::start(dir.path(), &["--config", &cfg], port, &[]).await;
     let (status, _) = post_json(&format!("{}/webhook", relay.base), FIRING.into(), None).await;
@@ -186,25 +159,9 @@ async fn runs_on_embedded_defaults_with_env_overrides() {
     let dir = tempfile::tempdir().unwrap();
     let port = closed_port();
     let listen = format!("127.0.0.1:{port}");
-    let mut relay = Process::start(
-        dir.path(),
-        &[],
-        port,
-        &[("ALERT_RELAY__SERVER__LISTEN", &listen)],
-    )
-    .await;
-    assert!(
-        dir.path().join("data/spool.redb").exists(),
-        "spool in ./data"
-    );
-    let text = client()
-        .get(format!("{}/metrics", relay.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let mut relay = Process::start(dir.path(), &[], port, &[("ALERT_RELAY__SERVER__LISTEN", &listen)]).await;
+    assert!(dir.path().join("data/spool.redb").exists(), "spool in ./data");
+    let text = client().get(format!("{}/metrics", relay.base)).send().await.unwrap().text().await.unwrap();
     assert!(text.contains(r#"alert_relay_spool_pending{receiver="example"} 0"#));
     relay.signal("INT");
     assert!(relay.wait_exit().await.success());
@@ -219,77 +176,89 @@ fn check_config_prints_every_error_and_fails() {
         "receivers:\n  - { name: a, url: 'nope', conditions: [{ label: x, operator: Matches, values: ['('] }] }\n  - { name: a, url: 'http://x', timeout: soon }\n",
     )
     .unwrap();
-    let out = Command::new(BIN)
-        .args(["check-config", "--config"])
-        .arg(&bad)
-        .output()
-        .unwrap();
+    let out = Command::new(BIN).args(["check-config", "--config"]).arg(&bad).output().unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8(out.stderr).unwrap();
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 4, "{stderr}");
     assert!(lines[0].starts_with("receivers[0] (a).url:"), "{stderr}");
-    assert!(
-        lines[1].starts_with("receivers[0] (a).conditions[0]: x Matches: values[0]: invalid regex"),
-        "{stderr}"
-    );
-    assert!(
-        lines[2].starts_with("receivers[1] (a).name: duplicate"),
-        "{stderr}"
-    );
-    assert!(
-        lines[3].starts_with("receivers[1] (a).timeout: invalid duration \"soon\""),
-        "{stderr}"
-    );
+    assert!(lines[1].starts_with("receivers[0] (a).conditions[0]: x Matches: values[0]: invalid regex"), "{stderr}");
+    assert!(lines[2].starts_with("receivers[1] (a).name: duplicate"), "{stderr}");
+    assert!(lines[3].starts_with("receivers[1] (a).timeout: invalid duration \"soon\""), "{stderr}");
 
     let unknown = dir.path().join("unknown.yaml");
     std::fs::write(&unknown, "spool: { dri: x }\n").unwrap();
-    let out = Command::new(BIN)
-        .args(["check-config", "--config"])
-        .arg(&unknown)
-        .output()
-        .unwrap();
+    let out = Command::new(BIN).args(["check-config", "--config"]).arg(&unknown).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field `dri`"));
 
     let good = dir.path().join("good.yaml");
-    std::fs::write(
-        &good,
-        "receivers: [{ name: a, url: 'http://127.0.0.1:1/' }]\n",
-    )
-    .unwrap();
-    let out = Command::new(BIN)
-        .args(["check-config", "--config"])
-        .arg(&good)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    std::fs::write(&good, "receivers: [{ name: a, url: 'http://127.0.0.1:1/' }]\n").unwrap();
+    let out = Command::new(BIN).args(["check-config", "--config"]).arg(&good).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("OK (1 receivers)"));
 
     let out = Command::new(BIN).arg("--version").output().unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        format!("alert-relay {}", env!("CARGO_PKG_VERSION"))
-    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("alert-relay {}", env!("CARGO_PKG_VERSION")));
 }
 
 #[test]
 fn shipped_config_passes_check_config() {
     let out = Command::new(BIN)
-        .args([
-            "check-config",
-            "--config",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/config/alert-relay.yaml"),
-        ])
+        .args(["check-config", "--config", concat!(env!("CARGO_MANIFEST_DIR"), "/config/alert-relay.yaml")])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_receivers_survive_a_restart_and_sighup_reloads() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = MockServer::start().await;
+    Mock::given(method("POST")).respond_with(ResponseTemplate::new(204)).mount(&target).await;
+    let port = closed_port();
+    let cfg = config(dir.path(), port, &format!("{ADMIN_CONFIG}receivers: []\n"));
+    let mut relay = Process::start(dir.path(), &["--config", &cfg], port, &[]).await;
+    let spec = serde_json::json!({"url": target.uri(), "auth": {"type": "bearer", "token": "kept-across-restarts"}});
+    let (status, _) = admin_call(&relay.base, Some(ADMIN_TOKEN), "PUT", "/api/v1/receivers/api-made", Some(spec)).await;
+    assert_eq!(status, 201);
+    relay.signal("TERM");
+    assert!(relay.wait_exit().await.success());
+
+    let relay = Process::start(dir.path(), &["--config", &cfg], port, &[]).await;
+    let (status, got) = admin_call(&relay.base, Some(ADMIN_TOKEN), "GET", "/api/v1/receivers/api-made", None).await;
+    assert_eq!(status, 200, "{got}");
+    assert_eq!(got["provisioned"], false);
+    let (status, _) = post_json(&format!("{}/webhook", relay.base), FIRING.into(), None).await;
+    assert_eq!(status, 200);
+    eventually("delivery with the stored token", || async {
+        target
+            .received_requests()
+            .await
+            .unwrap_or_default()
+            .iter()
+            .any(|r| r.headers.get("authorization").is_some_and(|v| v == "Bearer kept-across-restarts"))
+    })
+    .await;
+
+    // SIGHUP re-reads the file.
+    std::fs::write(
+        &cfg,
+        format!(
+            "server: {{ listen: '127.0.0.1:{port}' }}\nspool: {{ dir: '{}' }}\n{ADMIN_CONFIG}receivers: [{{ name: from-hup, url: 'http://127.0.0.1:1/' }}]\n",
+            dir.path().join("spool").display()
+        ),
+    )
+    .unwrap();
+    relay.signal("HUP");
+    let log = dir.path().join("relay.log");
+    eventually("SIGHUP to be handled", || {
+        let seen = std::fs::read_to_string(&log).unwrap_or_default().contains("SIGHUP: reloading the configuration");
+        async move { seen }
+    })
+    .await;
+    eventually("the reloaded receiver", || async {
+        admin_call(&relay.base, Some(ADMIN_TOKEN), "GET", "/api/v1/receivers/from-hup", None).await.0 == 200
+    })
+    .await;
 }

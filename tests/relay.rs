@@ -12,10 +12,7 @@ use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
 async fn target(status: u16) -> MockServer {
     let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(status))
-        .mount(&server)
-        .await;
+    Mock::given(method("POST")).respond_with(ResponseTemplate::new(status)).mount(&server).await;
     server
 }
 
@@ -34,10 +31,7 @@ async fn count(server: &MockServer) -> usize {
 }
 
 fn header<'a>(r: &'a Request, name: &str) -> &'a str {
-    r.headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
+    r.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
 }
 
 const FAST_RETRY: &str = "retry: { initial_interval: 50ms, max_interval: 200ms, jitter: 0.0 }";
@@ -45,24 +39,14 @@ const FAST_RETRY: &str = "retry: { initial_interval: 50ms, max_interval: 200ms, 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fixtures_forward_with_unknown_fields_intact() {
     let t = target(200).await;
-    let relay = TestRelay::start(&format!(
-        "receivers: [{{ name: all, url: '{}/hook' }}]",
-        t.uri()
-    ))
-    .await;
+    let relay = TestRelay::start(&format!("receivers: [{{ name: all, url: '{}/hook' }}]", t.uri())).await;
     for fixture in [FIRING, MIXED] {
         let mut sent: Value = serde_json::from_str(fixture).unwrap();
         sent["someFutureField"] = serde_json::json!({"nested": [1, 2, 3]});
         sent["alerts"][0]["futureAlertField"] = serde_json::json!("kept");
         let (status, answer) = relay.post(serde_json::to_vec(&sent).unwrap()).await;
-        assert_eq!(
-            (status, answer),
-            (200, serde_json::json!({"deliveries": 1}))
-        );
-        eventually("the target to receive it", || async {
-            bodies(&t).await.contains(&sent)
-        })
-        .await;
+        assert_eq!((status, answer), (200, serde_json::json!({"deliveries": 1})));
+        eventually("the target to receive it", || async { bodies(&t).await.contains(&sent) }).await;
     }
     // Recomputed over the same alerts, every field is as Alertmanager sent it.
     assert_eq!(count(&t).await, 2);
@@ -112,15 +96,9 @@ receivers:
     let b: Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(b["alerts"].as_array().unwrap().len(), 1);
     assert_eq!(b["alerts"][0]["labels"]["service"], "api");
-    assert_eq!(
-        b["status"], "resolved",
-        "the only critical alert is resolved"
-    );
+    assert_eq!(b["status"], "resolved", "the only critical alert is resolved");
     assert_eq!(b["commonLabels"]["severity"], "critical");
-    assert_eq!(
-        b["commonAnnotations"]["description"],
-        "API p99 latency is 1.7s"
-    );
+    assert_eq!(b["commonAnnotations"]["description"], "API p99 latency is 1.7s");
 
     let r = &basic.received_requests().await.unwrap()[0];
     assert_eq!(header(r, "authorization"), "Basic cmVsYXk6cHc=");
@@ -132,53 +110,20 @@ receivers:
     let r = &none.received_requests().await.unwrap()[0];
     assert_eq!(header(r, "authorization"), "");
     let b: Value = serde_json::from_slice(&r.body).unwrap();
-    assert_eq!(
-        b["alerts"].as_array().unwrap().len(),
-        1,
-        "resolved alert not sent"
-    );
+    assert_eq!(b["alerts"].as_array().unwrap().len(), 1, "resolved alert not sent");
     assert_eq!(b["alerts"][0]["status"], "firing");
 
+    assert_eq!(relay.metric(r#"alert_relay_alerts_matched_total{receiver="crit-bearer"}"#).await, 1.0);
     assert_eq!(
-        relay
-            .metric(r#"alert_relay_alerts_matched_total{receiver="crit-bearer"}"#)
-            .await,
+        relay.metric(r#"alert_relay_alerts_filtered_total{reason="conditions",receiver="crit-bearer"}"#).await,
         1.0
     );
-    assert_eq!(
-        relay
-            .metric(
-                r#"alert_relay_alerts_filtered_total{reason="conditions",receiver="crit-bearer"}"#
-            )
-            .await,
-        1.0
-    );
-    assert_eq!(
-        relay
-            .metric(r#"alert_relay_alerts_filtered_total{reason="resolved",receiver="prod-none"}"#)
-            .await,
-        1.0
-    );
-    assert_eq!(
-        relay
-            .metric(r#"alert_relay_alerts_received_total{status="resolved"}"#)
-            .await,
-        1.0
-    );
-    assert_eq!(
-        relay
-            .metric(r#"alert_relay_alerts_received_total{status="firing"}"#)
-            .await,
-        1.0
-    );
+    assert_eq!(relay.metric(r#"alert_relay_alerts_filtered_total{reason="resolved",receiver="prod-none"}"#).await, 1.0);
+    assert_eq!(relay.metric(r#"alert_relay_alerts_received_total{status="resolved"}"#).await, 1.0);
+    assert_eq!(relay.metric(r#"alert_relay_alerts_received_total{status="firing"}"#).await, 1.0);
     for name in ["crit-bearer", "web-basic", "prod-none"] {
         eventually("delivered counters", || async {
-            relay
-                .metric(&format!(
-                    r#"alert_relay_notifications_delivered_total{{receiver="{name}"}}"#
-                ))
-                .await
-                == 1.0
+            relay.metric(&format!(r#"alert_relay_notifications_delivered_total{{receiver="{name}"}}"#)).await == 1.0
         })
         .await;
     }
@@ -194,18 +139,8 @@ async fn nothing_left_means_no_delivery() {
     .await;
     let (status, answer) = relay.post(FIRING).await;
     assert_eq!((status, answer["deliveries"].as_u64()), (200, Some(0)));
-    assert_eq!(
-        relay
-            .metric(r#"alert_relay_alerts_filtered_total{reason="conditions",receiver="teams"}"#)
-            .await,
-        2.0
-    );
-    assert_eq!(
-        relay
-            .metric(r#"alert_relay_notifications_total{receiver="teams"}"#)
-            .await,
-        0.0
-    );
+    assert_eq!(relay.metric(r#"alert_relay_alerts_filtered_total{reason="conditions",receiver="teams"}"#).await, 2.0);
+    assert_eq!(relay.metric(r#"alert_relay_notifications_total{receiver="teams"}"#).await, 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -217,66 +152,32 @@ async fn server_errors_are_retried_until_delivered() {
         .with_priority(1)
         .mount(&t)
         .await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(200))
-        .mount(&t)
-        .await;
-    let relay = TestRelay::start(&format!(
-        "receivers: [{{ name: flaky, url: '{}', {FAST_RETRY} }}]",
-        t.uri()
-    ))
-    .await;
+    Mock::given(method("POST")).respond_with(ResponseTemplate::new(200)).mount(&t).await;
+    let relay = TestRelay::start(&format!("receivers: [{{ name: flaky, url: '{}', {FAST_RETRY} }}]", t.uri())).await;
     assert_eq!(relay.post(FIRING).await.0, 200);
     eventually("delivery", || async {
-        relay
-            .metric(r#"alert_relay_notifications_delivered_total{receiver="flaky"}"#)
-            .await
-            == 1.0
+        relay.metric(r#"alert_relay_notifications_delivered_total{receiver="flaky"}"#).await == 1.0
     })
     .await;
     let requests = t.received_requests().await.unwrap();
     assert_eq!(requests.len(), 3, "503, 503, 200");
     let key = header(&requests[0], "idempotency-key");
-    assert!(
-        requests.iter().all(|r| header(r, "idempotency-key") == key),
-        "one key for every retry"
-    );
-    assert_eq!(
-        relay
-            .metric(r#"alert_relay_notification_requests_total{receiver="flaky"}"#)
-            .await,
-        3.0
-    );
+    assert!(requests.iter().all(|r| header(r, "idempotency-key") == key), "one key for every retry");
+    assert_eq!(relay.metric(r#"alert_relay_notification_requests_total{receiver="flaky"}"#).await, 3.0);
     assert_eq!(
         relay.metric(r#"alert_relay_notification_requests_failed_total{reason="serverError",receiver="flaky"}"#).await,
         2.0
     );
-    assert_eq!(
-        relay
-            .metric(r#"alert_relay_spool_pending{receiver="flaky"}"#)
-            .await,
-        0.0
-    );
-    assert_eq!(
-        relay
-            .metric(r#"alert_relay_notification_delivery_latency_seconds_count{receiver="flaky"}"#)
-            .await,
-        1.0
-    );
+    assert_eq!(relay.metric(r#"alert_relay_spool_pending{receiver="flaky"}"#).await, 0.0);
+    assert_eq!(relay.metric(r#"alert_relay_notification_delivery_latency_seconds_count{receiver="flaky"}"#).await, 1.0);
 }
 
 /// A target that answers from a list, then 200, and notes when each request came.
-fn scripted(
-    answers: Vec<ResponseTemplate>,
-    seen: Arc<Mutex<Vec<Instant>>>,
-) -> impl Fn(&Request) -> ResponseTemplate {
+fn scripted(answers: Vec<ResponseTemplate>, seen: Arc<Mutex<Vec<Instant>>>) -> impl Fn(&Request) -> ResponseTemplate {
     move |_: &Request| {
         let mut seen = seen.lock().unwrap();
         seen.push(Instant::now());
-        answers
-            .get(seen.len() - 1)
-            .cloned()
-            .unwrap_or_else(|| ResponseTemplate::new(200))
+        answers.get(seen.len() - 1).cloned().unwrap_or_else(|| ResponseTemplate::new(200))
     }
 }
 
@@ -320,11 +221,7 @@ receivers:
         s[1] - s[0]
     };
     // Without Retry-After the retry would come after 10ms.
-    assert!(
-        gap(&honoured_seen) >= Duration::from_millis(950),
-        "{:?}",
-        gap(&honoured_seen)
-    );
+    assert!(gap(&honoured_seen) >= Duration::from_millis(950), "{:?}", gap(&honoured_seen));
     assert_eq!(
         relay.metric(r#"alert_relay_notification_requests_failed_total{reason="rateLimited",receiver="capped"}"#).await,
         1.0
@@ -342,43 +239,20 @@ async fn client_errors_dead_letter_after_one_attempt() {
     .await;
     assert_eq!(relay.post(FIRING).await.0, 200);
     eventually("dead letters", || async {
-        relay
-            .metric(r#"alert_relay_dead_letters{receiver="bad"}"#)
-            .await
-            == 1.0
-            && relay
-                .metric(r#"alert_relay_dead_letters{receiver="denied"}"#)
-                .await
-                == 1.0
+        relay.metric(r#"alert_relay_dead_letters{receiver="bad"}"#).await == 1.0
+            && relay.metric(r#"alert_relay_dead_letters{receiver="denied"}"#).await == 1.0
     })
     .await;
     assert_eq!(
-        relay
-            .metric(
-                r#"alert_relay_notifications_failed_total{reason="clientError",receiver="bad"}"#
-            )
-            .await,
+        relay.metric(r#"alert_relay_notifications_failed_total{reason="clientError",receiver="bad"}"#).await,
         1.0
     );
     assert_eq!(
-        relay
-            .metric(
-                r#"alert_relay_notifications_failed_total{reason="authError",receiver="denied"}"#
-            )
-            .await,
+        relay.metric(r#"alert_relay_notifications_failed_total{reason="authError",receiver="denied"}"#).await,
         1.0
     );
-    assert_eq!(
-        relay
-            .metric(r#"alert_relay_spool_pending{receiver="bad"}"#)
-            .await,
-        0.0
-    );
-    assert_eq!(
-        (count(&bad).await, count(&denied).await),
-        (1, 1),
-        "no retry of a permanent failure"
-    );
+    assert_eq!(relay.metric(r#"alert_relay_spool_pending{receiver="bad"}"#).await, 0.0);
+    assert_eq!((count(&bad).await, count(&denied).await), (1, 1), "no retry of a permanent failure");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -393,20 +267,11 @@ async fn created_and_no_content_are_success() {
     assert_eq!(relay.post(FIRING).await.0, 200);
     for name in ["created", "empty"] {
         eventually("delivered", || async {
-            relay
-                .metric(&format!(
-                    r#"alert_relay_notifications_delivered_total{{receiver="{name}"}}"#
-                ))
-                .await
-                == 1.0
+            relay.metric(&format!(r#"alert_relay_notifications_delivered_total{{receiver="{name}"}}"#)).await == 1.0
         })
         .await;
         assert_eq!(
-            relay
-                .metric(&format!(
-                    r#"alert_relay_notification_requests_total{{receiver="{name}"}}"#
-                ))
-                .await,
+            relay.metric(&format!(r#"alert_relay_notification_requests_total{{receiver="{name}"}}"#)).await,
             1.0
         );
     }
@@ -422,27 +287,14 @@ async fn unreachable_target_retries_until_max_elapsed_then_dead_letters() {
     .await;
     assert_eq!(relay.post(FIRING).await.0, 200);
     eventually("expiry", || async {
-        relay
-            .metric(r#"alert_relay_notifications_failed_total{reason="expired",receiver="gone"}"#)
-            .await
-            == 1.0
+        relay.metric(r#"alert_relay_notifications_failed_total{reason="expired",receiver="gone"}"#).await == 1.0
     })
     .await;
     let failures =
         relay.metric(r#"alert_relay_notification_requests_failed_total{reason="connection",receiver="gone"}"#).await;
     assert!(failures >= 3.0, "retried before giving up: {failures}");
-    assert_eq!(
-        relay
-            .metric(r#"alert_relay_dead_letters{receiver="gone"}"#)
-            .await,
-        1.0
-    );
-    assert_eq!(
-        relay
-            .metric(r#"alert_relay_spool_pending{receiver="gone"}"#)
-            .await,
-        0.0
-    );
+    assert_eq!(relay.metric(r#"alert_relay_dead_letters{receiver="gone"}"#).await, 1.0);
+    assert_eq!(relay.metric(r#"alert_relay_spool_pending{receiver="gone"}"#).await, 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -455,10 +307,7 @@ async fn max_attempts_bounds_retries() {
     .await;
     assert_eq!(relay.post(FIRING).await.0, 200);
     eventually("expiry", || async {
-        relay
-            .metric(r#"alert_relay_notifications_failed_total{reason="expired",receiver="r"}"#)
-            .await
-            == 1.0
+        relay.metric(r#"alert_relay_notifications_failed_total{reason="expired",receiver="r"}"#).await == 1.0
     })
     .await;
     assert_eq!(count(&t).await, 3);
@@ -473,10 +322,7 @@ async fn newer_notification_supersedes_pending_one() {
         .with_priority(1)
         .mount(&t)
         .await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(200))
-        .mount(&t)
-        .await;
+    Mock::given(method("POST")).respond_with(ResponseTemplate::new(200)).mount(&t).await;
     // After the first failure the older notification waits 5s: long enough that
     // only supersession can explain it never arriving.
     let relay = TestRelay::start(&format!(
@@ -484,43 +330,20 @@ async fn newer_notification_supersedes_pending_one() {
         t.uri()
     ))
     .await;
-    let firing = payload(
-        "{}:{alertname=\"Disk\"}",
-        &[("firing", &[("alertname", "Disk")])],
-    );
-    let resolved = payload(
-        "{}:{alertname=\"Disk\"}",
-        &[("resolved", &[("alertname", "Disk")])],
-    );
+    let firing = payload("{}:{alertname=\"Disk\"}", &[("firing", &[("alertname", "Disk")])]);
+    let resolved = payload("{}:{alertname=\"Disk\"}", &[("resolved", &[("alertname", "Disk")])]);
     assert_eq!(relay.post(firing).await.0, 200);
     eventually("the first attempt", || async { count(&t).await == 1 }).await;
     assert_eq!(relay.post(resolved).await.0, 200);
     eventually("the newer one delivered", || async {
-        relay
-            .metric(r#"alert_relay_notifications_delivered_total{receiver="r"}"#)
-            .await
-            == 1.0
+        relay.metric(r#"alert_relay_notifications_delivered_total{receiver="r"}"#).await == 1.0
     })
     .await;
-    assert_eq!(
-        relay
-            .metric(r#"alert_relay_notifications_superseded_total{receiver="r"}"#)
-            .await,
-        1.0
-    );
-    assert_eq!(
-        relay
-            .metric(r#"alert_relay_spool_pending{receiver="r"}"#)
-            .await,
-        0.0,
-        "the older one is gone"
-    );
+    assert_eq!(relay.metric(r#"alert_relay_notifications_superseded_total{receiver="r"}"#).await, 1.0);
+    assert_eq!(relay.metric(r#"alert_relay_spool_pending{receiver="r"}"#).await, 0.0, "the older one is gone");
     let got = bodies(&t).await;
     assert_eq!(got.len(), 2);
-    assert_eq!(
-        (got[0]["status"].as_str(), got[1]["status"].as_str()),
-        (Some("firing"), Some("resolved"))
-    );
+    assert_eq!((got[0]["status"].as_str(), got[1]["status"].as_str()), (Some("firing"), Some("resolved")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -543,21 +366,9 @@ async fn hanging_target_does_not_delay_a_healthy_receiver() {
         let body = payload(&format!("group-{i}"), &[("firing", &[("alertname", "A")])]);
         assert_eq!(relay.post(body).await.0, 200);
     }
-    eventually("the healthy receiver to get all ten", || async {
-        count(&healthy).await == 10
-    })
-    .await;
-    assert_eq!(
-        count(&hanging).await,
-        2,
-        "the hanging receiver's workers are both stuck"
-    );
-    assert_eq!(
-        relay
-            .metric(r#"alert_relay_spool_pending{receiver="hanging"}"#)
-            .await,
-        10.0
-    );
+    eventually("the healthy receiver to get all ten", || async { count(&healthy).await == 10 }).await;
+    assert_eq!(count(&hanging).await, 2, "the hanging receiver's workers are both stuck");
+    assert_eq!(relay.metric(r#"alert_relay_spool_pending{receiver="hanging"}"#).await, 10.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -572,110 +383,45 @@ async fn bad_input_is_answered_counted_and_survived() {
 
     let (s, e) = relay.post(&b"{not json"[..]).await;
     assert_eq!(s, 400);
-    assert!(
-        e["error"].as_str().unwrap().contains("invalid payload"),
-        "{e}"
-    );
+    assert!(e["error"].as_str().unwrap().contains("invalid payload"), "{e}");
 
-    let (s, e) = relay
-        .post(&br#"{"status":"firing","alerts":[{"status":"firing","labels":{"severity":3}}]}"#[..])
-        .await;
+    let (s, e) =
+        relay.post(&br#"{"status":"firing","alerts":[{"status":"firing","labels":{"severity":3}}]}"#[..]).await;
     assert_eq!(s, 400);
-    assert_eq!(
-        e["details"],
-        serde_json::json!(["alerts[0].labels.severity"])
-    );
-    assert!(
-        e["error"]
-            .as_str()
-            .unwrap()
-            .contains("invalid type: integer"),
-        "{e}"
-    );
+    assert_eq!(e["details"], serde_json::json!(["alerts[0].labels.severity"]));
+    assert!(e["error"].as_str().unwrap().contains("invalid type: integer"), "{e}");
 
     let (s, e) = relay.post(&br#"{"status":"firing"}"#[..]).await;
     assert_eq!(s, 400);
-    assert!(
-        e["error"]
-            .as_str()
-            .unwrap()
-            .contains("missing field `alerts`"),
-        "{e}"
-    );
+    assert!(e["error"].as_str().unwrap().contains("missing field `alerts`"), "{e}");
 
-    let (s, e) = relay
-        .post(&br#"{"version":"3","status":"firing","alerts":[]}"#[..])
-        .await;
-    assert_eq!(
-        (s, e["details"].clone()),
-        (400, serde_json::json!(["version"]))
-    );
+    let (s, e) = relay.post(&br#"{"version":"3","status":"firing","alerts":[]}"#[..]).await;
+    assert_eq!((s, e["details"].clone()), (400, serde_json::json!(["version"])));
 
     let huge = payload("g", &[("firing", &[("alertname", &"x".repeat(4096))])]);
     let (s, e) = relay.post(huge.clone()).await;
     assert_eq!(s, 413);
-    assert!(
-        e["error"].as_str().unwrap().contains("max_body_bytes"),
-        "{e}"
-    );
+    assert!(e["error"].as_str().unwrap().contains("max_body_bytes"), "{e}");
     // Chunked, with no Content-Length to check up front.
-    assert_eq!(
-        post_chunked(relay.base.trim_start_matches("http://"), &huge).await,
-        413
-    );
+    assert_eq!(post_chunked(relay.base.trim_start_matches("http://"), &huge).await, 413);
 
-    let resp = client()
-        .post(&url)
-        .header("content-type", "text/plain")
-        .body(FIRING)
-        .send()
-        .await
-        .unwrap();
+    let resp = client().post(&url).header("content-type", "text/plain").body(FIRING).send().await.unwrap();
     assert_eq!(resp.status().as_u16(), 415);
     let e: Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
-    assert!(
-        e["error"].as_str().unwrap().contains("application/json"),
-        "{e}"
-    );
+    assert!(e["error"].as_str().unwrap().contains("application/json"), "{e}");
     let resp = client().post(&url).body(FIRING).send().await.unwrap();
     assert_eq!(resp.status().as_u16(), 415);
 
-    let resp = client()
-        .get(format!("{}/nowhere", relay.base))
-        .send()
-        .await
-        .unwrap();
+    let resp = client().get(format!("{}/nowhere", relay.base)).send().await.unwrap();
     assert_eq!(resp.status().as_u16(), 404);
-    assert!(
-        serde_json::from_str::<Value>(&resp.text().await.unwrap()).unwrap()["error"].is_string()
-    );
+    assert!(serde_json::from_str::<Value>(&resp.text().await.unwrap()).unwrap()["error"].is_string());
 
     // Still serving, and every answer counted.
     assert_eq!(relay.post(FIRING).await.0, 200);
-    assert_eq!(
-        relay
-            .metric(r#"alert_relay_webhook_requests_total{code="400"}"#)
-            .await,
-        4.0
-    );
-    assert_eq!(
-        relay
-            .metric(r#"alert_relay_webhook_requests_total{code="413"}"#)
-            .await,
-        2.0
-    );
-    assert_eq!(
-        relay
-            .metric(r#"alert_relay_webhook_requests_total{code="415"}"#)
-            .await,
-        2.0
-    );
-    assert_eq!(
-        relay
-            .metric(r#"alert_relay_webhook_requests_total{code="200"}"#)
-            .await,
-        1.0
-    );
+    assert_eq!(relay.metric(r#"alert_relay_webhook_requests_total{code="400"}"#).await, 4.0);
+    assert_eq!(relay.metric(r#"alert_relay_webhook_requests_total{code="413"}"#).await, 2.0);
+    assert_eq!(relay.metric(r#"alert_relay_webhook_requests_total{code="415"}"#).await, 2.0);
+    assert_eq!(relay.metric(r#"alert_relay_webhook_requests_total{code="200"}"#).await, 1.0);
 }
 
 /// Posts `body` with chunked transfer encoding over a raw socket; the status code.
@@ -712,22 +458,9 @@ async fn webhook_auth_is_required_when_configured() {
     let (s, e) = post_json(&url, FIRING.into(), None).await;
     assert_eq!(s, 401);
     assert!(!e.to_string().contains("s3cret"));
-    assert_eq!(
-        post_json(&url, FIRING.into(), Some("Bearer wrong")).await.0,
-        401
-    );
-    assert_eq!(
-        post_json(&url, FIRING.into(), Some("Bearer s3cret"))
-            .await
-            .0,
-        200
-    );
-    assert_eq!(
-        relay
-            .metric(r#"alert_relay_webhook_requests_total{code="401"}"#)
-            .await,
-        2.0
-    );
+    assert_eq!(post_json(&url, FIRING.into(), Some("Bearer wrong")).await.0, 401);
+    assert_eq!(post_json(&url, FIRING.into(), Some("Bearer s3cret")).await.0, 200);
+    assert_eq!(relay.metric(r#"alert_relay_webhook_requests_total{code="401"}"#).await, 2.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -742,29 +475,13 @@ async fn full_spool_answers_503_with_retry_after() {
         assert_eq!(relay.post(body).await.0, 200);
     }
     let url = format!("{}/webhook", relay.base);
-    let resp = client()
-        .post(&url)
-        .header("content-type", "application/json")
-        .body(FIRING)
-        .send()
-        .await
-        .unwrap();
+    let resp = client().post(&url).header("content-type", "application/json").body(FIRING).send().await.unwrap();
     assert_eq!(resp.status().as_u16(), 503);
     assert_eq!(resp.headers().get("retry-after").unwrap(), "5");
     let e: Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
     assert!(e["error"].as_str().unwrap().contains("spool full"), "{e}");
-    assert_eq!(
-        relay
-            .metric(r#"alert_relay_webhook_requests_total{code="503"}"#)
-            .await,
-        1.0
-    );
-    assert_eq!(
-        relay
-            .metric(r#"alert_relay_spool_pending{receiver="r"}"#)
-            .await,
-        2.0
-    );
+    assert_eq!(relay.metric(r#"alert_relay_webhook_requests_total{code="503"}"#).await, 1.0);
+    assert_eq!(relay.metric(r#"alert_relay_spool_pending{receiver="r"}"#).await, 2.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -773,33 +490,18 @@ async fn metrics_health_and_readiness_from_start() {
         "receivers:\n  - { name: one, url: 'http://127.0.0.1:1' }\n  - { name: two, url: 'http://127.0.0.1:1' }\n",
     )
     .await;
-    let text = client()
-        .get(format!("{}/metrics", relay.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = client().get(format!("{}/metrics", relay.base)).send().await.unwrap().text().await.unwrap();
     for r in ["one", "two"] {
         for reason in ["conditions", "resolved", "disabled", "max_alerts"] {
-            assert!(text.contains(&format!(
-                r#"alert_relay_alerts_filtered_total{{reason="{reason}",receiver="{r}"}} 0"#
-            )));
+            assert!(
+                text.contains(&format!(r#"alert_relay_alerts_filtered_total{{reason="{reason}",receiver="{r}"}} 0"#))
+            );
         }
         for reason in ["clientError", "authError", "expired"] {
-            assert!(text.contains(&format!(
-                r#"alert_relay_notifications_failed_total{{reason="{reason}",receiver="{r}"}} 0"#
-            )));
+            assert!(text
+                .contains(&format!(r#"alert_relay_notifications_failed_total{{reason="{reason}",receiver="{r}"}} 0"#)));
         }
-        for reason in [
-            "serverError",
-            "clientError",
-            "authError",
-            "rateLimited",
-            "timeout",
-            "connection",
-        ] {
+        for reason in ["serverError", "clientError", "authError", "rateLimited", "timeout", "connection"] {
             assert!(text.contains(&format!(
                 r#"alert_relay_notification_requests_failed_total{{reason="{reason}",receiver="{r}"}} 0"#
             )));
@@ -815,10 +517,7 @@ async fn metrics_health_and_readiness_from_start() {
             "notification_request_duration_seconds_count",
             "notification_delivery_latency_seconds_count",
         ] {
-            assert!(
-                text.contains(&format!(r#"alert_relay_{series}{{receiver="{r}"}} 0"#)),
-                "{series} {r}"
-            );
+            assert!(text.contains(&format!(r#"alert_relay_{series}{{receiver="{r}"}} 0"#)), "{series} {r}");
         }
     }
     assert!(text.contains("alert_relay_build_info{version=\""));
@@ -826,39 +525,20 @@ async fn metrics_health_and_readiness_from_start() {
     assert!(text.contains("alert_relay_spool_commit_duration_seconds_bucket"));
     assert!(text.contains("process_resident_memory_bytes"));
     for path in ["/-/healthy", "/-/ready"] {
-        assert_eq!(
-            client()
-                .get(format!("{}{path}", relay.base))
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16(),
-            200
-        );
+        assert_eq!(client().get(format!("{}{path}", relay.base)).send().await.unwrap().status().as_u16(), 200);
     }
 }
 
 async fn delivered(relay: &TestRelay, name: &str) -> bool {
-    relay
-        .metric(&format!(
-            r#"alert_relay_notifications_delivered_total{{receiver="{name}"}}"#
-        ))
-        .await
-        == 1.0
+    relay.metric(&format!(r#"alert_relay_notifications_delivered_total{{receiver="{name}"}}"#)).await == 1.0
 }
 
 async fn expired(relay: &TestRelay, name: &str) -> bool {
-    relay
-        .metric(&format!(
-            r#"alert_relay_notifications_failed_total{{reason="expired",receiver="{name}"}}"#
-        ))
-        .await
+    relay.metric(&format!(r#"alert_relay_notifications_failed_total{{reason="expired",receiver="{name}"}}"#)).await
         == 1.0
 }
 
-const GIVE_UP_SOON: &str =
-    "retry: { initial_interval: 50ms, max_interval: 100ms, max_elapsed: 500ms }";
+const GIVE_UP_SOON: &str = "retry: { initial_interval: 50ms, max_interval: 100ms, max_elapsed: 500ms }";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_needs_a_trusted_ca_or_insecure_and_honours_server_name() {
@@ -867,10 +547,7 @@ async fn tls_needs_a_trusted_ca_or_insecure_and_honours_server_name() {
     let ca_file = write(dir.path(), "ca.pem", &ca.pem());
     let target = TlsTarget::start(&ca.leaf(&["localhost", "127.0.0.1"]), None).await;
     let named = TlsTarget::start(&ca.leaf(&["hooks.internal.test"]), None).await;
-    let (url, named_url) = (
-        format!("https://{}/hook", target.addr),
-        format!("https://{}/hook", named.addr),
-    );
+    let (url, named_url) = (format!("https://{}/hook", target.addr), format!("https://{}/hook", named.addr));
     let relay = TestRelay::start(&format!(
         r#"
 receivers:
@@ -890,12 +567,11 @@ receivers:
     for name in ["untrusted", "wrong-name"] {
         eventually(&format!("{name} to give up"), || expired(&relay, name)).await;
         let failures = relay
-            .metric(&format!(r#"alert_relay_notification_requests_failed_total{{reason="connection",receiver="{name}"}}"#))
+            .metric(&format!(
+                r#"alert_relay_notification_requests_failed_total{{reason="connection",receiver="{name}"}}"#
+            ))
             .await;
-        assert!(
-            failures >= 1.0,
-            "{name}: handshake failures are connection failures"
-        );
+        assert!(failures >= 1.0, "{name}: handshake failures are connection failures");
     }
     assert_eq!((target.hits(), named.hits()), (2, 1));
 }
@@ -903,23 +579,15 @@ receivers:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mtls_target_accepts_only_the_configured_client_certificate() {
     let dir = tempfile::tempdir().unwrap();
-    let (server_ca, client_ca, rogue_ca) = (
-        Ca::new("server CA"),
-        Ca::new("client CA"),
-        Ca::new("rogue CA"),
-    );
+    let (server_ca, client_ca, rogue_ca) = (Ca::new("server CA"), Ca::new("client CA"), Ca::new("rogue CA"));
     let target = TlsTarget::start(&server_ca.leaf(&["127.0.0.1"]), Some(&client_ca)).await;
     let ca = write(dir.path(), "server-ca.pem", &server_ca.pem());
     let good = client_ca.leaf(&["alert-relay"]);
     let rogue = rogue_ca.leaf(&["alert-relay"]);
-    let (good_cert, good_key) = (
-        write(dir.path(), "good.pem", &good.cert_pem),
-        write(dir.path(), "good-key.pem", &good.key_pem),
-    );
-    let (rogue_cert, rogue_key) = (
-        write(dir.path(), "rogue.pem", &rogue.cert_pem),
-        write(dir.path(), "rogue-key.pem", &rogue.key_pem),
-    );
+    let (good_cert, good_key) =
+        (write(dir.path(), "good.pem", &good.cert_pem), write(dir.path(), "good-key.pem", &good.key_pem));
+    let (rogue_cert, rogue_key) =
+        (write(dir.path(), "rogue.pem", &rogue.cert_pem), write(dir.path(), "rogue-key.pem", &rogue.key_pem));
     let url = format!("https://{}/hook", target.addr);
     let relay = TestRelay::start(&format!(
         r#"
@@ -936,10 +604,7 @@ receivers:
     ))
     .await;
     assert_eq!(relay.post(FIRING).await.0, 200);
-    eventually("delivery with the client certificate", || {
-        delivered(&relay, "client-cert")
-    })
-    .await;
+    eventually("delivery with the client certificate", || delivered(&relay, "client-cert")).await;
     for name in ["rogue-cert", "no-cert"] {
         eventually(&format!("{name} to give up"), || expired(&relay, name)).await;
     }
@@ -953,17 +618,11 @@ async fn shutdown_finishes_attempts_in_flight_and_refuses_new_work() {
         .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_millis(1500)))
         .mount(&slow)
         .await;
-    let mut relay = TestRelay::start(&format!(
-        "receivers: [{{ name: slow, url: '{}', timeout: 10s }}]",
-        slow.uri()
-    ))
-    .await;
+    let mut relay =
+        TestRelay::start(&format!("receivers: [{{ name: slow, url: '{}', timeout: 10s }}]", slow.uri())).await;
     let url = format!("{}/webhook", relay.base);
     assert_eq!(relay.post(FIRING).await.0, 200);
-    eventually("the attempt to be in flight", || async {
-        count(&slow).await == 1
-    })
-    .await;
+    eventually("the attempt to be in flight", || async { count(&slow).await == 1 }).await;
     let running = relay.relay.take().unwrap();
     let stopping = tokio::spawn(running.shutdown());
     eventually("503 while shutting down", || async {
@@ -997,14 +656,7 @@ async fn metrics_pass_promtool_check_metrics() {
     .await;
     assert_eq!(relay.post(MIXED).await.0, 200);
     eventually("a dead letter", || expired(&relay, "r")).await;
-    let text = client()
-        .get(format!("{}/metrics", relay.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = client().get(format!("{}/metrics", relay.base)).send().await.unwrap().text().await.unwrap();
     let mut promtool = std::process::Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())
@@ -1013,12 +665,7 @@ async fn metrics_pass_promtool_check_metrics() {
         .spawn()
         .expect("promtool (Debian package prometheus; scripts/test installs it)");
     use std::io::Write;
-    promtool
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
+    promtool.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
     let out = promtool.wait_with_output().unwrap();
     assert!(
         out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
@@ -1026,10 +673,5 @@ async fn metrics_pass_promtool_check_metrics() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(
-        relay
-            .metric(r#"alert_relay_alerts_filtered_total{reason="disabled",receiver="off"}"#)
-            .await,
-        2.0
-    );
+    assert_eq!(relay.metric(r#"alert_relay_alerts_filtered_total{reason="disabled",receiver="off"}"#).await, 2.0);
 }

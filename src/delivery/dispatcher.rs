@@ -17,10 +17,7 @@ use crate::metrics::Metrics;
 use crate::spool::{DeliveryMeta, Op, Spool, SpoolError};
 
 pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)).unwrap_or(0)
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -108,13 +105,7 @@ impl QueueState {
             }
         }
         self.due.insert((meta.next_due_ms, id));
-        self.entries.insert(
-            id,
-            Entry {
-                meta,
-                obsolete: false,
-            },
-        );
+        self.entries.insert(id, Entry { meta, obsolete: false });
         superseded
     }
 
@@ -167,13 +158,7 @@ impl QueueState {
                 if let Some(group) = self.groups.get_mut(&key) {
                     group.pending = Some(id);
                 }
-                self.entries.insert(
-                    id,
-                    Entry {
-                        meta,
-                        obsolete: false,
-                    },
-                );
+                self.entries.insert(id, Entry { meta, obsolete: false });
                 Ended::Stays
             }
         };
@@ -207,10 +192,7 @@ struct Queue {
 
 impl Queue {
     fn target(&self) -> Arc<Target> {
-        self.target
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.target.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Wakes every worker: one stored permit covers a worker about to wait.
@@ -258,12 +240,7 @@ impl Dispatcher {
         metrics: Arc<Metrics>,
         receivers: Vec<Arc<Receiver>>,
     ) -> Result<Arc<Dispatcher>, String> {
-        let pending = spool
-            .load_all()
-            .map_err(|e| e.to_string())?
-            .iter()
-            .filter(|(_, m)| m.dead.is_none())
-            .count();
+        let pending = spool.load_all().map_err(|e| e.to_string())?.iter().filter(|(_, m)| m.dead.is_none()).count();
         let (stop, _) = watch::channel(false);
         let dispatcher = Arc::new(Dispatcher {
             spool,
@@ -285,10 +262,7 @@ impl Dispatcher {
             log::warn!("spool holds {count} deliveries for receiver {name}, which is not configured; kept until it is");
         }
         if pending > 0 {
-            log::info!(
-                "spool: resuming {} pending deliveries",
-                dispatcher.pending()
-            );
+            log::info!("spool: resuming {} pending deliveries", dispatcher.pending());
         }
         Ok(dispatcher)
     }
@@ -297,15 +271,10 @@ impl Dispatcher {
     /// whatever the spool holds for them), kept ones take their new settings for
     /// every attempt from now on, removed ones are stopped and their
     /// deliveries dropped. Nothing changes if a receiver's client cannot be built.
-    pub async fn apply(
-        self: &Arc<Self>,
-        receivers: Vec<Arc<Receiver>>,
-    ) -> Result<HashMap<String, Dropped>, String> {
+    pub async fn apply(self: &Arc<Self>, receivers: Vec<Arc<Receiver>>) -> Result<HashMap<String, Dropped>, String> {
         let mut targets = Vec::with_capacity(receivers.len());
         for r in &receivers {
-            targets.push(Arc::new(
-                Target::new(r.clone()).map_err(|e| format!("receiver {}: {e}", r.name))?,
-            ));
+            targets.push(Arc::new(Target::new(r.clone()).map_err(|e| format!("receiver {}: {e}", r.name))?));
         }
         let (created, removed) = {
             let mut queues = write(&self.queues);
@@ -328,15 +297,10 @@ impl Dispatcher {
                     }
                 }
             }
-            let gone: Vec<String> = queues
-                .keys()
-                .filter(|n| !receivers.iter().any(|r| &r.name == *n))
-                .cloned()
-                .collect();
-            let removed: Vec<(String, Arc<Queue>)> = gone
-                .into_iter()
-                .filter_map(|n| queues.remove(&n).map(|q| (n, q)))
-                .collect();
+            let gone: Vec<String> =
+                queues.keys().filter(|n| !receivers.iter().any(|r| &r.name == *n)).cloned().collect();
+            let removed: Vec<(String, Arc<Queue>)> =
+                gone.into_iter().filter_map(|n| queues.remove(&n).map(|q| (n, q))).collect();
             *self.receivers.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(receivers);
             (created, removed)
         };
@@ -367,33 +331,19 @@ impl Dispatcher {
         }
         for (name, queue) in created {
             let state = lock(&queue.state);
-            self.metrics
-                .dead_letters
-                .with_label_values(&[name])
-                .set(state.dead as i64);
-            self.metrics
-                .spool_pending
-                .with_label_values(&[name])
-                .set(state.entries.len() as i64);
+            self.metrics.dead_letters.with_label_values(&[name]).set(state.dead as i64);
+            self.metrics.spool_pending.with_label_values(&[name]).set(state.entries.len() as i64);
         }
         if !stale.is_empty() {
-            log::info!(
-                "spool: {} older notifications superseded by newer ones of their groups",
-                stale.len()
-            );
+            log::info!("spool: {} older notifications superseded by newer ones of their groups", stale.len());
             self.pending.fetch_sub(stale.len(), Ordering::Relaxed);
-            self.spool
-                .commit(stale.into_iter().map(|id| Op::Remove { id }).collect())
-                .await?;
+            self.spool.commit(stale.into_iter().map(|id| Op::Remove { id }).collect()).await?;
         }
         Ok(())
     }
 
     /// Stops removed queues and deletes their deliveries, dead letters included.
-    async fn drop_queues(
-        &self,
-        removed: Vec<(String, Arc<Queue>)>,
-    ) -> Result<HashMap<String, Dropped>, SpoolError> {
+    async fn drop_queues(&self, removed: Vec<(String, Arc<Queue>)>) -> Result<HashMap<String, Dropped>, SpoolError> {
         let mut report = HashMap::new();
         if removed.is_empty() {
             return Ok(report);
@@ -404,19 +354,10 @@ impl Dispatcher {
             queue.wake_all();
             let ids = lock(&queue.state).clear();
             self.pending.fetch_sub(ids.len(), Ordering::Relaxed);
-            self.metrics
-                .dropped
-                .with_label_values(&[name])
-                .inc_by(ids.len() as u64);
+            self.metrics.dropped.with_label_values(&[name]).inc_by(ids.len() as u64);
             self.metrics.spool_pending.with_label_values(&[name]).set(0);
             self.metrics.dead_letters.with_label_values(&[name]).set(0);
-            report.insert(
-                name.clone(),
-                Dropped {
-                    pending: ids.len(),
-                    dead: 0,
-                },
-            );
+            report.insert(name.clone(), Dropped { pending: ids.len(), dead: 0 });
             ops.extend(ids.into_iter().map(|id| Op::Remove { id }));
         }
         for (id, meta) in self.spool.list(None, usize::MAX, |m| m.dead.is_some())? {
@@ -426,11 +367,7 @@ impl Dispatcher {
             }
         }
         for (name, d) in &report {
-            log::warn!(
-                "receiver {name} removed: {} pending deliveries and {} dead letters dropped",
-                d.pending,
-                d.dead
-            );
+            log::warn!("receiver {name} removed: {} pending deliveries and {} dead letters dropped", d.pending, d.dead);
         }
         self.spool.commit(ops).await?;
         Ok(report)
@@ -450,10 +387,7 @@ impl Dispatcher {
 
     /// The receivers, in configuration order.
     pub fn receivers(&self) -> Arc<Vec<Arc<Receiver>>> {
-        self.receivers
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.receivers.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// A receiver's target as its workers use it.
@@ -475,11 +409,7 @@ impl Dispatcher {
     }
 
     /// Makes the deliveries durable, then queues them. Returns once committed.
-    pub async fn accept(
-        &self,
-        group_key: &str,
-        deliveries: Vec<NewDelivery>,
-    ) -> Result<usize, SpoolError> {
+    pub async fn accept(&self, group_key: &str, deliveries: Vec<NewDelivery>) -> Result<usize, SpoolError> {
         let now = now_ms();
         let mut metas = Vec::with_capacity(deliveries.len());
         let mut ops = Vec::with_capacity(deliveries.len());
@@ -495,10 +425,7 @@ impl Dispatcher {
                 last_error: None,
                 dead: None,
             };
-            ops.push(Op::Insert {
-                meta: meta.clone(),
-                body: d.body,
-            });
+            ops.push(Op::Insert { meta: meta.clone(), body: d.body });
             metas.push(meta);
         }
         let ids = self.spool.commit(ops).await?;
@@ -519,10 +446,7 @@ impl Dispatcher {
             let superseded = {
                 let mut state = lock(&queue.state);
                 let superseded = state.add(id, meta);
-                self.metrics
-                    .spool_pending
-                    .with_label_values(&[&name])
-                    .set(state.entries.len() as i64);
+                self.metrics.spool_pending.with_label_values(&[&name]).set(state.entries.len() as i64);
                 superseded
             };
             for old in superseded {
@@ -553,44 +477,25 @@ impl Dispatcher {
             return Err(DeadLetterError::Pending(id));
         }
         let name = meta.receiver.clone();
-        let queue = read(&self.queues)
-            .get(&name)
-            .cloned()
-            .ok_or(DeadLetterError::NoReceiver(name.clone()))?;
+        let queue = read(&self.queues).get(&name).cloned().ok_or(DeadLetterError::NoReceiver(name.clone()))?;
         meta.dead = None;
         meta.attempts = 0;
         meta.first_attempt_ms = None;
         meta.next_due_ms = now_ms();
-        self.spool
-            .commit(vec![Op::Update {
-                id,
-                meta: meta.clone(),
-            }])
-            .await?;
+        self.spool.commit(vec![Op::Update { id, meta: meta.clone() }]).await?;
         self.pending.fetch_add(1, Ordering::Relaxed);
         let superseded = {
             let mut state = lock(&queue.state);
             state.dead = state.dead.saturating_sub(1);
             let superseded = state.add(id, meta);
-            self.metrics
-                .spool_pending
-                .with_label_values(&[&name])
-                .set(state.entries.len() as i64);
-            self.metrics
-                .dead_letters
-                .with_label_values(&[&name])
-                .set(state.dead as i64);
+            self.metrics.spool_pending.with_label_values(&[&name]).set(state.entries.len() as i64);
+            self.metrics.dead_letters.with_label_values(&[&name]).set(state.dead as i64);
             superseded
         };
         if !superseded.is_empty() {
-            self.metrics
-                .superseded
-                .with_label_values(&[&name])
-                .inc_by(superseded.len() as u64);
+            self.metrics.superseded.with_label_values(&[&name]).inc_by(superseded.len() as u64);
             self.pending.fetch_sub(superseded.len(), Ordering::Relaxed);
-            self.spool
-                .commit(superseded.into_iter().map(|id| Op::Remove { id }).collect())
-                .await?;
+            self.spool.commit(superseded.into_iter().map(|id| Op::Remove { id }).collect()).await?;
         }
         log::info!("receiver {name}: dead letter {id} requeued");
         queue.wake.notify_one();
@@ -607,10 +512,7 @@ impl Dispatcher {
         if let Some(queue) = read(&self.queues).get(&meta.receiver) {
             let mut state = lock(&queue.state);
             state.dead = state.dead.saturating_sub(1);
-            self.metrics
-                .dead_letters
-                .with_label_values(&[&meta.receiver])
-                .set(state.dead as i64);
+            self.metrics.dead_letters.with_label_values(&[&meta.receiver]).set(state.dead as i64);
         }
         log::info!("receiver {}: dead letter {id} deleted", meta.receiver);
         Ok(())
@@ -620,17 +522,10 @@ impl Dispatcher {
         let mut stop = self.stop.subscribe();
         loop {
             let target = queue.target();
-            if *stop.borrow()
-                || queue.removed.load(Ordering::Relaxed)
-                || index >= target.receiver.concurrency
-            {
+            if *stop.borrow() || queue.removed.load(Ordering::Relaxed) || index >= target.receiver.concurrency {
                 return;
             }
-            let step = if target.receiver.enabled {
-                lock(&queue.state).take(now_ms())
-            } else {
-                Step::Idle
-            };
+            let step = if target.receiver.enabled { lock(&queue.state).take(now_ms()) } else { Step::Idle };
             match step {
                 Step::Attempt(id, meta) => {
                     // Others may find work too: pass the wake-up on.
@@ -676,9 +571,7 @@ impl Dispatcher {
         let attempt = target.send(&key, body).await;
         let m = &self.metrics;
         m.requests.with_label_values(&[name]).inc();
-        m.request_duration
-            .with_label_values(&[name])
-            .observe(attempt.latency.as_secs_f64());
+        m.request_duration.with_label_values(&[name]).observe(attempt.latency.as_secs_f64());
         meta.attempts += 1;
         let first = *meta.first_attempt_ms.get_or_insert(started);
         meta.last_error = attempt.error.clone();
@@ -687,30 +580,14 @@ impl Dispatcher {
             Outcome::Delivered => {
                 m.delivered.with_label_values(&[name]).inc();
                 let latency = now_ms().saturating_sub(meta.created_ms) as f64 / 1000.0;
-                m.delivery_latency
-                    .with_label_values(&[name])
-                    .observe(latency);
-                log::debug!(
-                    "receiver {name}: delivery {id} delivered after {} attempts",
-                    meta.attempts
-                );
+                m.delivery_latency.with_label_values(&[name]).observe(latency);
+                log::debug!("receiver {name}: delivery {id} delivered after {} attempts", meta.attempts);
                 (Op::Remove { id }, Finish::Gone)
             }
-            Outcome::Retryable {
-                reason,
-                retry_after,
-            } => {
-                m.requests_failed
-                    .with_label_values(&[name, reason.as_str()])
-                    .inc();
+            Outcome::Retryable { reason, retry_after } => {
+                m.requests_failed.with_label_values(&[name, reason.as_str()]).inc();
                 let policy = &target.receiver.retry;
-                match policy.after_failure(
-                    meta.attempts,
-                    first,
-                    now_ms(),
-                    retry_after,
-                    fastrand::f64(),
-                ) {
+                match policy.after_failure(meta.attempts, first, now_ms(), retry_after, fastrand::f64()) {
                     Next::RetryAt(at) => {
                         log::warn!(
                             "receiver {name}: delivery {id} attempt {} failed: {error}; next in {}ms",
@@ -718,21 +595,13 @@ impl Dispatcher {
                             at.saturating_sub(now_ms())
                         );
                         meta.next_due_ms = at;
-                        (
-                            Op::Update {
-                                id,
-                                meta: meta.clone(),
-                            },
-                            Finish::Retry(meta),
-                        )
+                        (Op::Update { id, meta: meta.clone() }, Finish::Retry(meta))
                     }
                     Next::Dead(dead) => self.dead_letter(name, id, meta, dead, error),
                 }
             }
             Outcome::Permanent { reason } => {
-                m.requests_failed
-                    .with_label_values(&[name, reason.as_str()])
-                    .inc();
+                m.requests_failed.with_label_values(&[name, reason.as_str()]).inc();
                 self.dead_letter(name, id, meta, reason.dead_reason(), error)
             }
         };
@@ -755,10 +624,7 @@ impl Dispatcher {
             reason.as_str(),
             meta.attempts
         );
-        self.metrics
-            .failed
-            .with_label_values(&[name, reason.as_str()])
-            .inc();
+        self.metrics.failed.with_label_values(&[name, reason.as_str()]).inc();
         meta.dead = Some(reason);
         (Op::Update { id, meta }, Finish::Dead)
     }
@@ -768,14 +634,8 @@ impl Dispatcher {
             let mut state = lock(&queue.state);
             let ended = state.finish(id, how);
             if !queue.removed.load(Ordering::Relaxed) {
-                self.metrics
-                    .spool_pending
-                    .with_label_values(&[name])
-                    .set(state.entries.len() as i64);
-                self.metrics
-                    .dead_letters
-                    .with_label_values(&[name])
-                    .set(state.dead as i64);
+                self.metrics.spool_pending.with_label_values(&[name]).set(state.entries.len() as i64);
+                self.metrics.dead_letters.with_label_values(&[name]).set(state.dead as i64);
             }
             ended
         };
@@ -801,16 +661,11 @@ impl Dispatcher {
     /// left stays pending in the spool.
     pub async fn shutdown(&self, grace: Duration) {
         let _ = self.stop.send(true);
-        let workers: Vec<JoinHandle<()>> = read(&self.queues)
-            .values()
-            .flat_map(|q| lock(&q.workers).drain(..).collect::<Vec<_>>())
-            .collect();
+        let workers: Vec<JoinHandle<()>> =
+            read(&self.queues).values().flat_map(|q| lock(&q.workers).drain(..).collect::<Vec<_>>()).collect();
         let deadline = tokio::time::Instant::now() + grace;
         for mut worker in workers {
-            if tokio::time::timeout_at(deadline, &mut worker)
-                .await
-                .is_err()
-            {
+            if tokio::time::timeout_at(deadline, &mut worker).await.is_err() {
                 worker.abort();
             }
         }
@@ -871,18 +726,12 @@ mod tests {
         q.add(1, meta("g", 0));
         q.add(10, meta("other", 0));
         assert!(matches!(q.take(0), Step::Attempt(1, _)));
-        assert!(
-            q.add(2, meta("g", 0)).is_empty(),
-            "in flight is not superseded at once"
-        );
+        assert!(q.add(2, meta("g", 0)).is_empty(), "in flight is not superseded at once");
         // 2 waits for 1; the other group goes ahead.
         assert!(matches!(q.take(0), Step::Attempt(10, _)));
         assert_eq!(q.take(0), Step::Idle);
         // 1 fails: it is not retried, since 2 is newer.
-        assert_eq!(
-            q.finish(1, Finish::Retry(meta("g", 100))),
-            Ended::Superseded
-        );
+        assert_eq!(q.finish(1, Finish::Retry(meta("g", 100))), Ended::Superseded);
         assert!(matches!(q.take(0), Step::Attempt(2, _)));
         assert_eq!(q.finish(2, Finish::Gone), Ended::Left);
         assert_eq!(q.finish(10, Finish::Dead), Ended::Left);

@@ -46,11 +46,7 @@ pub enum DeadReason {
 }
 
 impl DeadReason {
-    pub const ALL: [DeadReason; 3] = [
-        DeadReason::ClientError,
-        DeadReason::AuthError,
-        DeadReason::Expired,
-    ];
+    pub const ALL: [DeadReason; 3] = [DeadReason::ClientError, DeadReason::AuthError, DeadReason::Expired];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -65,13 +61,8 @@ impl DeadReason {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Delivered,
-    Retryable {
-        reason: FailureReason,
-        retry_after: Option<Duration>,
-    },
-    Permanent {
-        reason: FailureReason,
-    },
+    Retryable { reason: FailureReason, retry_after: Option<Duration> },
+    Permanent { reason: FailureReason },
 }
 
 /// Classifies an HTTP answer. Any 2xx is success; 408, 429 and 5xx but 501 are
@@ -79,27 +70,12 @@ pub enum Outcome {
 pub fn classify(status: u16, retry_after: Option<Duration>) -> Outcome {
     match status {
         200..=299 => Outcome::Delivered,
-        408 => Outcome::Retryable {
-            reason: FailureReason::Timeout,
-            retry_after: None,
-        },
-        429 => Outcome::Retryable {
-            reason: FailureReason::RateLimited,
-            retry_after,
-        },
-        501 => Outcome::Permanent {
-            reason: FailureReason::ServerError,
-        },
-        500..=599 => Outcome::Retryable {
-            reason: FailureReason::ServerError,
-            retry_after,
-        },
-        401 | 403 => Outcome::Permanent {
-            reason: FailureReason::AuthError,
-        },
-        _ => Outcome::Permanent {
-            reason: FailureReason::ClientError,
-        },
+        408 => Outcome::Retryable { reason: FailureReason::Timeout, retry_after: None },
+        429 => Outcome::Retryable { reason: FailureReason::RateLimited, retry_after },
+        501 => Outcome::Permanent { reason: FailureReason::ServerError },
+        500..=599 => Outcome::Retryable { reason: FailureReason::ServerError, retry_after },
+        401 | 403 => Outcome::Permanent { reason: FailureReason::AuthError },
+        _ => Outcome::Permanent { reason: FailureReason::ClientError },
     }
 }
 
@@ -173,10 +149,7 @@ impl RetryPolicy {
             return Err(RetryPolicyError::Multiplier(multiplier));
         }
         if max_interval < initial_interval {
-            return Err(RetryPolicyError::MaxBelowInitial {
-                max: max_interval,
-                initial: initial_interval,
-            });
+            return Err(RetryPolicyError::MaxBelowInitial { max: max_interval, initial: initial_interval });
         }
         if max_elapsed.is_zero() {
             return Err(RetryPolicyError::ZeroElapsed);
@@ -184,14 +157,7 @@ impl RetryPolicy {
         if !(0.0..=1.0).contains(&jitter) {
             return Err(RetryPolicyError::Jitter(jitter));
         }
-        Ok(RetryPolicy {
-            initial_interval,
-            multiplier,
-            max_interval,
-            max_elapsed,
-            max_attempts,
-            jitter,
-        })
+        Ok(RetryPolicy { initial_interval, multiplier, max_interval, max_elapsed, max_attempts, jitter })
     }
 
     pub fn max_interval(&self) -> Duration {
@@ -269,58 +235,16 @@ mod tests {
             assert_eq!(classify(s, None), Outcome::Delivered, "{s}");
         }
         for s in [500, 502, 503, 504, 599] {
-            assert!(
-                matches!(
-                    classify(s, None),
-                    Outcome::Retryable {
-                        reason: FailureReason::ServerError,
-                        ..
-                    }
-                ),
-                "{s}"
-            );
+            assert!(matches!(classify(s, None), Outcome::Retryable { reason: FailureReason::ServerError, .. }), "{s}");
         }
-        assert!(matches!(
-            classify(408, None),
-            Outcome::Retryable {
-                reason: FailureReason::Timeout,
-                ..
-            }
-        ));
+        assert!(matches!(classify(408, None), Outcome::Retryable { reason: FailureReason::Timeout, .. }));
         let ra = Some(Duration::from_secs(3));
-        assert_eq!(
-            classify(429, ra),
-            Outcome::Retryable {
-                reason: FailureReason::RateLimited,
-                retry_after: ra
-            }
-        );
-        assert_eq!(
-            classify(501, None),
-            Outcome::Permanent {
-                reason: FailureReason::ServerError
-            }
-        );
-        assert_eq!(
-            classify(401, None),
-            Outcome::Permanent {
-                reason: FailureReason::AuthError
-            }
-        );
-        assert_eq!(
-            classify(403, None),
-            Outcome::Permanent {
-                reason: FailureReason::AuthError
-            }
-        );
+        assert_eq!(classify(429, ra), Outcome::Retryable { reason: FailureReason::RateLimited, retry_after: ra });
+        assert_eq!(classify(501, None), Outcome::Permanent { reason: FailureReason::ServerError });
+        assert_eq!(classify(401, None), Outcome::Permanent { reason: FailureReason::AuthError });
+        assert_eq!(classify(403, None), Outcome::Permanent { reason: FailureReason::AuthError });
         for s in [301, 400, 404, 410, 422] {
-            assert_eq!(
-                classify(s, None),
-                Outcome::Permanent {
-                    reason: FailureReason::ClientError
-                },
-                "{s}"
-            );
+            assert_eq!(classify(s, None), Outcome::Permanent { reason: FailureReason::ClientError }, "{s}");
         }
     }
 
@@ -339,10 +263,7 @@ mod tests {
     fn delay_grows_exponentially_without_jitter() {
         let p = policy(0.0);
         let ms: Vec<u128> = (1..=9).map(|n| p.delay(n, 0.5).as_millis()).collect();
-        assert_eq!(
-            ms,
-            [500, 1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000]
-        );
+        assert_eq!(ms, [500, 1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000]);
         assert_eq!(p.delay(u32::MAX, 0.5), Duration::from_secs(60));
     }
 
@@ -359,14 +280,8 @@ mod tests {
     fn expiry_by_elapsed_and_attempts() {
         let p = policy(0.0);
         // Last try lands on the deadline, not past it.
-        assert_eq!(
-            p.after_failure(3, 0, 3_599_900, None, 0.5),
-            Next::RetryAt(3_600_000)
-        );
-        assert_eq!(
-            p.after_failure(3, 0, 3_600_000, None, 0.5),
-            Next::Dead(DeadReason::Expired)
-        );
+        assert_eq!(p.after_failure(3, 0, 3_599_900, None, 0.5), Next::RetryAt(3_600_000));
+        assert_eq!(p.after_failure(3, 0, 3_600_000, None, 0.5), Next::Dead(DeadReason::Expired));
         let p = RetryPolicy::try_new(
             Duration::from_millis(10),
             2.0,
@@ -377,35 +292,20 @@ mod tests {
         )
         .unwrap();
         assert_eq!(p.after_failure(2, 0, 100, None, 0.5), Next::RetryAt(120));
-        assert_eq!(
-            p.after_failure(3, 0, 100, None, 0.5),
-            Next::Dead(DeadReason::Expired)
-        );
+        assert_eq!(p.after_failure(3, 0, 100, None, 0.5), Next::Dead(DeadReason::Expired));
     }
 
     #[test]
     fn invalid_policies_are_refused() {
         let d = Duration::from_secs;
-        assert_eq!(
-            RetryPolicy::try_new(d(0), 2.0, d(1), d(1), 0, 0.0),
-            Err(RetryPolicyError::ZeroInitial)
-        );
-        assert_eq!(
-            RetryPolicy::try_new(d(1), 0.5, d(1), d(1), 0, 0.0),
-            Err(RetryPolicyError::Multiplier(0.5))
-        );
+        assert_eq!(RetryPolicy::try_new(d(0), 2.0, d(1), d(1), 0, 0.0), Err(RetryPolicyError::ZeroInitial));
+        assert_eq!(RetryPolicy::try_new(d(1), 0.5, d(1), d(1), 0, 0.0), Err(RetryPolicyError::Multiplier(0.5)));
         assert!(matches!(
             RetryPolicy::try_new(d(2), 2.0, d(1), d(1), 0, 0.0),
             Err(RetryPolicyError::MaxBelowInitial { .. })
         ));
-        assert_eq!(
-            RetryPolicy::try_new(d(1), 2.0, d(1), d(0), 0, 0.0),
-            Err(RetryPolicyError::ZeroElapsed)
-        );
-        assert_eq!(
-            RetryPolicy::try_new(d(1), 2.0, d(1), d(1), 0, 1.5),
-            Err(RetryPolicyError::Jitter(1.5))
-        );
+        assert_eq!(RetryPolicy::try_new(d(1), 2.0, d(1), d(0), 0, 0.0), Err(RetryPolicyError::ZeroElapsed));
+        assert_eq!(RetryPolicy::try_new(d(1), 2.0, d(1), d(1), 0, 1.5), Err(RetryPolicyError::Jitter(1.5)));
     }
 
     proptest! {

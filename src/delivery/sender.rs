@@ -38,29 +38,20 @@ impl Target {
             .user_agent(USER_AGENT)
             .pool_max_idle_per_host(receiver.concurrency);
         let builder = match &receiver.proxy {
-            Some(url) => {
-                builder.proxy(reqwest::Proxy::all(url.clone()).map_err(|e| e.to_string())?)
-            }
+            Some(url) => builder.proxy(reqwest::Proxy::all(url.clone()).map_err(|e| e.to_string())?),
             None => builder.no_proxy(),
         };
-        let client = builder
-            .build()
-            .map_err(|e| format!("cannot build HTTP client: {e}"))?;
+        let client = builder.build().map_err(|e| format!("cannot build HTTP client: {e}"))?;
         let authorization = match receiver.auth.header_value() {
             Some(secret) => {
-                let mut value = HeaderValue::from_str(secret.expose()).map_err(|_| {
-                    "auth: credentials hold characters not allowed in a header".to_string()
-                })?;
+                let mut value = HeaderValue::from_str(secret.expose())
+                    .map_err(|_| "auth: credentials hold characters not allowed in a header".to_string())?;
                 value.set_sensitive(true);
                 Some(value)
             }
             None => None,
         };
-        Ok(Target {
-            receiver,
-            client,
-            authorization,
-        })
+        Ok(Target { receiver, client, authorization })
     }
 
     /// Posts `body` once. `key` is the delivery's `Idempotency-Key`.
@@ -105,24 +96,12 @@ impl Target {
                         format!("HTTP {status}: {text}")
                     }
                 });
-                Attempt {
-                    outcome,
-                    status: Some(status),
-                    error,
-                    latency: started.elapsed(),
-                }
+                Attempt { outcome, status: Some(status), error, latency: started.elapsed() }
             }
             Err(e) => {
-                let reason = if e.is_timeout() {
-                    FailureReason::Timeout
-                } else {
-                    FailureReason::Connection
-                };
+                let reason = if e.is_timeout() { FailureReason::Timeout } else { FailureReason::Connection };
                 Attempt {
-                    outcome: Outcome::Retryable {
-                        reason,
-                        retry_after: None,
-                    },
+                    outcome: Outcome::Retryable { reason, retry_after: None },
                     status: None,
                     error: Some(describe(e)),
                     latency: started.elapsed(),

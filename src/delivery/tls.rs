@@ -43,17 +43,14 @@ fn provider() -> Arc<CryptoProvider> {
 pub fn client_config(material: &TlsMaterial) -> Result<Arc<ClientConfig>, TlsError> {
     let provider = provider();
     let verifier: Arc<dyn ServerCertVerifier> = if material.insecure_skip_verify {
-        Arc::new(AcceptAnyCertificate {
-            provider: provider.clone(),
-        })
+        Arc::new(AcceptAnyCertificate { provider: provider.clone() })
     } else {
         let mut roots = RootCertStore::empty();
         match &material.ca_pem {
             Some(pem) => {
                 let mut count = 0;
                 for cert in CertificateDer::pem_slice_iter(pem) {
-                    let cert =
-                        cert.map_err(|e| TlsError::Ca(format!("not a PEM certificate: {e}")))?;
+                    let cert = cert.map_err(|e| TlsError::Ca(format!("not a PEM certificate: {e}")))?;
                     roots.add(cert).map_err(|e| TlsError::Ca(e.to_string()))?;
                     count += 1;
                 }
@@ -68,12 +65,8 @@ pub fn client_config(material: &TlsMaterial) -> Result<Arc<ClientConfig>, TlsErr
             .map_err(|e| TlsError::Rustls(e.to_string()))?;
         match &material.server_name {
             Some(name) => {
-                let name = ServerName::try_from(name.clone())
-                    .map_err(|_| TlsError::ServerName(name.clone()))?;
-                Arc::new(PinnedServerName {
-                    inner: webpki,
-                    name,
-                })
+                let name = ServerName::try_from(name.clone()).map_err(|_| TlsError::ServerName(name.clone()))?;
+                Arc::new(PinnedServerName { inner: webpki, name })
             }
             None => webpki,
         }
@@ -118,8 +111,7 @@ impl ServerCertVerifier for PinnedServerName {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        self.inner
-            .verify_server_cert(end_entity, intermediates, &self.name, ocsp_response, now)
+        self.inner.verify_server_cert(end_entity, intermediates, &self.name, ocsp_response, now)
     }
 
     fn verify_tls12_signature(
@@ -170,12 +162,7 @@ impl ServerCertVerifier for AcceptAnyCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn verify_tls13_signature(
@@ -184,17 +171,10 @@ impl ServerCertVerifier for AcceptAnyCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }

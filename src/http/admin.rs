@@ -108,10 +108,7 @@ fn receiver_view(shared: &Shared, receiver: &Receiver) -> Value {
         .sum();
     if let Value::Object(map) = &mut view {
         map.insert("provisioned".into(), json!(provisioned));
-        map.insert(
-            "source".into(),
-            json!(if provisioned { shared.control.source_name() } else { "api".into() }),
-        );
+        map.insert("source".into(), json!(if provisioned { shared.control.source_name() } else { "api".into() }));
         map.insert("pending".into(), json!(pending));
         map.insert("dead_letters".into(), json!(dead));
         map.insert("delivered".into(), json!(delivered));
@@ -226,11 +223,9 @@ struct UnsavedTest {
 
 /// A synthetic Alertmanager v4 notification with one alert.
 fn test_notification(receiver: &str, test: &TestAlert) -> Notification {
-    let mut labels: LabelSet = [
-        ("alertname".to_string(), "AlertRelayTestMessage".to_string()),
-        ("severity".to_string(), "info".to_string()),
-    ]
-    .into();
+    let mut labels: LabelSet =
+        [("alertname".to_string(), "AlertRelayTestMessage".to_string()), ("severity".to_string(), "info".to_string())]
+            .into();
     labels.extend(test.labels.clone());
     let mut annotations: LabelSet = [
         ("summary".to_string(), "Test message from alert-relay".to_string()),
@@ -355,11 +350,8 @@ pub async fn test_saved(
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let test: TestAlert = if body.is_empty() { TestAlert::default() } else { parse(&body)? };
-    let target = shared
-        .control
-        .dispatcher
-        .target(&name)
-        .ok_or_else(|| control_error(ControlError::NotFound(name.clone())))?;
+    let target =
+        shared.control.dispatcher.target(&name).ok_or_else(|| control_error(ControlError::NotFound(name.clone())))?;
     Ok(HttpResponse::Ok().json(send_test(&target, &test).await))
 }
 
@@ -462,10 +454,7 @@ pub async fn list_deliveries(_: Admin, shared: web::Data<Shared>, req: HttpReque
         Some("pending") => Some(false),
         Some("dead") => Some(true),
         Some(other) => {
-            return Err(bad_request(
-                format!("state: {other:?} is neither pending nor dead"),
-                vec!["state".into()],
-            ))
+            return Err(bad_request(format!("state: {other:?} is neither pending nor dead"), vec!["state".into()]))
         }
     };
     let limit = query.limit.unwrap_or(50).clamp(1, 500);
@@ -497,7 +486,11 @@ fn delivery_id(raw: &str) -> Result<u64, ApiError> {
     raw.parse().map_err(|_| bad_request(format!("id: {raw:?} is not a delivery id"), vec!["id".into()]))
 }
 
-pub async fn retry_delivery(_: Admin, shared: web::Data<Shared>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn retry_delivery(
+    _: Admin,
+    shared: web::Data<Shared>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let id = delivery_id(&id)?;
     shared.control.retry_dead(id).await.map_err(dead_letter_error)?;
     Ok(HttpResponse::Ok().json(json!({ "requeued": id })))
@@ -519,9 +512,6 @@ pub async fn delete_delivery(
 pub async fn reload(_: Admin, shared: web::Data<Shared>) -> Result<HttpResponse, ApiError> {
     match shared.control.reload().await {
         Ok(receivers) => Ok(HttpResponse::Ok().json(json!({ "reloaded": true, "receivers": receivers }))),
-        Err(errors) => Err(bad_request(
-            "configuration not reloaded; the running one stays",
-            errors.0,
-        )),
+        Err(errors) => Err(bad_request("configuration not reloaded; the running one stays", errors.0)),
     }
 }

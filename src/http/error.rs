@@ -21,12 +21,7 @@ struct Body<'a> {
 
 impl ApiError {
     pub fn new(status: StatusCode, error: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            error: error.into(),
-            details: Vec::new(),
-            retry_after_secs: None,
-        }
+        ApiError { status, error: error.into(), details: Vec::new(), retry_after_secs: None }
     }
 
     pub fn with_details(mut self, details: Vec<String>) -> ApiError {
@@ -50,9 +45,6 @@ impl ResponseError for ApiError {
         if let Some(secs) = self.retry_after_secs {
             response.insert_header((header::RETRY_AFTER, HeaderValue::from(secs)));
         }
-        response.json(Body {
-            error: &self.error,
-            details: &self.details,
-        })
+        response.json(Body { error: &self.error, details: &self.details })
     }
 }

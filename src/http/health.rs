@@ -4,34 +4,22 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use super::{ApiError, Shared};
 
 pub async fn healthy() -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("text/plain; charset=utf-8")
-        .body("OK\n")
+    HttpResponse::Ok().content_type("text/plain; charset=utf-8").body("OK\n")
 }
 
 /// Ready once the config is loaded and the spool open (both before the listener
 /// exists); not ready while shutting down.
 pub async fn ready(shared: web::Data<Shared>) -> Result<HttpResponse, ApiError> {
     if shared.is_shutting_down() {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "shutting down",
-        ));
+        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting down"));
     }
-    Ok(HttpResponse::Ok()
-        .content_type("text/plain; charset=utf-8")
-        .body("OK\n"))
+    Ok(HttpResponse::Ok().content_type("text/plain; charset=utf-8").body("OK\n"))
 }
 
 pub async fn metrics(shared: web::Data<Shared>) -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(shared.metrics.render())
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(shared.metrics.render())
 }
 
 pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    Err(ApiError::new(
-        StatusCode::NOT_FOUND,
-        format!("no route for {} {}", req.method(), req.path()),
-    ))
+    Err(ApiError::new(StatusCode::NOT_FOUND, format!("no route for {} {}", req.method(), req.path())))
 }

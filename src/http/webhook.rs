@@ -13,57 +13,31 @@ use crate::route::{route, FilterReason};
 /// Seconds Alertmanager is asked to wait before retrying a 503.
 const RETRY_AFTER_SECS: u32 = 5;
 
-pub async fn receive(
-    req: HttpRequest,
-    body: web::Payload,
-    shared: web::Data<Shared>,
-) -> HttpResponse {
+pub async fn receive(req: HttpRequest, body: web::Payload, shared: web::Data<Shared>) -> HttpResponse {
     let response = match handle(&req, body, &shared).await {
         Ok(count) => HttpResponse::Ok().json(json!({ "deliveries": count })),
         Err(e) => {
-            log::warn!(
-                "webhook from {}: {} {}",
-                peer(&req),
-                e.status.as_u16(),
-                e.error
-            );
+            log::warn!("webhook from {}: {} {}", peer(&req), e.status.as_u16(), e.error);
             actix_web::ResponseError::error_response(&e)
         }
     };
-    shared
-        .metrics
-        .webhook_requests
-        .with_label_values(&[response.status().as_str()])
-        .inc();
+    shared.metrics.webhook_requests.with_label_values(&[response.status().as_str()]).inc();
     response
 }
 
 fn peer(req: &HttpRequest) -> String {
-    req.peer_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_else(|| "unknown".into())
+    req.peer_addr().map(|a| a.to_string()).unwrap_or_else(|| "unknown".into())
 }
 
 async fn handle(req: &HttpRequest, body: web::Payload, shared: &Shared) -> Result<usize, ApiError> {
     let config = shared.control.config();
     if let Some(expected) = &config.server.webhook_auth {
-        let given = req
-            .headers()
-            .get(AUTHORIZATION)
-            .map(|v| v.as_bytes())
-            .unwrap_or_default();
+        let given = req.headers().get(AUTHORIZATION).map(|v| v.as_bytes()).unwrap_or_default();
         if !expected.matches(given) {
-            return Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "missing or wrong Authorization header",
-            ));
+            return Err(ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong Authorization header"));
         }
     }
-    let content_type = req
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+    let content_type = req.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let essence = content_type.split(';').next().unwrap_or("").trim();
     if !essence.eq_ignore_ascii_case("application/json") {
         return Err(ApiError::new(
@@ -72,10 +46,7 @@ async fn handle(req: &HttpRequest, body: web::Payload, shared: &Shared) -> Resul
         ));
     }
     if shared.is_shutting_down() {
-        return Err(
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting down")
-                .retry_after(RETRY_AFTER_SECS),
-        );
+        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting down").retry_after(RETRY_AFTER_SECS));
     }
     let max_pending = config.spool.max_pending;
     if shared.control.dispatcher.pending() >= max_pending {
@@ -86,27 +57,15 @@ async fn handle(req: &HttpRequest, body: web::Payload, shared: &Shared) -> Resul
         .retry_after(RETRY_AFTER_SECS));
     }
     let limit = config.server.max_body_bytes;
-    let too_large = || {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("body is larger than max_body_bytes ({limit})"),
-        )
-    };
-    let declared = req
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let too_large =
+        || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("body is larger than max_body_bytes ({limit})"));
+    let declared = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit as u64) {
         return Err(too_large());
     }
     let bytes = match body.to_bytes_limited(limit).await {
         Ok(Ok(bytes)) => bytes,
-        Ok(Err(e)) => {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                format!("reading body: {e}"),
-            ))
-        }
+        Ok(Err(e)) => return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("reading body: {e}"))),
         Err(_) => return Err(too_large()),
     };
     let notification = Notification::parse(&bytes).map_err(|e| {
@@ -116,23 +75,17 @@ async fn handle(req: &HttpRequest, body: web::Payload, shared: &Shared) -> Resul
 
     let m = &shared.metrics;
     for alert in &notification.alerts {
-        m.alerts_received
-            .with_label_values(&[alert.status.as_str()])
-            .inc();
+        m.alerts_received.with_label_values(&[alert.status.as_str()]).inc();
     }
     let receivers = shared.control.dispatcher.receivers();
     let mut deliveries = Vec::new();
     for routed in route(&notification, &receivers) {
         let name = routed.receiver.name.as_str();
-        m.alerts_matched
-            .with_label_values(&[name])
-            .inc_by(routed.matched as u64);
+        m.alerts_matched.with_label_values(&[name]).inc_by(routed.matched as u64);
         for reason in FilterReason::ALL {
             let n = routed.filtered[reason as usize];
             if n > 0 {
-                m.alerts_filtered
-                    .with_label_values(&[name, reason.as_str()])
-                    .inc_by(n as u64);
+                m.alerts_filtered.with_label_values(&[name, reason.as_str()]).inc_by(n as u64);
             }
         }
         if let Some(body) = routed.body {
@@ -143,16 +96,8 @@ async fn handle(req: &HttpRequest, body: web::Payload, shared: &Shared) -> Resul
             });
         }
     }
-    shared.control
-        .dispatcher
-        .accept(&notification.group_key, deliveries)
-        .await
-        .map_err(|e| {
-            log::error!("webhook: {e}");
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "spool unavailable; retry later",
-            )
-            .retry_after(RETRY_AFTER_SECS)
-        })
+    shared.control.dispatcher.accept(&notification.group_key, deliveries).await.map_err(|e| {
+        log::error!("webhook: {e}");
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "spool unavailable; retry later").retry_after(RETRY_AFTER_SECS)
+    })
 }

@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Once};
 use std::time::{Duration, Instant};
 
-use alert_relay::config::Config;
+use std::collections::HashMap;
+
+use alert_relay::config::{Config, Source};
 use alert_relay::Relay;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -26,10 +28,7 @@ pub fn client() -> reqwest::Client {
     INSTALL.call_once(|| {
         let _ = rustls::crypto::ring::default_provider().install_default();
     });
-    reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("test client")
+    reqwest::Client::builder().no_proxy().build().expect("test client")
 }
 
 /// A relay on 127.0.0.1 with its spool in a temporary directory.
@@ -53,15 +52,24 @@ impl TestRelay {
             text.push_str("server: { listen: '127.0.0.1:0' }\n");
         }
         text.push_str(&yaml.replace("SPOOL_DIR", &spool));
-        let config =
-            Config::from_yaml(&text).unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
-        let relay = Relay::start(config).await.expect("relay starts");
+        let path = dir.path().join("relay.yaml");
+        std::fs::write(&path, text).expect("write config");
+        let source = Source::File(path);
+        let config = Config::load_with_env(&source, Some(HashMap::new()))
+            .unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
+        let relay = Relay::start_from(source, config).await.expect("relay starts");
         let base = format!("http://{}", relay.local_addr());
-        TestRelay {
-            relay: Some(relay),
-            base,
-            dir,
-        }
+        TestRelay { relay: Some(relay), base, dir }
+    }
+
+    /// The config file the relay reloads from.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("relay.yaml")
+    }
+
+    /// An admin API call with `ADMIN_TOKEN`; `body` is JSON if given.
+    pub async fn admin(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        admin_call(&self.base, Some(ADMIN_TOKEN), method, path, body).await
     }
 
     pub async fn post(&self, body: impl Into<Vec<u8>>) -> (u16, Value) {
@@ -79,38 +87,49 @@ impl TestRelay {
     }
 }
 
+/// The admin token of `ADMIN_CONFIG`.
+pub const ADMIN_TOKEN: &str = "admin-secret-token";
+/// Config lines that turn the admin API on with `ADMIN_TOKEN`.
+pub const ADMIN_CONFIG: &str = "admin: { token: admin-secret-token }\n";
+
+pub async fn admin_call(
+    base: &str,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+    let mut req = client().request(method, format!("{base}{path}"));
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    if let Some(b) = body {
+        req = req.header("content-type", "application/json").body(serde_json::to_vec(&b).expect("json"));
+    }
+    let resp = req.send().await.expect("request sent");
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
 pub async fn post_json(url: &str, body: Vec<u8>, auth: Option<&str>) -> (u16, Value) {
-    let mut req = client()
-        .post(url)
-        .header("content-type", "application/json")
-        .body(body);
+    let mut req = client().post(url).header("content-type", "application/json").body(body);
     if let Some(a) = auth {
         req = req.header("authorization", a);
     }
     let resp = req.send().await.expect("request sent");
     let status = resp.status().as_u16();
     let text = resp.text().await.unwrap_or_default();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
 }
 
 /// The value of one series of `/metrics` (labels in alphabetical order); 0 if absent.
 pub async fn metric(base: &str, series: &str) -> f64 {
-    let text = client()
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics body");
+    let text =
+        client().get(format!("{base}/metrics")).send().await.expect("metrics").text().await.expect("metrics body");
     text.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)
-                .and_then(|rest| rest.strip_prefix(' '))
-        })
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
         .map(|v| v.trim().parse().expect("metric value"))
         .unwrap_or(0.0)
 }
@@ -136,10 +155,8 @@ pub fn payload(group_key: &str, alerts: &[(&str, &[(&str, &str)])]) -> Vec<u8> {
     let alerts: Vec<Value> = alerts
         .iter()
         .map(|(status, labels)| {
-            let labels: serde_json::Map<String, Value> = labels
-                .iter()
-                .map(|(k, v)| (k.to_string(), json!(v)))
-                .collect();
+            let labels: serde_json::Map<String, Value> =
+                labels.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
             json!({
                 "status": status,
                 "labels": labels,
@@ -189,17 +206,10 @@ impl Ca {
     pub fn new(name: &str) -> Ca {
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        params.key_usages = vec![
-            rcgen::KeyUsagePurpose::KeyCertSign,
-            rcgen::KeyUsagePurpose::CrlSign,
-        ];
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
         let key = rcgen::KeyPair::generate().expect("key");
-        Ca {
-            issuer: rcgen::CertifiedIssuer::self_signed(params, key).expect("ca"),
-        }
+        Ca { issuer: rcgen::CertifiedIssuer::self_signed(params, key).expect("ca") }
     }
 
     pub fn pem(&self) -> String {
@@ -208,18 +218,12 @@ impl Ca {
 
     pub fn leaf(&self, names: &[&str]) -> Leaf {
         let mut params =
-            rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-                .expect("params");
-        params.extended_key_usages = vec![
-            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
-            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
-        ];
+            rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).expect("params");
+        params.extended_key_usages =
+            vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
         let key = rcgen::KeyPair::generate().expect("key");
         let cert = params.signed_by(&key, &self.issuer).expect("leaf");
-        Leaf {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        }
+        Leaf { cert_pem: cert.pem(), key_pem: key.serialize_pem() }
     }
 }
 
@@ -231,16 +235,12 @@ pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 
 fn chain_and_key(
     leaf: &Leaf,
-) -> (
-    Vec<rustls::pki_types::CertificateDer<'static>>,
-    rustls::pki_types::PrivateKeyDer<'static>,
-) {
+) -> (Vec<rustls::pki_types::CertificateDer<'static>>, rustls::pki_types::PrivateKeyDer<'static>) {
     use rustls::pki_types::pem::PemObject;
     let chain = rustls::pki_types::CertificateDer::pem_slice_iter(leaf.cert_pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .expect("cert pem");
-    let key =
-        rustls::pki_types::PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).expect("key pem");
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).expect("key pem");
     (chain, key)
 }
 
@@ -261,12 +261,9 @@ impl TlsTarget {
             Some(ca) => {
                 let mut roots = rustls::RootCertStore::empty();
                 roots.add(ca.issuer.der().clone()).expect("client ca");
-                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                    Arc::new(roots),
-                    provider,
-                )
-                .build()
-                .expect("client verifier");
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                    .build()
+                    .expect("client verifier");
                 builder.with_client_cert_verifier(verifier)
             }
             None => builder.with_no_client_auth(),
@@ -274,9 +271,7 @@ impl TlsTarget {
         let (chain, key) = chain_and_key(server);
         let config = builder.with_single_cert(chain, key).expect("server cert");
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let hits = Arc::new(AtomicUsize::new(0));
         let counter = hits.clone();
@@ -290,9 +285,8 @@ impl TlsTarget {
                     };
                     if read_request(&mut tls).await {
                         counter.fetch_add(1, Ordering::SeqCst);
-                        let _ = tls
-                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-                            .await;
+                        let _ =
+                            tls.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
                         let _ = tls.shutdown().await;
                     }
                 });

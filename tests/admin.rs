@@ -1,0 +1,499 @@
+//! The admin API, Send Test Message, explain, deliveries and reload, against a
+//! relay on a loopback port.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use common::*;
+use serde_json::{json, Value};
+use wiremock::matchers::method;
+use wiremock::{Mock, MockServer, Request, ResponseTemplate};
+
+async fn target(status: u16) -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(method("POST")).respond_with(ResponseTemplate::new(status)).mount(&server).await;
+    server
+}
+
+async fn count(server: &MockServer) -> usize {
+    server.received_requests().await.unwrap_or_default().len()
+}
+
+fn header(r: &Request, name: &str) -> String {
+    r.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_is_off_without_a_token_and_checks_it_otherwise() {
+    let off = TestRelay::start("receivers: []").await;
+    for (method, path) in [
+        ("GET", "/api/v1/receivers"),
+        ("PUT", "/api/v1/receivers/x"),
+        ("POST", "/api/v1/explain"),
+        ("GET", "/api/v1/deliveries"),
+        ("POST", "/-/reload"),
+    ] {
+        let (status, body) = admin_call(&off.base, Some("anything"), method, path, Some(json!({}))).await;
+        assert_eq!(status, 403, "{method} {path}");
+        assert!(body["error"].as_str().unwrap().contains("admin.token"), "{body}");
+    }
+    assert_eq!(off.post(FIRING).await.0, 200, "the webhook does not need the admin token");
+
+    let on = TestRelay::start(&format!("{ADMIN_CONFIG}receivers: []")).await;
+    assert_eq!(admin_call(&on.base, None, "GET", "/api/v1/receivers", None).await.0, 401);
+    let (status, body) = admin_call(&on.base, Some("wrong"), "GET", "/api/v1/receivers", None).await;
+    assert_eq!(status, 401);
+    assert!(!body.to_string().contains(ADMIN_TOKEN));
+    assert_eq!(on.admin("GET", "/api/v1/receivers", None).await, (200, json!({"receivers": []})));
+    for path in ["/metrics", "/-/healthy", "/-/ready"] {
+        assert_eq!(client().get(format!("{}{path}", on.base)).send().await.unwrap().status().as_u16(), 200);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receivers_are_created_validated_redacted_and_deleted() {
+    let t = target(200).await;
+    let relay = TestRelay::start(&format!(
+        "{ADMIN_CONFIG}receivers: [{{ name: from-file, url: '{}', auth: {{ type: bearer, token: file-secret }} }}]",
+        t.uri()
+    ))
+    .await;
+    let spec = json!({
+        "url": format!("{}/api", t.uri()),
+        "auth": {"type": "bearer", "token": "api-secret"},
+        "headers": {"X-Team": "ops"},
+        "conditions": [
+            {"label": "severity", "operator": "In", "values": ["critical"]},
+            {"label": "namespace", "operator": "Exists"}
+        ]
+    });
+    let (status, created) = relay.admin("PUT", "/api/v1/receivers/ops", Some(spec.clone())).await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["name"], "ops");
+    assert_eq!(created["provisioned"], false);
+    assert_eq!(created["auth"]["token"], "<redacted>");
+    assert_eq!((created["pending"].as_u64(), created["dead_letters"].as_u64()), (Some(0), Some(0)));
+
+    let (status, list) = relay.admin("GET", "/api/v1/receivers", None).await;
+    assert_eq!(status, 200);
+    let names: Vec<&str> = list["receivers"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["from-file", "ops"]);
+    let file = &list["receivers"][0];
+    assert_eq!(file["provisioned"], true);
+    assert!(file["source"].as_str().unwrap().ends_with("relay.yaml"));
+    assert!(!list.to_string().contains("api-secret") && !list.to_string().contains("file-secret"));
+
+    // Provisioned receivers cannot be changed through the API.
+    let (status, e) = relay.admin("PUT", "/api/v1/receivers/from-file", Some(spec.clone())).await;
+    assert_eq!(status, 409);
+    assert!(e["error"].as_str().unwrap().contains("relay.yaml"), "{e}");
+    assert_eq!(relay.admin("DELETE", "/api/v1/receivers/from-file", None).await.0, 409);
+    assert_eq!(relay.admin("POST", "/api/v1/receivers/from-file/disable", None).await.0, 409);
+
+    // Validation: the same errors as the file's, naming the field.
+    let mut bad = spec.clone();
+    bad["conditions"][1] = json!({"label": "pod", "operator": "Matches", "values": ["(unclosed"]});
+    bad["url"] = json!("not a url");
+    let (status, e) = relay.admin("PUT", "/api/v1/receivers/bad", Some(bad)).await;
+    assert_eq!(status, 400);
+    let details: Vec<&str> = e["details"].as_array().unwrap().iter().map(|d| d.as_str().unwrap()).collect();
+    assert!(details.iter().any(|d| d.starts_with("url: ")), "{details:?}");
+    assert!(
+        details.iter().any(|d| d.starts_with("conditions[1]: pod Matches: values[0]: invalid regex")),
+        "{details:?}"
+    );
+    let (status, e) = relay.admin("PUT", "/api/v1/receivers/bad", Some(json!({"url": "http://x", "colour": 1}))).await;
+    assert_eq!(status, 400);
+    assert!(e["error"].as_str().unwrap().contains("unknown field `colour`"), "{e}");
+    let (status, _) =
+        relay.admin("PUT", "/api/v1/receivers/bad", Some(json!({"name": "other", "url": "http://x"}))).await;
+    assert_eq!(status, 400, "the body's name must match the path");
+    assert_eq!(relay.admin("GET", "/api/v1/receivers/bad", None).await.0, 404);
+
+    // Replacing with the redacted token keeps the stored one.
+    let mut again = created.clone();
+    for k in ["provisioned", "source", "pending", "dead_letters", "delivered", "failed"] {
+        again.as_object_mut().unwrap().remove(k);
+    }
+    again["headers"]["X-Team"] = json!("sre");
+    let (status, replaced) = relay.admin("PUT", "/api/v1/receivers/ops", Some(again)).await;
+    assert_eq!(status, 200, "{replaced}");
+    let firing = payload("g", &[("firing", &[("severity", "critical"), ("namespace", "prod")])]);
+    assert_eq!(relay.post(firing).await.0, 200);
+    eventually("delivery to the API receiver", || async {
+        t.received_requests().await.unwrap_or_default().iter().any(|r| r.url.path() == "/api")
+    })
+    .await;
+    let requests = t.received_requests().await.unwrap();
+    let r = requests.iter().find(|r| r.url.path() == "/api").unwrap();
+    assert_eq!(header(r, "authorization"), "Bearer api-secret");
+    assert_eq!(header(r, "x-team"), "sre");
+
+    let (status, deleted) = relay.admin("DELETE", "/api/v1/receivers/ops", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(deleted, json!({"deleted": "ops", "dropped_pending": 0, "dropped_dead_letters": 0}));
+    assert_eq!(relay.admin("GET", "/api/v1/receivers/ops", None).await.0, 404);
+    assert_eq!(relay.admin("DELETE", "/api/v1/receivers/ops", None).await.0, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_receiver_reports_and_counts_what_it_dropped() {
+    let relay = TestRelay::start(&format!("{ADMIN_CONFIG}receivers: []")).await;
+    let spec = json!({"url": format!("http://127.0.0.1:{}/", closed_port()), "retry": {"initial_interval": "1h", "max_interval": "1h"}});
+    assert_eq!(relay.admin("PUT", "/api/v1/receivers/down", Some(spec)).await.0, 201);
+    for g in ["a", "b", "c"] {
+        assert_eq!(relay.post(payload(g, &[("firing", &[("alertname", "A")])])).await.0, 200);
+    }
+    eventually("three pending", || async {
+        relay.admin("GET", "/api/v1/receivers/down", None).await.1["pending"] == 3
+    })
+    .await;
+    let (status, deleted) = relay.admin("DELETE", "/api/v1/receivers/down", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(deleted["dropped_pending"], 3);
+    assert_eq!(relay.metric(r#"alert_relay_notifications_dropped_total{receiver="down"}"#).await, 3.0);
+    let (_, left) = relay.admin("GET", "/api/v1/deliveries", None).await;
+    assert_eq!(left["deliveries"], json!([]));
+    // The webhook keeps accepting: the spool has room again.
+    assert_eq!(relay.post(FIRING).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_message_reports_the_target_answer_and_why_real_alerts_would_not_arrive() {
+    let (ok, failing) = (target(204).await, target(500).await);
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("unknown CA");
+    let tls = TlsTarget::start(&ca.leaf(&["127.0.0.1"]), None).await;
+    let _ = &dir;
+    let relay = TestRelay::start(&format!(
+        r#"{ADMIN_CONFIG}
+receivers:
+  - {{ name: ok, url: '{}', conditions: [{{ label: severity, operator: In, values: [critical] }}] }}
+  - {{ name: failing, url: '{}' }}
+  - {{ name: bad-tls, url: 'https://{}/' }}
+  - {{ name: off, url: '{}', enabled: false }}
+"#,
+        ok.uri(),
+        failing.uri(),
+        tls.addr,
+        ok.uri()
+    ))
+    .await;
+
+    let (status, answer) = relay.admin("POST", "/api/v1/receivers/ok/test", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(answer["delivered"], true);
+    assert_eq!(answer["status"], 204);
+    assert!(answer["latency_ms"].as_f64().unwrap() >= 0.0);
+    assert_eq!(answer["enabled"], true);
+    assert_eq!(answer["conditions_pass"], false, "the test alert is severity=info");
+    assert_eq!(answer["would_deliver"], false);
+    assert_eq!(answer["stopped_by"]["condition"]["index"], 0);
+    assert_eq!(answer["stopped_by"]["condition"]["label"], "severity");
+    assert!(answer["explanation"].as_str().unwrap().contains("would NOT be delivered"), "{answer}");
+    assert!(answer["stopped_by"]["detail"].as_str().unwrap().contains(r#"label severity is "info""#), "{answer}");
+    let sent: Value = serde_json::from_slice(&ok.received_requests().await.unwrap()[0].body).unwrap();
+    assert_eq!(sent["version"], "4");
+    assert_eq!(sent["alerts"][0]["labels"]["alertname"], "AlertRelayTestMessage");
+
+    let (_, answer) =
+        relay.admin("POST", "/api/v1/receivers/ok/test", Some(json!({"labels": {"severity": "critical"}}))).await;
+    assert_eq!((answer["conditions_pass"].clone(), answer["would_deliver"].clone()), (json!(true), json!(true)));
+    assert_eq!(answer["stopped_by"], Value::Null);
+
+    let (_, answer) = relay.admin("POST", "/api/v1/receivers/failing/test", None).await;
+    assert_eq!((answer["delivered"].clone(), answer["status"].clone()), (json!(false), json!(500)));
+    assert!(answer["error"].as_str().unwrap().starts_with("HTTP 500"), "{answer}");
+
+    let (_, answer) = relay.admin("POST", "/api/v1/receivers/bad-tls/test", None).await;
+    assert_eq!((answer["delivered"].clone(), answer["status"].clone()), (json!(false), Value::Null));
+    assert!(answer["error"].as_str().unwrap().to_lowercase().contains("certificate"), "{answer}");
+    assert_eq!(tls.hits(), 0);
+
+    let (_, answer) = relay.admin("POST", "/api/v1/receivers/off/test", None).await;
+    assert_eq!(answer["delivered"], true, "the test bypasses the toggle");
+    assert_eq!(answer["enabled"], false);
+    assert_eq!(answer["stopped_by"]["setting"], "enabled");
+
+    assert_eq!(relay.admin("POST", "/api/v1/receivers/nobody/test", None).await.0, 404);
+    // Nothing of this went through the spool.
+    assert_eq!(relay.metric(r#"alert_relay_notifications_total{receiver="ok"}"#).await, 0.0);
+
+    // An unsaved receiver, as the console's form sends it before OK.
+    let (status, answer) = relay
+        .admin(
+            "POST",
+            "/api/v1/test",
+            Some(json!({"receiver": {"url": ok.uri(), "auth": {"type": "basic", "username": "u", "password": "p"}}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["delivered"], true);
+    let last = ok.received_requests().await.unwrap().pop().unwrap();
+    assert_eq!(header(&last, "authorization"), "Basic dTpw");
+    let (status, e) = relay.admin("POST", "/api/v1/test", Some(json!({"receiver": {"url": "ftp://x"}}))).await;
+    assert_eq!(status, 400);
+    assert!(e["details"][0].as_str().unwrap().starts_with("url: "), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_names_the_condition_or_setting_that_stopped_each_alert() {
+    let relay = TestRelay::start(&format!(
+        r#"{ADMIN_CONFIG}
+receivers:
+  - name: crit-prod
+    url: 'http://127.0.0.1:1/'
+    conditions:
+      - {{ label: severity, operator: In, values: [critical] }}
+      - {{ label: namespace, operator: NotIn, values: [dev] }}
+  - {{ name: quiet, url: 'http://127.0.0.1:1/', send_resolved: false }}
+  - {{ name: off, url: 'http://127.0.0.1:1/', enabled: false }}
+  - {{ name: one, url: 'http://127.0.0.1:1/', max_alerts: 1 }}
+"#
+    ))
+    .await;
+    let (status, answer) = relay
+        .admin("POST", "/api/v1/explain", Some(json!({"labels": {"severity": "critical", "namespace": "dev"}})))
+        .await;
+    assert_eq!(status, 200);
+    let by_name = |answer: &Value, name: &str| {
+        answer["receivers"].as_array().unwrap().iter().find(|r| r["receiver"] == name).unwrap().clone()
+    };
+    let crit = by_name(&answer, "crit-prod");
+    assert_eq!(crit["delivered"], false);
+    assert_eq!(crit["alerts"][0]["stopped_by"]["condition"]["index"], 1);
+    assert_eq!(crit["alerts"][0]["stopped_by"]["value"], "dev");
+    assert_eq!(by_name(&answer, "quiet")["delivered"], true);
+    assert_eq!(by_name(&answer, "off")["alerts"][0]["stopped_by"]["setting"], "enabled");
+
+    let (_, answer) = relay
+        .admin("POST", "/api/v1/explain", Some(json!({"labels": {"severity": "warning"}, "status": "resolved"})))
+        .await;
+    let crit = by_name(&answer, "crit-prod");
+    assert!(crit["alerts"][0]["stopped_by"]["detail"].as_str().unwrap().contains("condition 0"), "{crit}");
+    assert_eq!(by_name(&answer, "quiet")["alerts"][0]["stopped_by"]["setting"], "send_resolved");
+
+    // A whole payload: per alert.
+    let (status, answer) = relay.admin("POST", "/api/v1/explain", Some(serde_json::from_str(MIXED).unwrap())).await;
+    assert_eq!(status, 200);
+    let one = by_name(&answer, "one");
+    assert_eq!(one["alerts"][0]["delivered"], true);
+    assert_eq!(one["alerts"][1]["stopped_by"]["setting"], "max_alerts");
+    let crit = by_name(&answer, "crit-prod");
+    assert_eq!((crit["alerts"][0]["delivered"].clone(), crit["delivered"].clone()), (json!(true), json!(true)));
+
+    let (status, e) = relay.admin("POST", "/api/v1/explain", Some(json!({"labels": {"a": 1}}))).await;
+    assert_eq!(status, 400);
+    assert!(e["error"].as_str().unwrap().contains("labels.a"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disable_pauses_pending_deliveries_and_enable_resumes_them() {
+    let t = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(503))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&t)
+        .await;
+    Mock::given(method("POST")).respond_with(ResponseTemplate::new(200)).mount(&t).await;
+    let relay = TestRelay::start(&format!("{ADMIN_CONFIG}receivers: []")).await;
+    let spec = json!({"url": t.uri(), "retry": {"initial_interval": "300ms", "max_interval": "300ms", "jitter": 0.0}});
+    assert_eq!(relay.admin("PUT", "/api/v1/receivers/r", Some(spec)).await.0, 201);
+    assert_eq!(relay.post(FIRING).await.0, 200);
+    eventually("the first, failed attempt", || async { count(&t).await == 1 }).await;
+    let (status, off) = relay.admin("POST", "/api/v1/receivers/r/disable", None).await;
+    assert_eq!((status, off["enabled"].clone()), (200, json!(false)));
+
+    // Let the retry fall due well past its time: a paused receiver does not send it.
+    let (_, list) = relay.admin("GET", "/api/v1/deliveries?receiver=r&state=pending", None).await;
+    let due = humantime::parse_rfc3339(list["deliveries"][0]["next_attempt"].as_str().unwrap()).unwrap();
+    eventually("the retry to be overdue", || async move { SystemTime::now() > due + Duration::from_millis(500) }).await;
+    assert_eq!(count(&t).await, 1, "nothing sent while disabled");
+    assert_eq!(relay.admin("GET", "/api/v1/receivers/r", None).await.1["pending"], 1);
+    let (s, answer) = relay.post(FIRING).await;
+    assert_eq!((s, answer["deliveries"].clone()), (200, json!(0)), "no new deliveries while disabled");
+    assert_eq!(relay.metric(r#"alert_relay_alerts_filtered_total{reason="disabled",receiver="r"}"#).await, 2.0);
+
+    assert_eq!(relay.admin("POST", "/api/v1/receivers/r/enable", None).await.0, 200);
+    eventually("the paused delivery", || async { count(&t).await == 2 }).await;
+    eventually("an empty queue", || async { relay.admin("GET", "/api/v1/receivers/r", None).await.1["pending"] == 0 })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_listed_retried_and_deleted() {
+    let t = MockServer::start().await;
+    Mock::given(method("POST")).respond_with(ResponseTemplate::new(422).set_body_string("bad field x")).mount(&t).await;
+    let relay = TestRelay::start(&format!("{ADMIN_CONFIG}receivers: [{{ name: r, url: '{}' }}]", t.uri())).await;
+    for g in ["a", "b", "c"] {
+        assert_eq!(relay.post(payload(g, &[("firing", &[("alertname", "A")])])).await.0, 200);
+    }
+    eventually("three dead letters", || async {
+        relay.metric(r#"alert_relay_dead_letters{receiver="r"}"#).await == 3.0
+    })
+    .await;
+    let (status, page) = relay.admin("GET", "/api/v1/deliveries?state=dead&limit=2", None).await;
+    assert_eq!(status, 200);
+    let first = page["deliveries"].as_array().unwrap();
+    assert_eq!(first.len(), 2);
+    assert_eq!(first[0]["group_key"], "c", "newest first");
+    assert_eq!(first[0]["state"], "dead");
+    assert_eq!(first[0]["dead_reason"], "clientError");
+    assert_eq!(first[0]["attempts"], 1);
+    assert_eq!(first[0]["last_error"], "HTTP 422: bad field x");
+    let next = page["next"].as_u64().unwrap();
+    let (_, rest) = relay.admin("GET", &format!("/api/v1/deliveries?state=dead&limit=2&before={next}"), None).await;
+    assert_eq!(rest["deliveries"].as_array().unwrap().len(), 1);
+    assert_eq!(rest["deliveries"][0]["group_key"], "a");
+    assert_eq!(rest["next"], Value::Null);
+    assert_eq!(relay.admin("GET", "/api/v1/deliveries?state=lost", None).await.0, 400);
+
+    t.reset().await;
+    Mock::given(method("POST")).respond_with(ResponseTemplate::new(200)).mount(&t).await;
+    let retry_id = first[0]["id"].as_u64().unwrap();
+    assert_eq!(relay.admin("POST", &format!("/api/v1/deliveries/{retry_id}/retry"), None).await.0, 200);
+    eventually("the retried dead letter delivered", || async { count(&t).await == 1 }).await;
+    let body: Value = serde_json::from_slice(&t.received_requests().await.unwrap()[0].body).unwrap();
+    assert_eq!(body["groupKey"], "c");
+    assert_eq!(relay.admin("POST", &format!("/api/v1/deliveries/{retry_id}/retry"), None).await.0, 404);
+
+    let delete_id = first[1]["id"].as_u64().unwrap();
+    assert_eq!(relay.admin("DELETE", &format!("/api/v1/deliveries/{delete_id}"), None).await.0, 200);
+    assert_eq!(relay.admin("DELETE", &format!("/api/v1/deliveries/{delete_id}"), None).await.0, 404);
+    assert_eq!(relay.admin("DELETE", "/api/v1/deliveries/x1", None).await.0, 400);
+    eventually("one dead letter left", || async {
+        relay.metric(r#"alert_relay_dead_letters{receiver="r"}"#).await == 1.0
+    })
+    .await;
+    let (_, left) = relay.admin("GET", "/api/v1/deliveries", None).await;
+    assert_eq!(left["deliveries"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retrying_or_deleting_a_pending_delivery_is_a_conflict() {
+    let relay = TestRelay::start(&format!(
+        "{ADMIN_CONFIG}receivers: [{{ name: r, url: 'http://127.0.0.1:{}/', retry: {{ initial_interval: 1h, max_interval: 1h }} }}]",
+        closed_port()
+    ))
+    .await;
+    assert_eq!(relay.post(FIRING).await.0, 200);
+    let (_, list) = relay.admin("GET", "/api/v1/deliveries?state=pending", None).await;
+    let id = list["deliveries"][0]["id"].as_u64().unwrap();
+    assert_eq!(relay.admin("POST", &format!("/api/v1/deliveries/{id}/retry"), None).await.0, 409);
+    assert_eq!(relay.admin("DELETE", &format!("/api/v1/deliveries/{id}"), None).await.0, 409);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_with_a_broken_file_keeps_the_running_configuration() {
+    let t = target(200).await;
+    let good = |name: &str| format!("{ADMIN_CONFIG}receivers: [{{ name: {name}, url: '{}' }}]\n", t.uri());
+    let relay = TestRelay::start(&good("first")).await;
+    let path = relay.config_path();
+    let spool_line = std::fs::read_to_string(&path).unwrap().lines().next().unwrap().to_string();
+    let write = |body: &str| {
+        std::fs::write(&path, format!("{spool_line}\nserver: {{ listen: '127.0.0.1:0' }}\n{body}")).unwrap()
+    };
+
+    write(&format!(
+        "{ADMIN_CONFIG}receivers: [{{ name: broken, url: 'http://x', conditions: [{{ label: a, operator: In }}] }}]\n"
+    ));
+    let (status, e) = relay.admin("POST", "/-/reload", None).await;
+    assert_eq!(status, 400);
+    assert!(e["details"][0].as_str().unwrap().contains("conditions[0]"), "{e}");
+    assert_eq!(relay.metric("alert_relay_config_last_reload_successful").await, 0.0);
+    let (_, list) = relay.admin("GET", "/api/v1/receivers", None).await;
+    assert_eq!(list["receivers"][0]["name"], "first");
+    assert_eq!(relay.post(FIRING).await.1["deliveries"], 1, "still routing with the old config");
+
+    write(&good("second"));
+    let (status, answer) = relay.admin("POST", "/-/reload", None).await;
+    assert_eq!((status, answer["receivers"].clone()), (200, json!(1)));
+    assert_eq!(relay.metric("alert_relay_config_last_reload_successful").await, 1.0);
+    let (_, list) = relay.admin("GET", "/api/v1/receivers", None).await;
+    assert_eq!(list["receivers"][0]["name"], "second");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configmap_style_symlink_swap_is_picked_up() {
+    let relay = TestRelay::start(&format!("{ADMIN_CONFIG}receivers: []")).await;
+    // Kubernetes mounts a ConfigMap as file -> ..data/file, ..data -> ..<timestamp>.
+    let dir = relay.dir.path().join("configmap");
+    let first = std::fs::read_to_string(relay.config_path()).unwrap();
+    let install = |version: &str, text: &str| {
+        let versioned = dir.join(version);
+        std::fs::create_dir_all(&versioned).unwrap();
+        std::fs::write(versioned.join("relay.yaml"), text).unwrap();
+        let tmp = dir.join("..data_tmp");
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(version, &tmp).unwrap();
+        std::fs::rename(&tmp, dir.join("..data")).unwrap();
+    };
+    install("..v1", &first);
+    std::os::unix::fs::symlink("..data/relay.yaml", dir.join("relay.yaml")).unwrap();
+    // Point the relay's own path at the mounted file, as a Pod would see it.
+    std::fs::remove_file(relay.config_path()).unwrap();
+    std::os::unix::fs::symlink(dir.join("relay.yaml"), relay.config_path()).unwrap();
+
+    install(
+        "..v2",
+        &format!("{first}\nreceivers: [{{ name: swapped-in, url: 'http://127.0.0.1:1/' }}]\n")
+            .replace("receivers: []\n", ""),
+    );
+    eventually("the watcher to reload the swapped file", || async {
+        relay.admin("GET", "/api/v1/receivers", None).await.1["receivers"][0]["name"] == "swapped-in"
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_while_deliveries_flow_lose_nothing_and_never_mix_configurations() {
+    let t = MockServer::start().await;
+    let seen: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let record = seen.clone();
+    Mock::given(method("POST"))
+        .respond_with(move |r: &Request| {
+            record.lock().unwrap().push((header(r, "x-config"), header(r, "authorization")));
+            ResponseTemplate::new(200)
+        })
+        .mount(&t)
+        .await;
+    let file_receiver = |v: u32| {
+        format!(
+            "{ADMIN_CONFIG}receivers: [{{ name: file, url: '{}', headers: {{ X-Config: 'file-{v}' }}, auth: {{ type: bearer, token: 'file-{v}' }} }}]\n",
+            t.uri()
+        )
+    };
+    let relay = TestRelay::start(&file_receiver(0)).await;
+    let path = relay.config_path();
+    let head: String = std::fs::read_to_string(&path).unwrap().lines().take(2).collect::<Vec<_>>().join("\n");
+    let api_spec = |v: u32| json!({"url": t.uri(), "headers": {"X-Config": format!("api-{v}")}, "auth": {"type": "bearer", "token": format!("api-{v}")}});
+    assert_eq!(relay.admin("PUT", "/api/v1/receivers/api", Some(api_spec(0))).await.0, 201);
+
+    let base = relay.base.clone();
+    let sender = tokio::spawn(async move {
+        let mut accepted = 0;
+        for i in 0..150 {
+            let body = payload(&format!("g{i}"), &[("firing", &[("alertname", "Flow")])]);
+            let (status, answer) = post_json(&format!("{base}/webhook"), body, None).await;
+            assert_eq!(status, 200);
+            accepted += answer["deliveries"].as_u64().unwrap();
+        }
+        accepted
+    });
+    for v in 1..=10 {
+        assert_eq!(relay.admin("PUT", "/api/v1/receivers/api", Some(api_spec(v))).await.0, 200);
+        std::fs::write(&path, format!("{head}\n{}", file_receiver(v))).unwrap();
+        assert_eq!(relay.admin("POST", "/-/reload", None).await.0, 200);
+    }
+    let accepted = sender.await.unwrap();
+    assert_eq!(accepted, 300, "both receivers got every notification");
+    eventually("every accepted delivery", || async { seen.lock().unwrap().len() >= 300 }).await;
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 300);
+    for (config, auth) in seen.iter() {
+        assert_eq!(format!("Bearer {config}"), *auth, "header and token of one configuration");
+    }
+}
