@@ -24,6 +24,9 @@ enum Command {
     Serve,
     /// Validate the configuration and the files it names; print every error.
     CheckConfig,
+    /// Exit 0 if the relay of this configuration answers /-/healthy (for
+    /// container health checks, where no curl exists).
+    Healthcheck,
 }
 
 fn main() -> ExitCode {
@@ -48,6 +51,13 @@ fn main() -> ExitCode {
             println!("{name}: OK ({} receivers)", config.receivers.len());
             ExitCode::SUCCESS
         }
+        Command::Healthcheck => match healthcheck(&config.server.listen) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("unhealthy: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Serve => {
             if matches!(source, Source::Embedded) {
                 log::info!("no {DEFAULT_PATH} here; using the embedded default configuration");
@@ -93,4 +103,31 @@ async fn serve(source: Source, config: Config) -> ExitCode {
     }
     relay.shutdown().await;
     ExitCode::SUCCESS
+}
+
+/// `GET /-/healthy` over plain TCP to the listen address (loopback for a
+/// wildcard address).
+fn healthcheck(listen: &str) -> Result<(), String> {
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+    let mut addr: SocketAddr = listen
+        .to_socket_addrs()
+        .map_err(|e| format!("{listen}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{listen}: no address"))?;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(if addr.is_ipv4() { [127, 0, 0, 1].into() } else { std::net::Ipv6Addr::LOCALHOST.into() });
+    }
+    let timeout = std::time::Duration::from_secs(3);
+    let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("{addr}: {e}"))?;
+    stream.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    stream
+        .write_all(format!("GET /-/healthy HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
+        .map_err(|e| format!("{addr}: {e}"))?;
+    let mut answer = String::new();
+    let _ = stream.take(1024).read_to_string(&mut answer);
+    match answer.split(' ').nth(1) {
+        Some("200") => Ok(()),
+        _ => Err(format!("{addr}: {}", answer.lines().next().unwrap_or("no answer"))),
+    }
 }

@@ -163,8 +163,24 @@ async fn runs_on_embedded_defaults_with_env_overrides() {
     assert!(dir.path().join("data/spool.redb").exists(), "spool in ./data");
     let text = client().get(format!("{}/metrics", relay.base)).send().await.unwrap().text().await.unwrap();
     assert!(text.contains(r#"alert_relay_spool_pending{receiver="example"} 0"#));
+    // The container health check, as the Dockerfile runs it.
+    let healthy = Command::new(BIN)
+        .arg("healthcheck")
+        .current_dir(dir.path())
+        .env("ALERT_RELAY__SERVER__LISTEN", format!("0.0.0.0:{port}"))
+        .output()
+        .unwrap();
+    assert!(healthy.status.success(), "{}", String::from_utf8_lossy(&healthy.stderr));
     relay.signal("INT");
     assert!(relay.wait_exit().await.success());
+    let down = Command::new(BIN)
+        .arg("healthcheck")
+        .current_dir(dir.path())
+        .env("ALERT_RELAY__SERVER__LISTEN", &listen)
+        .output()
+        .unwrap();
+    assert!(!down.status.success());
+    assert!(String::from_utf8_lossy(&down.stderr).starts_with("unhealthy: "));
 }
 
 #[test]

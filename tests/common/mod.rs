@@ -325,3 +325,77 @@ async fn read_request<S: AsyncReadExt + Unpin>(stream: &mut S) -> bool {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// YAML files as JSON values, and child processes.
+
+/// Every document of a YAML text, as JSON.
+pub fn yaml_docs(text: &str) -> Vec<Value> {
+    yaml_rust2::YamlLoader::load_from_str(text).expect("valid YAML").iter().map(yaml_to_json).collect()
+}
+
+pub fn yaml_file(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    yaml_docs(&text).into_iter().next().unwrap_or(Value::Null)
+}
+
+fn yaml_to_json(y: &yaml_rust2::Yaml) -> Value {
+    use yaml_rust2::Yaml;
+    match y {
+        Yaml::Real(r) => r.parse::<f64>().map(|f| json!(f)).unwrap_or(Value::String(r.clone())),
+        Yaml::Integer(i) => json!(i),
+        Yaml::String(s) => json!(s),
+        Yaml::Boolean(b) => json!(b),
+        Yaml::Array(a) => Value::Array(a.iter().map(yaml_to_json).collect()),
+        Yaml::Hash(h) => Value::Object(
+            h.iter()
+                .map(|(k, v)| {
+                    let key = match k {
+                        Yaml::String(s) => s.clone(),
+                        other => yaml_to_json(other).to_string(),
+                    };
+                    (key, yaml_to_json(v))
+                })
+                .collect(),
+        ),
+        _ => Value::Null,
+    }
+}
+
+/// The repository root.
+pub fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+/// Runs a tool to completion; panics with its output unless it succeeds.
+pub fn run_ok(program: &str, args: &[&str], dir: &Path) -> String {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("{program} could not run ({e}); scripts/test installs it"));
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{program} {args:?} failed:\n{text}");
+    text
+}
+
+/// A child process killed when dropped.
+pub struct Child(pub std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn spawn(program: &str, args: &[String], log: &Path) -> Child {
+    let log = std::fs::File::create(log).expect("log file");
+    let child = std::process::Command::new(program)
+        .args(args)
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{program} could not start ({e}); scripts/test installs it"));
+    Child(child)
+}

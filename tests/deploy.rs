@@ -1,0 +1,282 @@
+//! The deployment files checked with the real tools: promtool, amtool,
+//! kubectl kustomize, kubernetes-validate; and the Dockerfile and compose
+//! files against each other and the configs.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use alert_relay::config::{Config, Source};
+use common::*;
+use serde_json::Value;
+
+#[test]
+fn alert_rules_pass_promtool_check_and_unit_tests() {
+    let dir = repo("deploy/prometheus");
+    let out = run_ok("promtool", &["check", "rules", "alert-relay-rules.yaml"], &dir);
+    assert!(out.contains("SUCCESS: 7 rules found"), "{out}");
+    run_ok("promtool", &["test", "rules", "alert-relay-rules.test.yaml"], &dir);
+}
+
+#[test]
+fn prometheus_rule_carries_the_same_groups_as_the_rules_file() {
+    let rules = yaml_file(&repo("deploy/prometheus/alert-relay-rules.yaml"));
+    let crd = yaml_file(&repo("deploy/kubernetes/prometheusrule.yaml"));
+    assert_eq!(crd["kind"], "PrometheusRule");
+    assert_eq!(crd["spec"]["groups"], rules["groups"]);
+}
+
+#[test]
+fn alertmanager_examples_pass_amtool() {
+    for file in ["deploy/alertmanager/alertmanager.yml", "deploy/compose/alertmanager.yml"] {
+        run_ok("amtool", &["check-config", file], &repo(""));
+    }
+    let am = yaml_file(&repo("deploy/alertmanager/alertmanager.yml"));
+    let hook = &am["receivers"][0]["webhook_configs"][0];
+    assert_eq!(hook["url"], "http://alert-relay:9097/webhook");
+    assert_eq!(hook["send_resolved"], true);
+}
+
+/// The fenced blocks of README.md that follow `<!-- checked: TOOL -->`.
+fn readme_snippets(tool: &str) -> Vec<String> {
+    let readme = std::fs::read_to_string(repo("README.md")).unwrap();
+    let marker = format!("<!-- checked: {tool} -->");
+    readme
+        .split(&marker)
+        .skip(1)
+        .map(|rest| {
+            let body = rest.split_once("```yaml\n").expect("a yaml block after the marker").1;
+            body.split_once("```").expect("a closed block").0.to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn readme_snippets_pass_the_real_tools() {
+    let dir = tempfile::tempdir().unwrap();
+    let am = readme_snippets("amtool check-config");
+    assert_eq!(am.len(), 1);
+    let path = write(dir.path(), "alertmanager.yml", &am[0]);
+    run_ok("amtool", &["check-config", path.to_str().unwrap()], dir.path());
+
+    let prom = readme_snippets("promtool check config");
+    assert_eq!(prom.len(), 1);
+    std::fs::copy(repo("deploy/prometheus/alert-relay-rules.yaml"), dir.path().join("alert-relay-rules.yaml")).unwrap();
+    let path = write(dir.path(), "prometheus.yml", &prom[0]);
+    let out = run_ok("promtool", &["check", "config", path.to_str().unwrap()], dir.path());
+    assert!(out.contains("SUCCESS: 7 rules found"), "{out}");
+}
+
+/// A relay config whose secret paths under `prefix` are replaced by files in `dir`.
+fn check_relay_config(path: &Path, prefix: &str, dir: &Path) -> Config {
+    let text = std::fs::read_to_string(path).unwrap();
+    for line in text.lines() {
+        if let Some(i) = line.find(prefix) {
+            let name =
+                line[i + prefix.len()..].split(|c: char| c.is_whitespace() || c == '}' || c == ',').next().unwrap();
+            write(dir, name, "token\n");
+        }
+    }
+    let local = write(dir, "relay.yaml", &text.replace(prefix, &format!("{}/", dir.display())));
+    Config::load_with_env(&Source::File(local), Some(Default::default()))
+        .unwrap_or_else(|e| panic!("{} is not a valid relay config:\n{e}", path.display()))
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name} in the rendered manifests"))
+}
+
+fn kubernetes_validate() -> PathBuf {
+    let venv = std::env::var("ALERT_RELAY_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/alert-relay/venv"));
+    let tool = venv.join("bin/kubernetes-validate");
+    assert!(tool.exists(), "{} missing; scripts/test installs it", tool.display());
+    tool
+}
+
+#[test]
+fn kustomize_base_renders_validates_and_hangs_together() {
+    let rendered = run_ok("kubectl", &["kustomize", "deploy/kubernetes"], &repo(""));
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = write(dir.path(), "rendered.yaml", &rendered);
+    let out = run_ok(kubernetes_validate().to_str().unwrap(), &["--strict", manifests.to_str().unwrap()], dir.path());
+    for kind in
+        ["statefulset/alert-relay", "service/alert-relay", "configmap/alert-relay-config", "secret/alert-relay-tokens"]
+    {
+        assert!(out.contains(&format!("passed for resource {kind}")), "{out}");
+    }
+    let docs = yaml_docs(&rendered);
+
+    let sts = find(&docs, "StatefulSet", "alert-relay");
+    let pod = &sts["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_ne!(pod["securityContext"]["runAsUser"], 0);
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/-/healthy");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/-/ready");
+    assert!(c["resources"]["requests"]["memory"].is_string() && c["resources"]["limits"]["memory"].is_string());
+    assert_eq!(c["ports"][0]["containerPort"], 9097);
+    assert_eq!(sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"], "spool");
+    let mounts = c["volumeMounts"].as_array().unwrap();
+    let mount = |name: &str| mounts.iter().find(|m| m["name"] == name).unwrap().clone();
+    assert!(mount("config")["subPath"].is_null(), "a subPath mount would never see ConfigMap updates");
+
+    // The config the container is told to read is the ConfigMap's file, and valid.
+    let args: Vec<&str> = c["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    let config_path = args[args.iter().position(|a| *a == "--config").unwrap() + 1];
+    let config_dir = mount("config")["mountPath"].as_str().unwrap().to_string();
+    let key = config_path.strip_prefix(&format!("{config_dir}/")).expect("config under the ConfigMap mount");
+    let cm = find(&docs, "ConfigMap", "alert-relay-config");
+    let text = cm["data"][key].as_str().expect("the ConfigMap holds the config file");
+    let secrets_dir = mount("secrets")["mountPath"].as_str().unwrap().to_string();
+    let local = write(dir.path(), "cm.yaml", text);
+    let config = check_relay_config(&local, &format!("{secrets_dir}/"), dir.path());
+    assert_eq!(config.spool.dir.to_str().unwrap(), mount("spool")["mountPath"].as_str().unwrap());
+    assert!(config.server.listen.ends_with(":9097"));
+    let secret = find(&docs, "Secret", "alert-relay-tokens");
+    for token in ["webhook-token", "admin-token"] {
+        assert!(text.contains(&format!("{secrets_dir}/{token}")), "config reads {token}");
+        assert!(secret["stringData"][token].is_string(), "secret has {token}");
+    }
+
+    let svc = find(&docs, "Service", "alert-relay");
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], c["ports"][0]["name"]);
+    let monitor = find(&docs, "ServiceMonitor", "alert-relay");
+    assert_eq!(monitor["spec"]["endpoints"][0]["port"], svc["spec"]["ports"][0]["name"]);
+    assert_eq!(monitor["spec"]["endpoints"][0]["path"], "/metrics");
+    for (k, v) in monitor["spec"]["selector"]["matchLabels"].as_object().unwrap() {
+        assert_eq!(&svc["metadata"]["labels"][k], v, "the ServiceMonitor selects the Service");
+        assert_ne!(
+            &find(&docs, "Service", "alert-relay-headless")["metadata"]["labels"][k],
+            v,
+            "and not the headless one"
+        );
+    }
+    assert_eq!(sts["spec"]["serviceName"], "alert-relay-headless");
+    find(&docs, "PrometheusRule", "alert-relay");
+}
+
+#[test]
+fn dockerfile_and_compose_agree_with_the_configs() {
+    let root = repo("");
+    let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
+    assert!(dockerfile.contains("EXPOSE 9097"));
+    assert!(dockerfile.contains(r#"CMD ["/usr/local/bin/alert-relay", "healthcheck"]"#));
+    assert!(dockerfile.contains("USER 65532:65532"));
+    assert_eq!(dockerfile.matches("\nFROM ").count() + usize::from(dockerfile.starts_with("FROM ")), 2, "multi-stage");
+    for line in dockerfile.lines().filter(|l| l.starts_with("COPY ") && !l.contains("--from")) {
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        for src in &parts[1..parts.len() - 1] {
+            assert!(root.join(src).exists(), "Dockerfile copies {src}, which does not exist");
+        }
+    }
+    let shipped = Config::from_yaml(&std::fs::read_to_string(root.join("config/alert-relay.yaml")).unwrap()).unwrap();
+    assert!(shipped.server.listen.ends_with(":9097"));
+
+    let compose_dir = root.join("deploy/compose");
+    let compose = yaml_file(&compose_dir.join("compose.yaml"));
+    let services = compose["services"].as_object().unwrap();
+    let mut mounts = std::collections::HashMap::new();
+    for (name, service) in services {
+        for volume in service["volumes"].as_array().into_iter().flatten() {
+            let spec = volume.as_str().unwrap();
+            let mut parts = spec.split(':');
+            let (src, dst) = (parts.next().unwrap(), parts.next().unwrap());
+            if src.starts_with('.') {
+                assert!(compose_dir.join(src).exists(), "{name} mounts {src}, which does not exist");
+                mounts.insert(dst.to_string(), compose_dir.join(src));
+            }
+        }
+    }
+    assert_eq!(services["alert-relay"]["build"]["context"], "../..");
+    assert!(compose_dir.join("../..").join(services["alert-relay"]["build"]["dockerfile"].as_str().unwrap()).exists());
+
+    // The relay: its config is mounted where its command says, and listens on the published port.
+    let relay = &services["alert-relay"];
+    let cmd: Vec<&str> = relay["command"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
+    let config_path = cmd[cmd.iter().position(|c| *c == "--config").unwrap() + 1];
+    let dir = tempfile::tempdir().unwrap();
+    let config = check_relay_config(&mounts[config_path], "/etc/alert-relay/secrets/", dir.path());
+    let port = config.server.listen.rsplit(':').next().unwrap().to_string();
+    assert_eq!(relay["ports"][0], format!("{port}:{port}"));
+    for r in &config.receivers {
+        let host = r.url.host_str().unwrap();
+        assert!(services.contains_key(host), "receiver {} points at {host}, not a compose service", r.name);
+    }
+
+    // Alertmanager posts to that service and port, with the token the relay expects.
+    let am = yaml_file(&mounts["/etc/alertmanager/alertmanager.yml"]);
+    let hook = &am["receivers"][0]["webhook_configs"][0];
+    assert_eq!(hook["url"], format!("http://alert-relay:{port}/webhook"));
+    let am_token_path = hook["http_config"]["authorization"]["credentials_file"].as_str().unwrap();
+    let am_token = std::fs::read_to_string(
+        mounts["/etc/alertmanager/secrets"].join(Path::new(am_token_path).file_name().unwrap()),
+    )
+    .unwrap();
+    let relay_token = std::fs::read_to_string(mounts["/etc/alert-relay/secrets"].join("webhook-token")).unwrap();
+    assert_eq!(am_token.trim(), relay_token.trim());
+    assert!(services["alertmanager"]["ports"][0].as_str().unwrap().ends_with(":9093"));
+
+    // Prometheus scrapes the relay, loads the rules from where they are mounted.
+    let prom = yaml_file(&mounts["/etc/prometheus/prometheus.yml"]);
+    assert_eq!(prom["scrape_configs"][0]["job_name"], "alert-relay");
+    assert_eq!(prom["scrape_configs"][0]["static_configs"][0]["targets"][0], format!("alert-relay:{port}"));
+    let rules = prom["rule_files"][0].as_str().unwrap();
+    assert!(mounts.contains_key(rules), "the rules file {rules} is mounted");
+    let text = std::fs::read_to_string(&mounts["/etc/prometheus/prometheus.yml"]).unwrap();
+    std::fs::copy(&mounts[rules], dir.path().join("alert-relay-rules.yaml")).unwrap();
+    let local = write(dir.path(), "prometheus.yml", &text.replace(rules, "alert-relay-rules.yaml"));
+    run_ok("promtool", &["check", "config", local.to_str().unwrap()], dir.path());
+    assert_eq!(prom["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"][0], "alertmanager:9093");
+
+    // Grafana: the data source is that Prometheus, the provider path holds the dashboard.
+    let ds = yaml_file(&mounts["/etc/grafana/provisioning/datasources/prometheus.yaml"]);
+    assert_eq!(ds["datasources"][0]["url"], "http://prometheus:9090");
+    assert!(services["prometheus"]["ports"][0].as_str().unwrap().ends_with(":9090"));
+    let provider = yaml_file(&mounts["/etc/grafana/provisioning/dashboards/alert-relay.yaml"]);
+    let path = provider["providers"][0]["options"]["path"].as_str().unwrap();
+    assert!(mounts[path].join("alert-relay.json").exists());
+}
+
+#[test]
+fn dashboard_is_importable() {
+    let dashboard: Value =
+        serde_json::from_str(&std::fs::read_to_string(repo("dashboards/alert-relay.json")).unwrap()).unwrap();
+    assert_eq!(dashboard["uid"], "alert-relay");
+    let vars = dashboard["templating"]["list"].as_array().unwrap();
+    let var = |name: &str| vars.iter().find(|v| v["name"] == name).unwrap_or_else(|| panic!("variable {name}")).clone();
+    assert_eq!(var("datasource")["type"], "datasource");
+    assert_eq!(var("datasource")["query"], "prometheus");
+    assert!(var("receiver")["definition"].as_str().unwrap().starts_with("label_values("));
+    assert!(var("job")["definition"].as_str().unwrap().starts_with("label_values("));
+    let panels = dashboard["panels"].as_array().unwrap();
+    let titles: Vec<&str> = panels.iter().map(|p| p["title"].as_str().unwrap()).collect();
+    for needed in [
+        "Webhook requests by code",
+        "Alerts received",
+        "Alerts matched per receiver",
+        "Alerts filtered by reason",
+        "Deliveries",
+        "Dead-lettered and superseded",
+        "Request failures by reason",
+        "Delivery success ratio",
+        "Request duration",
+        "Delivery latency (accepted → delivered)",
+        "Pending per receiver",
+        "Dead letters per receiver",
+        "Spool commit latency",
+        "Config reloads",
+        "CPU",
+        "Memory",
+    ] {
+        assert!(titles.contains(&needed), "panel {needed:?} missing");
+    }
+    for p in panels.iter().filter(|p| p["type"] != "row") {
+        assert_eq!(p["datasource"]["uid"], "${datasource}", "panel {} uses the variable", p["title"]);
+    }
+}

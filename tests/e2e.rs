@@ -1,0 +1,428 @@
+//! End to end with the real tools: Alertmanager posting to the relay, and
+//! Prometheus scraping it and evaluating the dashboard's and rules' PromQL.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use common::*;
+use serde_json::{json, Value};
+use wiremock::matchers::method;
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+const WEBHOOK_TOKEN: &str = "e2e-webhook-token";
+
+/// Alertmanager on loopback, no clustering, notifying the relay at `relay`.
+async fn alertmanager(dir: &Path, relay: &str) -> (Child, String) {
+    let port = closed_port();
+    let config = write(
+        dir,
+        "alertmanager.yml",
+        &format!(
+            r#"
+route:
+  receiver: relay
+  group_by: [alertname]
+  group_wait: 1s
+  group_interval: 1s
+  repeat_interval: 1h
+receivers:
+  - name: relay
+    webhook_configs:
+      - url: {relay}/webhook
+        send_resolved: true
+        http_config:
+          authorization: {{ type: Bearer, credentials: {WEBHOOK_TOKEN} }}
+"#
+        ),
+    );
+    let args = vec![
+        format!("--config.file={}", config.display()),
+        format!("--storage.path={}", dir.join("am-data").display()),
+        format!("--web.listen-address=127.0.0.1:{port}"),
+        "--cluster.listen-address=".to_string(),
+        "--log.level=debug".to_string(),
+    ];
+    let child = spawn("prometheus-alertmanager", &args, &dir.join("alertmanager.log"));
+    let base = format!("http://127.0.0.1:{port}");
+    let ready = format!("{base}/-/ready");
+    eventually("Alertmanager to be ready", || async {
+        matches!(client().get(&ready).send().await, Ok(r) if r.status().is_success())
+    })
+    .await;
+    (child, base)
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// Posts alerts to Alertmanager's API; `ends_in` negative means resolved.
+async fn fire(am: &str, alerts: &[&[(&str, &str)]], resolved: bool) {
+    let now = SystemTime::now();
+    let (starts, ends) = if resolved {
+        (now - Duration::from_secs(60), now - Duration::from_secs(1))
+    } else {
+        (now - Duration::from_secs(1), now + Duration::from_secs(3600))
+    };
+    let body: Vec<Value> = alerts
+        .iter()
+        .map(|labels| {
+            let labels: serde_json::Map<String, Value> =
+                labels.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+            json!({
+                "labels": labels,
+                "annotations": {"summary": "end-to-end test"},
+                "startsAt": rfc3339(starts),
+                "endsAt": rfc3339(ends),
+                "generatorURL": "http://prometheus.test/graph",
+            })
+        })
+        .collect();
+    let resp = client().post(format!("{am}/api/v2/alerts")).json_body(&body).send().await.unwrap();
+    assert!(resp.status().is_success(), "Alertmanager refused the alerts: {}", resp.status());
+}
+
+trait JsonBody {
+    fn json_body(self, v: &impl serde::Serialize) -> Self;
+}
+
+impl JsonBody for reqwest::RequestBuilder {
+    fn json_body(self, v: &impl serde::Serialize) -> Self {
+        self.header("content-type", "application/json").body(serde_json::to_vec(v).unwrap())
+    }
+}
+
+async fn notifications(server: &MockServer) -> Vec<Value> {
+    server
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .iter()
+        .map(|r| serde_json::from_slice(&r.body).unwrap())
+        .collect()
+}
+
+fn alert_names(n: &Value) -> Vec<String> {
+    let mut names: Vec<String> = n["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            format!(
+                "{}/{}/{}",
+                a["labels"]["alertname"].as_str().unwrap(),
+                a["labels"]["severity"].as_str().unwrap(),
+                a["status"].as_str().unwrap()
+            )
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alertmanager_notifications_reach_exactly_the_selected_targets_firing_then_resolved() {
+    let (crit, all, quiet) = (MockServer::start().await, MockServer::start().await, MockServer::start().await);
+    let relay = TestRelay::start(&format!(
+        r#"
+server: {{ listen: '127.0.0.1:0', webhook_auth: {{ type: bearer, token: {WEBHOOK_TOKEN} }} }}
+receivers:
+  - {{ name: crit, url: '{}', conditions: [{{ label: severity, operator: In, values: [critical] }}] }}
+  - {{ name: all, url: '{}' }}
+  - {{ name: quiet, url: '{}', send_resolved: false, conditions: [{{ label: team, operator: DoesNotExist }}] }}
+"#,
+        crit.uri(),
+        all.uri(),
+        quiet.uri()
+    ))
+    .await;
+    for t in [&crit, &all, &quiet] {
+        Mock::given(method("POST")).respond_with(ResponseTemplate::new(200)).mount(t).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (_am, am) = alertmanager(dir.path(), &relay.base).await;
+
+    let disk_crit: &[(&str, &str)] = &[("alertname", "DiskFull"), ("severity", "critical"), ("instance", "db-1")];
+    let disk_warn: &[(&str, &str)] =
+        &[("alertname", "DiskFull"), ("severity", "warning"), ("instance", "db-2"), ("team", "dba")];
+    fire(&am, &[disk_crit, disk_warn], false).await;
+    eventually("firing notifications at every target", || async {
+        !notifications(&crit).await.is_empty()
+            && !notifications(&all).await.is_empty()
+            && !notifications(&quiet).await.is_empty()
+    })
+    .await;
+    let first = &notifications(&crit).await[0];
+    assert_eq!(alert_names(first), ["DiskFull/critical/firing"]);
+    assert_eq!(first["status"], "firing");
+    assert_eq!(first["commonLabels"]["severity"], "critical", "recomputed over the forwarded alert");
+    assert_eq!(first["commonLabels"]["instance"], "db-1");
+    assert_eq!(first["receiver"], "relay", "Alertmanager's fields pass through");
+    assert_eq!(first["groupKey"], "{}:{alertname=\"DiskFull\"}");
+    assert_eq!(alert_names(&notifications(&all).await[0]), ["DiskFull/critical/firing", "DiskFull/warning/firing"]);
+    assert!(notifications(&all).await[0]["commonLabels"].get("severity").is_none());
+    assert_eq!(alert_names(&notifications(&quiet).await[0]), ["DiskFull/critical/firing"]);
+
+    fire(&am, &[disk_crit, disk_warn], true).await;
+    eventually("resolved notifications", || async {
+        notifications(&crit).await.last().is_some_and(|n| n["status"] == "resolved")
+            && notifications(&all).await.last().is_some_and(|n| n["status"] == "resolved")
+    })
+    .await;
+    let crit_seen = notifications(&crit).await;
+    assert_eq!(alert_names(crit_seen.last().unwrap()), ["DiskFull/critical/resolved"]);
+    assert!(crit_seen.iter().all(|n| alert_names(n).iter().all(|a| a.contains("/critical/"))), "only critical alerts");
+    let all_seen = notifications(&all).await;
+    assert_eq!(alert_names(all_seen.last().unwrap()), ["DiskFull/critical/resolved", "DiskFull/warning/resolved"]);
+    // firing came before resolved at every target
+    for seen in [&crit_seen, &all_seen] {
+        let first_resolved = seen.iter().position(|n| n["status"] == "resolved").unwrap();
+        assert!(seen[..first_resolved].iter().all(|n| n["status"] == "firing"));
+    }
+    // send_resolved: false never forwards a resolved alert.
+    assert!(notifications(&quiet).await.iter().all(|n| alert_names(n).iter().all(|a| a.ends_with("/firing"))));
+    assert_eq!(relay.metric(r#"alert_relay_webhook_requests_total{code="401"}"#).await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_spool_makes_alertmanager_retry_and_nothing_is_lost() {
+    let target = MockServer::start().await;
+    Mock::given(method("POST")).respond_with(ResponseTemplate::new(503)).mount(&target).await;
+    let relay = TestRelay::start(&format!(
+        r#"
+server: {{ listen: '127.0.0.1:0', webhook_auth: {{ type: bearer, token: {WEBHOOK_TOKEN} }} }}
+spool: {{ dir: 'SPOOL_DIR', max_pending: 1 }}
+receivers:
+  - {{ name: r, url: '{}', retry: {{ initial_interval: 100ms, max_interval: 200ms }} }}
+"#,
+        target.uri()
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (_am, am) = alertmanager(dir.path(), &relay.base).await;
+
+    fire(&am, &[&[("alertname", "First"), ("severity", "critical")]], false).await;
+    eventually("the first notification pending", || async {
+        relay.metric(r#"alert_relay_spool_pending{receiver="r"}"#).await == 1.0
+    })
+    .await;
+    fire(&am, &[&[("alertname", "Second"), ("severity", "critical")]], false).await;
+    eventually("the relay to refuse the second with 503", || async {
+        relay.metric(r#"alert_relay_webhook_requests_total{code="503"}"#).await >= 2.0
+    })
+    .await;
+
+    target.reset().await;
+    Mock::given(method("POST")).respond_with(ResponseTemplate::new(200)).mount(&target).await;
+    eventually("both notifications delivered", || async {
+        let names: Vec<String> = notifications(&target)
+            .await
+            .iter()
+            .flat_map(|n| {
+                n["alerts"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|a| a["labels"]["alertname"].as_str().unwrap().to_string())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        names.contains(&"First".to_string()) && names.contains(&"Second".to_string())
+    })
+    .await;
+}
+
+/// Grafana's variables, as the dashboard's defaults (All) would fill them.
+fn grafana_to_promql(expr: &str) -> String {
+    expr.replace("$__rate_interval", "1m").replace("$receiver", ".*").replace("$job", ".*")
+}
+
+/// A query's answer; `Null` while Prometheus does not answer yet.
+async fn query(prom: &str, expr: &str) -> Value {
+    match client().get(format!("{prom}/api/v1/query")).query_pairs(&[("query", expr)]).send().await {
+        Ok(resp) => serde_json::from_str(&resp.text().await.unwrap_or_default()).unwrap_or(Value::Null),
+        Err(_) => Value::Null,
+    }
+}
+
+trait Query {
+    fn query_pairs(self, pairs: &[(&str, &str)]) -> Self;
+}
+
+impl Query for reqwest::RequestBuilder {
+    fn query_pairs(self, pairs: &[(&str, &str)]) -> Self {
+        let encoded: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={}", percent(v))).collect();
+        let (client, request) = self.build_split();
+        let mut request = request.unwrap();
+        request.url_mut().set_query(Some(&encoded.join("&")));
+        reqwest::RequestBuilder::from_parts(client, request)
+    }
+}
+
+fn percent(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The data points of a query answer that are numbers (not NaN).
+fn numbers(answer: &Value) -> usize {
+    answer["data"]["result"]
+        .as_array()
+        .map(|r| {
+            r.iter()
+                .filter(|s| s["value"][1].as_str().is_some_and(|v| v.parse::<f64>().is_ok_and(|f| !f.is_nan())))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_scrapes_the_relay_and_every_dashboard_and_rule_expression_runs() {
+    let flaky = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(500))
+        .up_to_n_times(3)
+        .with_priority(1)
+        .mount(&flaky)
+        .await;
+    Mock::given(method("POST")).respond_with(ResponseTemplate::new(200)).mount(&flaky).await;
+    let rejecting = MockServer::start().await;
+    Mock::given(method("POST")).respond_with(ResponseTemplate::new(400)).mount(&rejecting).await;
+    let relay = TestRelay::start(&format!(
+        r#"
+receivers:
+  - {{ name: flaky, url: '{}', retry: {{ initial_interval: 50ms, max_interval: 100ms }} }}
+  - {{ name: rejecting, url: '{}', conditions: [{{ label: severity, operator: In, values: [critical] }}] }}
+"#,
+        flaky.uri(),
+        rejecting.uri()
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = closed_port();
+    let rules = repo("deploy/prometheus/alert-relay-rules.yaml");
+    let config = write(
+        dir.path(),
+        "prometheus.yml",
+        &format!(
+            r#"
+global: {{ scrape_interval: 1s, evaluation_interval: 1s }}
+rule_files: ['{}']
+scrape_configs:
+  - job_name: alert-relay
+    static_configs: [{{ targets: ['{}'] }}]
+"#,
+            rules.display(),
+            relay.base.trim_start_matches("http://")
+        ),
+    );
+    let args = vec![
+        format!("--config.file={}", config.display()),
+        format!("--storage.tsdb.path={}", dir.path().join("tsdb").display()),
+        format!("--web.listen-address=127.0.0.1:{port}"),
+    ];
+    let _prometheus = spawn("prometheus", &args, &dir.path().join("prometheus.log"));
+    let prom = format!("http://127.0.0.1:{port}");
+    eventually("Prometheus to scrape the relay", || async {
+        numbers(&query(&prom, r#"up{job="alert-relay"} == 1"#).await) == 1
+    })
+    .await;
+
+    // Traffic while Prometheus watches: deliveries, retries, dead letters, refusals.
+    let base = relay.base.clone();
+    let traffic = tokio::spawn(async move {
+        for i in 0.. {
+            let body = payload(&format!("g{i}"), &[("firing", &[("alertname", "Load"), ("severity", "critical")])]);
+            post_json(&format!("{base}/webhook"), body, None).await;
+            if i % 5 == 0 {
+                post_json(&format!("{base}/webhook"), b"{oops".to_vec(), None).await;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+
+    let dashboard: Value =
+        serde_json::from_str(&std::fs::read_to_string(repo("dashboards/alert-relay.json")).unwrap()).unwrap();
+    let mut panel_exprs = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            panel_exprs.push((
+                panel["title"].as_str().unwrap().to_string(),
+                grafana_to_promql(target["expr"].as_str().unwrap()),
+            ));
+        }
+    }
+    for var in dashboard["templating"]["list"].as_array().unwrap() {
+        if let Some(def) = var["definition"].as_str() {
+            // label_values(metric, label): the metric selector must select something.
+            let selector = def.trim_start_matches("label_values(").rsplit_once(',').unwrap().0;
+            panel_exprs.push((format!("variable {}", var["name"].as_str().unwrap()), grafana_to_promql(selector)));
+        }
+    }
+    let rules_file = yaml_file(&rules);
+    let rule_exprs: Vec<String> = rules_file["groups"][0]["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["expr"].as_str().unwrap().to_string())
+        .collect();
+    for (title, expr) in &panel_exprs {
+        let answer = query(&prom, expr).await;
+        assert_eq!(answer["status"], "success", "panel {title:?}: {expr}\n{answer}");
+    }
+    for expr in &rule_exprs {
+        let answer = query(&prom, expr).await;
+        assert_eq!(answer["status"], "success", "rule {expr}\n{answer}");
+    }
+
+    // The core panels show numbers once traffic has flowed.
+    let core = [
+        "Webhook requests by code",
+        "Alerts received",
+        "Alerts matched per receiver",
+        "Alerts filtered by reason",
+        "Deliveries",
+        "Dead-lettered and superseded",
+        "Request failures by reason",
+        "Delivery success ratio",
+        "Request duration",
+        "Delivery latency (accepted → delivered)",
+        "Pending per receiver",
+        "Dead letters per receiver",
+        "Spool commit latency",
+        "Config reloads",
+        "CPU",
+        "Memory",
+        "variable job",
+        "variable receiver",
+    ];
+    for title in core {
+        let exprs: Vec<&String> = panel_exprs.iter().filter(|(t, _)| t == title).map(|(_, e)| e).collect();
+        assert!(!exprs.is_empty(), "no panel {title:?}");
+        eventually(&format!("data in panel {title:?}"), || async {
+            let mut any = false;
+            for e in &exprs {
+                any |= numbers(&query(&prom, e).await) > 0;
+            }
+            any
+        })
+        .await;
+    }
+    // Every rule loaded and evaluated without error.
+    eventually("the rules to be evaluated", || async {
+        let answer: Value = serde_json::from_str(
+            &client().get(format!("{prom}/api/v1/rules")).send().await.unwrap().text().await.unwrap(),
+        )
+        .unwrap();
+        let rules = answer["data"]["groups"][0]["rules"].as_array().cloned().unwrap_or_default();
+        rules.len() == rule_exprs.len() && rules.iter().all(|r| r["health"] == "ok")
+    })
+    .await;
+    traffic.abort();
+}
