@@ -497,3 +497,34 @@ async fn changes_while_deliveries_flow_lose_nothing_and_never_mix_configurations
         assert_eq!(format!("Bearer {config}"), *auth, "header and token of one configuration");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_is_served_from_the_binary_without_auth() {
+    let relay = TestRelay::start("receivers: []").await;
+    for (path, kind, needle) in [
+        ("/", "text/html", "<title>alert-relay console</title>"),
+        ("/console/app.js", "text/javascript", "/api/v1/receivers"),
+        ("/console/style.css", "text/css", ".condition"),
+    ] {
+        let resp = client().get(format!("{}{path}", relay.base)).send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), 200, "{path}");
+        let headers = resp.headers().clone();
+        assert!(headers["content-type"].to_str().unwrap().starts_with(kind), "{path}");
+        assert!(headers["content-security-policy"].to_str().unwrap().contains("script-src 'self'"));
+        assert!(resp.text().await.unwrap().contains(needle), "{path}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsaved_test_of_a_saved_receiver_keeps_its_redacted_secret() {
+    let t = target(204).await;
+    let relay = TestRelay::start(&format!("{ADMIN_CONFIG}receivers: []")).await;
+    let spec = json!({"url": t.uri(), "auth": {"type": "bearer", "token": "stored-secret"}});
+    assert_eq!(relay.admin("PUT", "/api/v1/receivers/saved", Some(spec)).await.0, 201);
+    // The console's form holds what GET showed: the token redacted.
+    let (_, shown) = relay.admin("GET", "/api/v1/receivers/saved", None).await;
+    let form = json!({"name": "saved", "url": shown["url"], "auth": shown["auth"]});
+    let (status, answer) = relay.admin("POST", "/api/v1/test", Some(json!({"receiver": form}))).await;
+    assert_eq!((status, answer["delivered"].clone()), (200, json!(true)), "{answer}");
+    assert_eq!(header(&t.received_requests().await.unwrap()[0], "authorization"), "Bearer stored-secret");
+}

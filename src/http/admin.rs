@@ -361,7 +361,11 @@ pub async fn test_unsaved(_: Admin, shared: web::Data<Shared>, body: web::Bytes)
     if let Value::Object(map) = &mut spec {
         map.entry("name").or_insert_with(|| json!("unsaved"));
     }
-    let spec: ReceiverSpec = parse(&serde_json::to_vec(&spec).unwrap_or_default())?;
+    let mut spec: ReceiverSpec = parse(&serde_json::to_vec(&spec).unwrap_or_default())?;
+    // A form loaded from a saved receiver shows its secrets redacted.
+    if let Some(saved) = shared.control.receiver(&spec.name) {
+        spec.keep_secrets_of(&saved.spec);
+    }
     let receiver = check(&spec, &shared.control.config()).map_err(control_error)?;
     let target = Target::new(receiver).map_err(|e| bad_request(e.clone(), vec![e]))?;
     let test = TestAlert { labels: request.labels, annotations: request.annotations, status: request.status };

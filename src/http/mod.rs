@@ -1,6 +1,7 @@
-//! The HTTP interface: webhook intake, admin API, health, metrics.
+//! The HTTP interface: webhook intake, admin API, web console, health, metrics.
 
 mod admin;
+mod console;
 mod error;
 mod health;
 mod webhook;
@@ -33,6 +34,9 @@ const ADMIN_BODY_BYTES: usize = 1024 * 1024;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.app_data(web::PayloadConfig::new(ADMIN_BODY_BYTES))
+        .route("/", web::get().to(console::index))
+        .route("/console/app.js", web::get().to(console::app))
+        .route("/console/style.css", web::get().to(console::style))
         .route("/webhook", web::post().to(webhook::receive))
         .route("/metrics", web::get().to(health::metrics))
         .route("/-/healthy", web::get().to(health::healthy))

@@ -1,0 +1,243 @@
+// The web console in headless Chromium against the real relay binary and a
+// loopback webhook target: sign in, create a receiver with two conditions,
+// send a test message and see it arrive, toggle it off and on, see a bad
+// regex's error beside its field, retry a dead letter, explain.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import http from 'node:http';
+import net from 'node:net';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { spawn } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+const BIN = process.env.ALERT_RELAY_BIN || path.join(ROOT, 'target/debug/alert-relay');
+const SHOTS = process.env.SCREENSHOT_DIR || path.join(ROOT, 'target/console-screenshots');
+const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+const TOKEN = 'console-test-admin-token';
+
+async function waitFor(what, check, ms = 20000) {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    if (await check()) return;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+function freePort() {
+  return new Promise((resolve) => {
+    const s = net.createServer();
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+/// A webhook target on loopback that records requests; its answer can be changed.
+function startTarget() {
+  const target = { received: [], status: 200 };
+  target.server = http.createServer((req, res) => {
+    let body = '';
+    req.on('data', (c) => { body += c; });
+    req.on('end', () => {
+      target.received.push({ path: req.url, headers: req.headers, body: JSON.parse(body || 'null') });
+      res.writeHead(target.status);
+      res.end();
+    });
+  });
+  return new Promise((resolve) => target.server.listen(0, '127.0.0.1', () => {
+    target.url = `http://127.0.0.1:${target.server.address().port}`;
+    resolve(target);
+  }));
+}
+
+async function startRelay(dir, adminLines) {
+  const port = await freePort();
+  const config = path.join(dir, 'relay.yaml');
+  fs.writeFileSync(config, `server: { listen: '127.0.0.1:${port}' }
+spool: { dir: '${path.join(dir, 'spool')}' }
+${adminLines}
+receivers:
+  - name: from-file
+    url: http://127.0.0.1:9/never
+    enabled: false
+    conditions: [{ label: team, operator: Exists }]
+`);
+  const log = fs.openSync(path.join(dir, 'relay.log'), 'a');
+  const child = spawn(BIN, ['--config', config], { stdio: ['ignore', log, log] });
+  const base = `http://127.0.0.1:${port}`;
+  await waitFor('the relay to be ready', async () => {
+    try { return (await fetch(`${base}/-/ready`)).ok; } catch { return false; }
+  });
+  return { child, base };
+}
+
+function alertPayload(group, labels) {
+  return JSON.stringify({
+    receiver: 'relay', status: 'firing', version: '4', groupKey: group, truncatedAlerts: 0,
+    groupLabels: {}, commonLabels: {}, commonAnnotations: {}, externalURL: 'http://am',
+    alerts: [{ status: 'firing', labels, annotations: {}, startsAt: new Date().toISOString(), endsAt: '0001-01-01T00:00:00Z', generatorURL: '', fingerprint: '0' }],
+  });
+}
+
+async function postAlert(base, group, labels) {
+  const r = await fetch(`${base}/webhook`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: alertPayload(group, labels) });
+  assert.equal(r.status, 200);
+  return (await r.json()).deliveries;
+}
+
+let dir, target, relay, offRelay, browser;
+
+before(async () => {
+  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'alert-relay-console-'));
+  fs.mkdirSync(SHOTS, { recursive: true });
+  fs.mkdirSync(path.join(dir, 'off'));
+  target = await startTarget();
+  relay = await startRelay(dir, `admin: { token: ${TOKEN} }`);
+  offRelay = await startRelay(path.join(dir, 'off'), '');
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
+      '--disable-component-update', '--disable-sync'],
+  });
+});
+
+after(async () => {
+  if (browser) await browser.close();
+  for (const r of [relay, offRelay]) if (r) r.child.kill('SIGTERM');
+  if (target) target.server.close();
+});
+
+test('sign-in explains a wrong token and an admin API that is off', async () => {
+  const page = await browser.newPage();
+  await page.goto(`${offRelay.base}/`);
+  await page.getByLabel('Admin token').fill('anything');
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.locator('#sign-in-error').filter({ hasText: 'The admin API is off' }).waitFor();
+  assert.match(await page.locator('#sign-in-error').textContent(), /admin\.token/);
+
+  await page.goto(`${relay.base}/`);
+  await page.getByLabel('Admin token').fill('wrong');
+  await page.keyboard.press('Enter');
+  await page.locator('#sign-in-error').filter({ hasText: 'Wrong admin token.' }).waitFor();
+  await page.close();
+});
+
+test('the settings page, from sign-in to a retried dead letter', async () => {
+  // Tall enough for the whole form: no full-page screenshots, which resize the
+  // viewport under the next click.
+  const page = await browser.newPage({ viewport: { width: 1280, height: 2000 } });
+  page.on('dialog', (d) => d.accept());
+  await page.goto(`${relay.base}/`);
+  await page.getByLabel('Admin token').fill(TOKEN);
+  await page.getByRole('button', { name: 'Sign in' }).click();
+
+  // The provisioned receiver is read-only, and says why.
+  const fileRow = page.locator('tr[data-receiver="from-file"]');
+  await fileRow.waitFor();
+  assert.equal(await fileRow.getByRole('switch').isDisabled(), true);
+  assert.match(await fileRow.getByRole('switch').getAttribute('title'), /Provisioned by .*relay\.yaml/);
+
+  // Create a receiver with two conditions.
+  await page.getByRole('button', { name: 'New receiver' }).click();
+  await page.getByLabel('Name', { exact: true }).fill('ops');
+  await page.getByLabel('Webhook URL', { exact: true }).fill(`${target.url}/ops`);
+  await page.getByLabel('Bearer token').check();
+  await page.getByLabel('Token', { exact: true }).fill('ops-token');
+  await page.getByRole('button', { name: 'Add condition' }).click();
+  await page.getByLabel('Label (condition 1)').fill('severity');
+  await page.getByLabel('Operator (condition 1)').selectOption({ label: 'Includes values' });
+  await page.getByLabel('Values, one per line (condition 1)').fill('critical\nwarning');
+  await page.getByRole('button', { name: 'Add condition' }).click();
+  await page.getByLabel('Label (condition 2)').fill('namespace');
+  await page.getByLabel('Operator (condition 2)').selectOption({ label: 'Exists' });
+  assert.equal(await page.getByLabel('Values, one per line (condition 2)').isVisible(), false, 'Exists takes no values');
+
+  // Send Test Message: it arrives, and the answer says real info alerts would not.
+  await page.getByRole('button', { name: 'Send Test Message' }).click();
+  await page.locator('#test-result .test-answer').filter({ hasText: 'Delivered: the target answered HTTP 200' }).waitFor();
+  assert.match(await page.locator('#test-result .test-verdict').textContent(), /would NOT be delivered: condition 0 \(severity In/);
+  await waitFor('the test message at the target', () => target.received.length === 1);
+  const test = target.received[0];
+  assert.equal(test.path, '/ops');
+  assert.equal(test.headers.authorization, 'Bearer ops-token');
+  assert.equal(test.body.alerts[0].labels.alertname, 'AlertRelayTestMessage');
+  await page.getByLabel(/Labels for the test alert/).fill('severity=critical, namespace=prod');
+  await page.getByRole('button', { name: 'Send Test Message' }).click();
+  await page.locator('#test-result .test-verdict').filter({ hasText: 'would be delivered' }).waitFor();
+  await page.screenshot({ path: path.join(SHOTS, 'console-form.png') });
+
+  // A bad regex: the API's error appears beside its condition.
+  await page.getByRole('button', { name: 'Add condition' }).click();
+  await page.getByLabel('Label (condition 3)').fill('pod');
+  await page.getByLabel('Operator (condition 3)').selectOption({ label: 'Regex match' });
+  await page.getByLabel('Values, one per line (condition 3)').fill('api-(unclosed');
+  await page.getByRole('button', { name: 'OK' }).click();
+  const regexError = page.locator('#condition-2-error');
+  await regexError.filter({ hasText: 'invalid regex' }).waitFor();
+  assert.equal(await page.getByLabel('Label (condition 3)').getAttribute('aria-invalid'), 'true');
+  assert.equal(await page.locator('#condition-0-error').textContent(), '', 'only the bad row has an error');
+  await page.screenshot({ path: path.join(SHOTS, 'console-regex-error.png') });
+  await page.getByRole('button', { name: 'Delete condition 3' }).click();
+  await page.getByRole('button', { name: 'OK' }).click();
+  const row = page.locator('tr[data-receiver="ops"]');
+  await row.waitFor();
+  assert.equal(await page.locator('#form-view').isVisible(), false);
+
+  // Real alerts flow; the toggle stops and restarts them.
+  assert.equal(await postAlert(relay.base, 'g1', { alertname: 'Disk', severity: 'critical', namespace: 'prod' }), 1);
+  await waitFor('a real alert at the target', () => target.received.length === 3);
+  const toggle = row.getByRole('switch');
+  assert.equal(await toggle.getAttribute('aria-checked'), 'true');
+  await toggle.click();
+  await waitFor('the toggle off', async () => (await row.getByRole('switch').getAttribute('aria-checked')) === 'false');
+  assert.equal(await postAlert(relay.base, 'g2', { alertname: 'Disk', severity: 'critical', namespace: 'prod' }), 0, 'disabled: no delivery');
+  await row.getByRole('switch').click();
+  await waitFor('the toggle on', async () => (await row.getByRole('switch').getAttribute('aria-checked')) === 'true');
+  await page.screenshot({ path: path.join(SHOTS, 'console-receivers.png') });
+
+  // A dead letter, retried from the console.
+  target.status = 400;
+  assert.equal(await postAlert(relay.base, 'g3', { alertname: 'Dead', severity: 'warning', namespace: 'prod' }), 1);
+  await waitFor('the dead letter in the list', async () => (await row.locator('[data-col=dead]').textContent()) === '1');
+  await row.getByRole('button', { name: 'Dead letters of ops' }).click();
+  const dead = page.locator('#dead-letters tbody tr');
+  await dead.first().waitFor();
+  assert.equal(await dead.count(), 1);
+  assert.match(await dead.first().textContent(), /clientError/);
+  await page.screenshot({ path: path.join(SHOTS, 'console-dead-letters.png') });
+  target.status = 200;
+  const before = target.received.length;
+  await dead.first().getByRole('button', { name: /^Retry delivery/ }).click();
+  await waitFor('the retried dead letter at the target', () => target.received.slice(before).some((r) => r.body.alerts[0].labels.alertname === 'Dead'));
+  await page.locator('#dead-status').filter({ hasText: 'requeued' }).waitFor();
+
+  // Explain: which receivers would get an alert, and why not the others.
+  await page.getByLabel(/Alert labels, one/).fill('alertname=Cpu\nseverity=info\nnamespace=prod');
+  await page.getByRole('button', { name: 'Explain' }).click();
+  const ops = page.locator('#explain-result > li[data-receiver="ops"]');
+  await ops.waitFor();
+  assert.match(await ops.textContent(), /would not receive it.*condition 0 \(severity In/);
+  await page.getByLabel(/Alert labels, one/).fill('severity=warning\nnamespace=prod');
+  await page.getByRole('button', { name: 'Explain' }).click();
+  await page.locator('#explain-result > li[data-receiver="ops"]').filter({ hasText: 'would receive it' }).waitFor();
+  assert.match(await page.locator('#explain-result > li[data-receiver="from-file"]').textContent(), /disabled/);
+  await page.screenshot({ path: path.join(SHOTS, 'console-explain.png') });
+
+  // Every form control has a label a screen reader can read.
+  await page.getByRole('button', { name: 'Edit ops' }).click();
+  const unlabelled = await page.evaluate(() => Array.from(document.querySelectorAll('input, select, textarea'))
+    .filter((e) => e.type !== 'hidden' && e.labels.length === 0 && !e.getAttribute('aria-label'))
+    .map((e) => e.id || e.outerHTML));
+  assert.deepEqual(unlabelled, []);
+  // The form is reachable and closable by keyboard.
+  assert.equal(await page.evaluate(() => document.activeElement.id), 'f-url');
+  await page.keyboard.press('Escape');
+  assert.equal(await page.locator('#form-view').isVisible(), false);
+  await page.close();
+});
