@@ -1,11 +1,14 @@
 //! Alertmanager webhook payload (version "4").
 //!
 //! Only the fields alert-relay reads or rewrites are typed; everything else,
-//! known or not, is kept in `extra` and forwarded unchanged.
+//! known or not, is kept (in `extra`, or as each alert's raw JSON) and
+//! forwarded unchanged.
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use serde::de::{Error as _, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 /// Label or annotation set. Alertmanager sends them with sorted keys.
@@ -27,33 +30,149 @@ impl Status {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One alert: what routing reads, parsed; the rest kept as the exact JSON text
+/// Alertmanager sent, and forwarded as it came, unknown fields included.
+#[derive(Debug, Clone)]
 pub struct Alert {
     pub status: Status,
-    #[serde(default)]
     pub labels: LabelSet,
-    #[serde(default)]
     pub annotations: LabelSet,
-    /// startsAt, endsAt, generatorURL, fingerprint and anything newer.
-    #[serde(flatten)]
-    pub extra: Map<String, Value>,
+    raw: Box<RawValue>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The fields of an alert that routing reads; the others are skipped unparsed.
+#[derive(Deserialize)]
+struct AlertFields {
+    status: Status,
+    #[serde(default)]
+    labels: LabelSet,
+    #[serde(default)]
+    annotations: LabelSet,
+}
+
+impl Alert {
+    /// An alert made here (test messages, explain), with `extra` fields such as
+    /// startsAt beside status, labels and annotations.
+    pub fn new(status: Status, labels: LabelSet, annotations: LabelSet, extra: Map<String, Value>) -> Alert {
+        let mut object = extra;
+        object.insert("status".into(), Value::String(status.as_str().into()));
+        object.insert("labels".into(), serde_json::to_value(&labels).unwrap_or_default());
+        object.insert("annotations".into(), serde_json::to_value(&annotations).unwrap_or_default());
+        let text = Value::Object(object).to_string();
+        // A serialized JSON object is valid raw JSON.
+        let raw = RawValue::from_string(text).unwrap_or_else(|_| empty_object());
+        Alert { status, labels, annotations, raw }
+    }
+
+    /// The alert's JSON as received.
+    pub fn raw(&self) -> &str {
+        self.raw.get()
+    }
+}
+
+fn empty_object() -> Box<RawValue> {
+    RawValue::from_string("{}".into()).unwrap_or_else(|_| unreachable!("{{}} is JSON"))
+}
+
+impl PartialEq for Alert {
+    fn eq(&self, other: &Alert) -> bool {
+        self.raw.get() == other.raw.get()
+    }
+}
+
+impl<'de> Deserialize<'de> for Alert {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Alert, D::Error> {
+        let raw = Box::<RawValue>::deserialize(deserializer)?;
+        let fields: AlertFields = serde_json::from_str(raw.get()).map_err(D::Error::custom)?;
+        Ok(Alert { status: fields.status, labels: fields.labels, annotations: fields.annotations, raw })
+    }
+}
+
+impl Serialize for Alert {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.raw.serialize(serializer)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Notification {
     pub status: Status,
     pub alerts: Vec<Alert>,
-    #[serde(rename = "commonLabels", default)]
+    #[serde(rename = "commonLabels")]
     pub common_labels: LabelSet,
-    #[serde(rename = "commonAnnotations", default)]
+    #[serde(rename = "commonAnnotations")]
     pub common_annotations: LabelSet,
-    #[serde(rename = "truncatedAlerts", default)]
+    #[serde(rename = "truncatedAlerts")]
     pub truncated_alerts: u64,
-    #[serde(rename = "groupKey", default)]
+    #[serde(rename = "groupKey")]
     pub group_key: String,
     /// version, receiver, groupLabels, externalURL and anything newer.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+}
+
+/// By hand rather than derived: a derived `flatten` buffers the whole payload,
+/// alerts included, before reading it a second time.
+impl<'de> Deserialize<'de> for Notification {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Notification, D::Error> {
+        deserializer.deserialize_map(NotificationVisitor)
+    }
+}
+
+struct NotificationVisitor;
+
+impl<'de> Visitor<'de> for NotificationVisitor {
+    type Value = Notification;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an Alertmanager webhook payload")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Notification, A::Error> {
+        let (mut status, mut alerts) = (None, None);
+        let mut n = Notification {
+            status: Status::Firing,
+            alerts: Vec::new(),
+            common_labels: LabelSet::new(),
+            common_annotations: LabelSet::new(),
+            truncated_alerts: 0,
+            group_key: String::new(),
+            extra: Map::new(),
+        };
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            match key.as_ref() {
+                "status" => status = Some(map.next_value()?),
+                "alerts" => alerts = Some(map.next_value()?),
+                "commonLabels" => n.common_labels = map.next_value()?,
+                "commonAnnotations" => n.common_annotations = map.next_value()?,
+                "truncatedAlerts" => n.truncated_alerts = map.next_value()?,
+                "groupKey" => n.group_key = map.next_value()?,
+                _ => {
+                    let value = map.next_value()?;
+                    n.extra.insert(key.into_owned(), value);
+                }
+            }
+        }
+        n.status = status.ok_or_else(|| A::Error::missing_field("status"))?;
+        n.alerts = alerts.ok_or_else(|| A::Error::missing_field("alerts"))?;
+        Ok(n)
+    }
+}
+
+/// The same shape fully typed, read only to name the field of an error.
+#[derive(Deserialize)]
+#[allow(dead_code)]
+struct Check {
+    status: Status,
+    alerts: Vec<AlertFields>,
+    #[serde(rename = "commonLabels", default)]
+    common_labels: LabelSet,
+    #[serde(rename = "commonAnnotations", default)]
+    common_annotations: LabelSet,
+    #[serde(rename = "truncatedAlerts", default)]
+    truncated_alerts: u64,
+    #[serde(rename = "groupKey", default)]
+    group_key: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,12 +196,7 @@ impl PayloadError {
 impl Notification {
     /// Parses and validates a webhook body; the error names the offending field.
     pub fn parse(body: &[u8]) -> Result<Notification, PayloadError> {
-        let de = &mut serde_json::Deserializer::from_slice(body);
-        let notification: Notification = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let path = if path == "." { "body".to_string() } else { path };
-            PayloadError::Json { path, message: strip_position(&e.into_inner().to_string()) }
-        })?;
+        let notification: Notification = serde_json::from_slice(body).map_err(|e| locate(body, &e))?;
         match notification.extra.get("version") {
             None => {}
             Some(Value::String(v)) if v == "4" => {}
@@ -95,6 +209,19 @@ impl Notification {
             }
         }
         Ok(notification)
+    }
+}
+
+/// Reads a payload that failed again, tracking the path, to say where.
+fn locate(body: &[u8], fast: &serde_json::Error) -> PayloadError {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    match serde_path_to_error::deserialize::<_, Check>(de) {
+        Err(e) => {
+            let path = e.path().to_string();
+            let path = if path == "." { "body".to_string() } else { path };
+            PayloadError::Json { path, message: strip_position(&e.into_inner().to_string()) }
+        }
+        Ok(_) => PayloadError::Json { path: "body".into(), message: strip_position(&fast.to_string()) },
     }
 }
 

@@ -23,6 +23,9 @@ const RECEIVERS: TableDefinition<&str, &[u8]> = TableDefinition::new("receivers"
 
 const NEXT_ID: &str = "next_id";
 const INSTANCE: &str = "instance";
+/// redb's page cache. Its default (1 GiB) would hold the whole spool in memory;
+/// payloads are read once per attempt, so the OS page cache serves them as well.
+const CACHE_BYTES: usize = 16 * 1024 * 1024;
 /// Requests folded into one transaction at most.
 const MAX_BATCH: usize = 1024;
 
@@ -93,7 +96,7 @@ impl Spool {
         let path = dir.join("spool.redb");
         let err = |message: String| SpoolError::Storage { path: path.display().to_string(), message };
         std::fs::create_dir_all(dir).map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
-        let db = Database::create(&path).map_err(|e| err(e.to_string()))?;
+        let db = Database::builder().set_cache_size(CACHE_BYTES).create(&path).map_err(|e| err(e.to_string()))?;
         let instance = {
             let txn = db.begin_write().map_err(|e| err(e.to_string()))?;
             let instance = {
@@ -143,6 +146,18 @@ impl Spool {
         let (reply, answer) = oneshot::channel();
         self.writer.send(Batch { ops, reply }).map_err(|_| SpoolError::Closed)?;
         answer.await.map_err(|_| SpoolError::Closed)?
+    }
+
+    /// Queues the ops for the next commit without waiting for it; a failure is
+    /// logged by the writer.
+    pub fn commit_later(&self, ops: Vec<Op>) {
+        if ops.is_empty() {
+            return;
+        }
+        let (reply, _) = oneshot::channel();
+        if self.writer.send(Batch { ops, reply }).is_err() {
+            log::error!("spool {}: writer has stopped; a removal is lost until restart", self.path.display());
+        }
     }
 
     fn err(&self, e: impl std::fmt::Display) -> SpoolError {

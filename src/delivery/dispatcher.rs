@@ -240,7 +240,9 @@ impl Dispatcher {
         metrics: Arc<Metrics>,
         receivers: Vec<Arc<Receiver>>,
     ) -> Result<Arc<Dispatcher>, String> {
-        let pending = spool.load_all().map_err(|e| e.to_string())?.iter().filter(|(_, m)| m.dead.is_none()).count();
+        // One read of the spool serves the count, the queues and the warnings.
+        let rows = spool.load_all().map_err(|e| e.to_string())?;
+        let pending = rows.iter().filter(|(_, m)| m.dead.is_none()).count();
         let (stop, _) = watch::channel(false);
         let dispatcher = Arc::new(Dispatcher {
             spool,
@@ -250,14 +252,13 @@ impl Dispatcher {
             pending: AtomicUsize::new(pending),
             stop,
         });
-        dispatcher.apply(receivers).await?;
-        let configured = dispatcher.receivers();
         let mut orphans: HashMap<String, usize> = HashMap::new();
-        for (_, meta) in dispatcher.spool.load_all().map_err(|e| e.to_string())? {
-            if !configured.iter().any(|r| r.name == meta.receiver) {
-                *orphans.entry(meta.receiver).or_default() += 1;
+        for (_, meta) in &rows {
+            if !receivers.iter().any(|r| r.name == meta.receiver) {
+                *orphans.entry(meta.receiver.clone()).or_default() += 1;
             }
         }
+        dispatcher.apply_with(receivers, Some(rows)).await?;
         for (name, count) in orphans {
             log::warn!("spool holds {count} deliveries for receiver {name}, which is not configured; kept until it is");
         }
@@ -272,6 +273,15 @@ impl Dispatcher {
     /// every attempt from now on, removed ones are stopped and their
     /// deliveries dropped. Nothing changes if a receiver's client cannot be built.
     pub async fn apply(self: &Arc<Self>, receivers: Vec<Arc<Receiver>>) -> Result<HashMap<String, Dropped>, String> {
+        self.apply_with(receivers, None).await
+    }
+
+    /// As `apply`; `rows` is the spool's content when the caller has just read it.
+    async fn apply_with(
+        self: &Arc<Self>,
+        receivers: Vec<Arc<Receiver>>,
+        rows: Option<Vec<(u64, DeliveryMeta)>>,
+    ) -> Result<HashMap<String, Dropped>, String> {
         let mut targets = Vec::with_capacity(receivers.len());
         for r in &receivers {
             targets.push(Arc::new(Target::new(r.clone()).map_err(|e| format!("receiver {}: {e}", r.name))?));
@@ -305,7 +315,7 @@ impl Dispatcher {
             (created, removed)
         };
         if !created.is_empty() {
-            self.adopt(&created).await.map_err(|e| e.to_string())?;
+            self.adopt(&created, rows).await.map_err(|e| e.to_string())?;
         }
         let dropped = self.drop_queues(removed).await.map_err(|e| e.to_string())?;
         for queue in read(&self.queues).values() {
@@ -316,9 +326,17 @@ impl Dispatcher {
     }
 
     /// Loads the spool's deliveries of newly created queues.
-    async fn adopt(&self, created: &[(String, Arc<Queue>)]) -> Result<(), SpoolError> {
+    async fn adopt(
+        &self,
+        created: &[(String, Arc<Queue>)],
+        rows: Option<Vec<(u64, DeliveryMeta)>>,
+    ) -> Result<(), SpoolError> {
+        let rows = match rows {
+            Some(rows) => rows,
+            None => self.spool.load_all()?,
+        };
         let mut stale = Vec::new();
-        for (id, meta) in self.spool.load_all()? {
+        for (id, meta) in rows {
             let Some((_, queue)) = created.iter().find(|(n, _)| *n == meta.receiver) else {
                 continue;
             };
@@ -605,7 +623,12 @@ impl Dispatcher {
                 self.dead_letter(name, id, meta, reason.dead_reason(), error)
             }
         };
-        if let Err(e) = self.spool.commit(vec![op]).await {
+        if matches!(finish, Finish::Gone) {
+            // Not waited for: if the process dies before this is on disk, the
+            // delivery is sent again, with the same Idempotency-Key. Waiting
+            // would cost every worker an fsync per delivery.
+            self.spool.commit_later(vec![op]);
+        } else if let Err(e) = self.spool.commit(vec![op]).await {
             log::error!("receiver {name}: recording delivery {id} failed: {e}");
         }
         self.finish(queue, name, id, finish).await;

@@ -236,17 +236,17 @@ fn test_notification(receiver: &str, test: &TestAlert) -> Notification {
     let status = test.status.unwrap_or(Status::Firing);
     let now = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
     let ends = if status == Status::Resolved { now.clone() } else { "0001-01-01T00:00:00Z".to_string() };
-    let alert = Alert {
+    let alert = Alert::new(
         status,
-        labels: labels.clone(),
-        annotations: annotations.clone(),
-        extra: object(json!({
+        labels.clone(),
+        annotations.clone(),
+        object(json!({
             "startsAt": now,
             "endsAt": ends,
             "generatorURL": "",
             "fingerprint": format!("{:016x}", fastrand::u64(..)),
         })),
-    };
+    );
     Notification {
         status,
         alerts: vec![alert],
@@ -391,7 +391,8 @@ pub async fn explain(_: Admin, shared: web::Data<Shared>, body: web::Bytes) -> R
         let given: ExplainLabels = parse(&body)?;
         let test = TestAlert { labels: LabelSet::new(), annotations: LabelSet::new(), status: given.status };
         let mut n = test_notification("explain", &test);
-        n.alerts[0].labels = given.labels;
+        let alert = &n.alerts[0];
+        n.alerts[0] = Alert::new(alert.status, given.labels, alert.annotations.clone(), Map::new());
         n
     };
     let receivers: Vec<Value> = shared
