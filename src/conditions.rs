@@ -49,10 +49,40 @@ pub enum ConditionError {
     BadRegex { pattern: String, message: String },
 }
 
+/// The values of `In` / `NotIn`: a short list is scanned (faster than hashing
+/// the label value), a long one is hashed.
+#[derive(Debug, Clone)]
+enum ValueSet {
+    Few(Vec<String>),
+    Many(HashSet<String>),
+}
+
+/// Up to this many values are scanned rather than hashed.
+const SCAN_LIMIT: usize = 8;
+
+impl ValueSet {
+    fn new(mut values: Vec<String>) -> ValueSet {
+        values.sort();
+        values.dedup();
+        if values.len() <= SCAN_LIMIT {
+            ValueSet::Few(values)
+        } else {
+            ValueSet::Many(values.into_iter().collect())
+        }
+    }
+
+    fn contains(&self, value: &str) -> bool {
+        match self {
+            ValueSet::Few(values) => values.iter().any(|v| v == value),
+            ValueSet::Many(values) => values.contains(value),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 enum Test {
-    In(HashSet<String>),
-    NotIn(HashSet<String>),
+    In(ValueSet),
+    NotIn(ValueSet),
     Exists,
     DoesNotExist,
     Matches(Regex),
@@ -78,7 +108,7 @@ impl Condition {
                 if values.is_empty() {
                     return Err(ConditionError::NoValues(op));
                 }
-                let set = values.into_iter().collect();
+                let set = ValueSet::new(values);
                 if op == Operator::In {
                     Test::In(set)
                 } else {
@@ -188,6 +218,18 @@ mod tests {
             assert_eq!(c.matches(&empty), e, "{c} on empty");
             assert_eq!(c.matches(&missing), m, "{c} on missing");
         }
+    }
+
+    #[test]
+    fn long_value_lists_match_like_short_ones() {
+        let many: Vec<String> = (0..50).map(|i| format!("ns-{i}")).collect();
+        let refs: Vec<&str> = many.iter().map(String::as_str).collect();
+        let c = cond("namespace", Operator::In, Some(&refs));
+        assert!(c.matches(&labels(&[("namespace", "ns-49")])));
+        assert!(!c.matches(&labels(&[("namespace", "ns-50")])));
+        let c = cond("namespace", Operator::NotIn, Some(&refs));
+        assert!(!c.matches(&labels(&[("namespace", "ns-0")])));
+        assert!(c.matches(&labels(&[])));
     }
 
     #[test]

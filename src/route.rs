@@ -1,6 +1,7 @@
 //! Payload × receivers → one forwarded notification per receiver that has
 //! anything left after its conditions, `send_resolved` and `max_alerts`.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -105,9 +106,9 @@ struct Forward<'a> {
     status: Status,
     alerts: Vec<&'a Alert>,
     #[serde(rename = "commonLabels")]
-    common_labels: LabelSet,
+    common_labels: BTreeMap<&'a str, &'a str>,
     #[serde(rename = "commonAnnotations")]
-    common_annotations: LabelSet,
+    common_annotations: BTreeMap<&'a str, &'a str>,
     #[serde(rename = "truncatedAlerts")]
     truncated_alerts: u64,
     #[serde(rename = "groupKey")]
@@ -147,14 +148,15 @@ fn route_one(notification: &Notification, receiver: &Arc<Receiver>) -> Routed {
     Routed { receiver: receiver.clone(), body, matched, filtered }
 }
 
-/// The pairs every set has, with the same value.
-fn common<'a>(mut sets: impl Iterator<Item = &'a LabelSet>) -> LabelSet {
+/// The pairs every set has, with the same value (borrowed: serialized once,
+/// never stored).
+fn common<'a>(mut sets: impl Iterator<Item = &'a LabelSet>) -> BTreeMap<&'a str, &'a str> {
     let Some(first) = sets.next() else {
-        return LabelSet::new();
+        return BTreeMap::new();
     };
-    let mut common = first.clone();
+    let mut common: BTreeMap<&str, &str> = first.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     for set in sets {
-        common.retain(|k, v| set.get(k) == Some(v));
+        common.retain(|k, v| set.get(*k).map(String::as_str) == Some(*v));
         if common.is_empty() {
             break;
         }
@@ -221,6 +223,6 @@ mod tests {
         let a: LabelSet = [("a".to_string(), "1".to_string())].into();
         let b: LabelSet = [("a".to_string(), "2".to_string())].into();
         assert!(common([&a, &b].into_iter()).is_empty());
-        assert_eq!(common([&a, &a].into_iter()), a);
+        assert_eq!(common([&a, &a].into_iter()), BTreeMap::from([("a", "1")]));
     }
 }
