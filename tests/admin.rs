@@ -11,20 +11,6 @@ use serde_json::{json, Value};
 use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
-async fn target(status: u16) -> MockServer {
-    let server = MockServer::start().await;
-    Mock::given(method("POST")).respond_with(ResponseTemplate::new(status)).mount(&server).await;
-    server
-}
-
-async fn count(server: &MockServer) -> usize {
-    server.received_requests().await.unwrap_or_default().len()
-}
-
-fn header(r: &Request, name: &str) -> String {
-    r.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_api_is_off_without_a_token_and_checks_it_otherwise() {
     let off = TestRelay::start("receivers: []").await;
@@ -291,14 +277,7 @@ receivers:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disable_pauses_pending_deliveries_and_enable_resumes_them() {
-    let t = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(503))
-        .up_to_n_times(1)
-        .with_priority(1)
-        .mount(&t)
-        .await;
-    Mock::given(method("POST")).respond_with(ResponseTemplate::new(200)).mount(&t).await;
+    let t = failing_then(503, 1).await;
     let relay = TestRelay::start(&format!("{ADMIN_CONFIG}receivers: []")).await;
     let spec = json!({"url": t.uri(), "retry": {"initial_interval": "300ms", "max_interval": "300ms", "jitter": 0.0}});
     assert_eq!(relay.admin("PUT", "/api/v1/receivers/r", Some(spec)).await.0, 201);

@@ -382,27 +382,8 @@ scrape_configs:
     }
 
     // The core panels show numbers once traffic has flowed.
-    let core = [
-        "Webhook requests by code",
-        "Alerts received",
-        "Alerts matched per receiver",
-        "Alerts filtered by reason",
-        "Deliveries",
-        "Dead-lettered and superseded",
-        "Request failures by reason",
-        "Delivery success ratio",
-        "Request duration",
-        "Delivery latency (accepted → delivered)",
-        "Pending per receiver",
-        "Dead letters per receiver",
-        "Spool commit latency",
-        "Config reloads",
-        "CPU",
-        "Memory",
-        "variable job",
-        "variable receiver",
-    ];
-    for title in core {
+    let variables = ["variable job", "variable receiver"];
+    for title in CORE_PANELS.iter().chain(variables.iter()).copied() {
         let exprs: Vec<&String> = panel_exprs.iter().filter(|(t, _)| t == title).map(|(_, e)| e).collect();
         assert!(!exprs.is_empty(), "no panel {title:?}");
         eventually(&format!("data in panel {title:?}"), || async {

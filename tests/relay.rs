@@ -10,30 +10,6 @@ use serde_json::Value;
 use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
-async fn target(status: u16) -> MockServer {
-    let server = MockServer::start().await;
-    Mock::given(method("POST")).respond_with(ResponseTemplate::new(status)).mount(&server).await;
-    server
-}
-
-async fn bodies(server: &MockServer) -> Vec<Value> {
-    server
-        .received_requests()
-        .await
-        .unwrap_or_default()
-        .iter()
-        .map(|r| serde_json::from_slice(&r.body).expect("forwarded body is JSON"))
-        .collect()
-}
-
-async fn count(server: &MockServer) -> usize {
-    server.received_requests().await.unwrap_or_default().len()
-}
-
-fn header<'a>(r: &'a Request, name: &str) -> &'a str {
-    r.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
-}
-
 const FAST_RETRY: &str = "retry: { initial_interval: 50ms, max_interval: 200ms, jitter: 0.0 }";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,14 +121,7 @@ async fn nothing_left_means_no_delivery() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_errors_are_retried_until_delivered() {
-    let t = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(503))
-        .up_to_n_times(2)
-        .with_priority(1)
-        .mount(&t)
-        .await;
-    Mock::given(method("POST")).respond_with(ResponseTemplate::new(200)).mount(&t).await;
+    let t = failing_then(503, 2).await;
     let relay = TestRelay::start(&format!("receivers: [{{ name: flaky, url: '{}', {FAST_RETRY} }}]", t.uri())).await;
     assert_eq!(relay.post(FIRING).await.0, 200);
     eventually("delivery", || async {
@@ -315,14 +284,7 @@ async fn max_attempts_bounds_retries() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn newer_notification_supersedes_pending_one() {
-    let t = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(503))
-        .up_to_n_times(1)
-        .with_priority(1)
-        .mount(&t)
-        .await;
-    Mock::given(method("POST")).respond_with(ResponseTemplate::new(200)).mount(&t).await;
+    let t = failing_then(503, 1).await;
     // After the first failure the older notification waits 5s: long enough that
     // only supersession can explain it never arriving.
     let relay = TestRelay::start(&format!(
@@ -674,4 +636,24 @@ async fn metrics_pass_promtool_check_metrics() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(relay.metric(r#"alert_relay_alerts_filtered_total{reason="disabled",receiver="off"}"#).await, 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_url_sends_deliveries_through_the_proxy() {
+    // An HTTP proxy gets the request in absolute form; a mock server stands in
+    // for it and answers as the target would. Nothing listens at the target's
+    // own address, so only the proxy can have delivered it.
+    let proxy = target(200).await;
+    let relay = TestRelay::start(&format!(
+        "receivers: [{{ name: proxied, url: 'http://127.0.0.1:{}/hook', proxy_url: '{}' }}]",
+        closed_port(),
+        proxy.uri()
+    ))
+    .await;
+    assert_eq!(relay.post(FIRING).await.0, 200);
+    eventually("delivery through the proxy", || delivered(&relay, "proxied")).await;
+    let requests = proxy.received_requests().await.unwrap();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0].url.path(), "/hook");
+    assert_eq!(header(&requests[0], "x-alert-relay-receiver"), "proxied");
 }

@@ -191,6 +191,71 @@ pub fn closed_port() -> u16 {
 }
 
 // ---------------------------------------------------------------------------
+// Webhook targets (wiremock).
+
+/// A target answering every POST with `status`.
+pub async fn target(status: u16) -> wiremock::MockServer {
+    failing_then(status, 0).await
+}
+
+/// A target answering `status` to the first `times` POSTs, then 200.
+pub async fn failing_then(status: u16, times: u64) -> wiremock::MockServer {
+    use wiremock::matchers::method;
+    use wiremock::{Mock, ResponseTemplate};
+    let server = wiremock::MockServer::start().await;
+    if times > 0 {
+        Mock::given(method("POST"))
+            .respond_with(ResponseTemplate::new(status))
+            .up_to_n_times(times)
+            .with_priority(1)
+            .mount(&server)
+            .await;
+    }
+    let rest = if times > 0 { 200 } else { status };
+    Mock::given(method("POST")).respond_with(ResponseTemplate::new(rest)).mount(&server).await;
+    server
+}
+
+pub async fn count(server: &wiremock::MockServer) -> usize {
+    server.received_requests().await.unwrap_or_default().len()
+}
+
+/// The JSON bodies a target received, in order.
+pub async fn bodies(server: &wiremock::MockServer) -> Vec<Value> {
+    server
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .iter()
+        .map(|r| serde_json::from_slice(&r.body).expect("forwarded body is JSON"))
+        .collect()
+}
+
+pub fn header(r: &wiremock::Request, name: &str) -> String {
+    r.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string()
+}
+
+/// Dashboard panels that must show data once traffic has flowed.
+pub const CORE_PANELS: [&str; 16] = [
+    "Webhook requests by code",
+    "Alerts received",
+    "Alerts matched per receiver",
+    "Alerts filtered by reason",
+    "Deliveries",
+    "Dead-lettered and superseded",
+    "Request failures by reason",
+    "Delivery success ratio",
+    "Request duration",
+    "Delivery latency (accepted → delivered)",
+    "Pending per receiver",
+    "Dead letters per receiver",
+    "Spool commit latency",
+    "Config reloads",
+    "CPU",
+    "Memory",
+];
+
+// ---------------------------------------------------------------------------
 // Certificates and a TLS target.
 
 pub struct Ca {
