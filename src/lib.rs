@@ -29,6 +29,10 @@ use crate::http::Shared;
 use crate::metrics::Metrics;
 use crate::spool::Spool;
 
+/// The longest a stop waits for attempts in flight: under Kubernetes' default
+/// 30 s termination grace period. An attempt cut short is sent again after the
+/// restart, with the same Idempotency-Key.
+const MAX_SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
 /// How often the config file is checked for changes.
 const FILE_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -101,11 +105,13 @@ impl Relay {
     }
 
     /// Graceful stop: `/webhook` answers 503 from now on, attempts in flight get
-    /// until the longest receiver timeout to finish, the rest stays in the spool.
+    /// until the longest receiver timeout (25 s at most) to finish, the rest
+    /// stays in the spool.
     pub async fn shutdown(self) {
         self.shared.shutting_down.store(true, Ordering::Relaxed);
         let dispatcher = &self.shared.control.dispatcher;
-        let grace = dispatcher.receivers().iter().map(|r| r.timeout).max().unwrap_or_default() + Duration::from_secs(1);
+        let longest = dispatcher.receivers().iter().map(|r| r.timeout).max().unwrap_or_default();
+        let grace = (longest + Duration::from_secs(1)).min(MAX_SHUTDOWN_GRACE);
         dispatcher.shutdown(grace).await;
         self.handle.stop(true).await;
         if let Ok(Err(e)) = self.server.await {
