@@ -531,6 +531,9 @@ impl ReceiverSpec {
         };
         hide(&mut spec.auth.token);
         hide(&mut spec.auth.password);
+        if spec.proxy_url.as_deref().and_then(|u| reqwest::Url::parse(u).ok()).is_some_and(|u| u.password().is_some()) {
+            spec.proxy_url = Some(REDACTED.into());
+        }
         spec
     }
 
@@ -543,6 +546,7 @@ impl ReceiverSpec {
         };
         keep(&mut self.auth.token, &stored.auth.token);
         keep(&mut self.auth.password, &stored.auth.password);
+        keep(&mut self.proxy_url, &stored.proxy_url);
     }
 }
 
@@ -706,7 +710,8 @@ fn receiver(spec: &ReceiverSpec, defaults: &DeliveryDefaults, errors: &mut Error
     let proxy = spec.proxy_url.as_ref().and_then(|p| match reqwest::Url::parse(p) {
         Ok(u) if matches!(u.scheme(), "http" | "https" | "socks5") => Some(u),
         Ok(_) | Err(_) => {
-            errors.push("proxy_url", format!("{p:?} is not an http(s) proxy URL"));
+            // Not echoed: a proxy URL may carry a password.
+            errors.push("proxy_url", "is not an http(s) or socks5 proxy URL");
             None
         }
     });
@@ -886,6 +891,20 @@ receivers:
         assert!(!shown.contains("hunter2") && !shown.contains("pw-secret"), "{shown}");
         let missing = errors_of("admin: { token_file: /nonexistent/token }");
         assert!(missing[0].starts_with("admin.token_file: cannot read /nonexistent/token"), "{missing:?}");
+    }
+
+    #[test]
+    fn redaction_hides_secrets_and_a_put_back_keeps_them() {
+        let yaml = "receivers: [{ name: a, url: 'http://x', proxy_url: 'http://u:proxy-pw@proxy:3128', auth: { type: bearer, token: tok } }]";
+        let stored = Config::from_yaml(yaml).unwrap().receivers[0].spec.clone();
+        let shown = stored.redacted();
+        let text = serde_json::to_string(&shown).unwrap();
+        assert!(!text.contains("proxy-pw") && !text.contains("tok\""), "{text}");
+        let mut back = shown.clone();
+        back.keep_secrets_of(&stored);
+        assert_eq!(back, stored);
+        let e = errors_of("receivers: [{ name: a, url: 'http://x', proxy_url: 'ftp://u:pw-in-url@p' }]");
+        assert!(e[0].starts_with("receivers[0] (a).proxy_url:") && !e[0].contains("pw-in-url"), "{e:?}");
     }
 
     #[test]
