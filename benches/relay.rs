@@ -122,17 +122,7 @@ fn bench_route(c: &mut Criterion) {
 }
 
 fn meta() -> DeliveryMeta {
-    DeliveryMeta {
-        receiver: "r0".into(),
-        group_key: "{}:{alertname=\"HighLatency\"}".into(),
-        alerts: 10,
-        created_ms: 1,
-        attempts: 0,
-        first_attempt_ms: None,
-        next_due_ms: 1,
-        last_error: None,
-        dead: None,
-    }
+    DeliveryMeta::new("r0".into(), "{}:{alertname=\"HighLatency\"}".into(), 10, 1)
 }
 
 fn bench_spool(c: &mut Criterion) {

@@ -63,11 +63,6 @@ impl Alert {
         let raw = RawValue::from_string(text).unwrap_or_else(|_| empty_object());
         Alert { status, labels, annotations, raw }
     }
-
-    /// The alert's JSON as received.
-    pub fn raw(&self) -> &str {
-        self.raw.get()
-    }
 }
 
 fn empty_object() -> Box<RawValue> {

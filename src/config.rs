@@ -282,7 +282,8 @@ pub struct Server {
 
 #[derive(Debug, Clone)]
 pub struct Admin {
-    pub token: Option<Secret>,
+    /// The `Authorization` header value the admin API expects, if enabled.
+    pub authorization: Option<Secret>,
 }
 
 #[derive(Debug, Clone)]
@@ -446,7 +447,10 @@ fn validate(raw: RawConfig, source: Option<PathBuf>) -> Result<Config, ConfigErr
     let admin = {
         let mut errors = Errors { list: &mut list, prefix: "admin".into() };
         let token = secret(raw.admin.token, raw.admin.token_file, "token", &mut errors);
-        Admin { token }
+        if token.as_ref().is_some_and(|t| t.expose().is_empty()) {
+            errors.push("token", "is empty");
+        }
+        Admin { authorization: token.and_then(|t| Auth::Bearer(t).header_value()) }
     };
 
     let spool = {
@@ -889,6 +893,7 @@ receivers:
         assert_eq!(c.server.webhook_auth.as_ref().unwrap().expose(), "Bearer hunter2");
         let shown = format!("{c:?}");
         assert!(!shown.contains("hunter2") && !shown.contains("pw-secret"), "{shown}");
+        assert_eq!(errors_of("admin: { token: '' }"), ["admin.token: is empty"]);
         let missing = errors_of("admin: { token_file: /nonexistent/token }");
         assert!(missing[0].starts_with("admin.token_file: cannot read /nonexistent/token"), "{missing:?}");
     }

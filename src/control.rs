@@ -90,10 +90,6 @@ impl Control {
         }
     }
 
-    pub fn source(&self) -> &Source {
-        &self.source
-    }
-
     pub fn is_provisioned(&self, name: &str) -> bool {
         self.config().receivers.iter().any(|r| r.name == name)
     }
@@ -158,7 +154,7 @@ impl Control {
             spec.keep_secrets_of(old);
         }
         let receiver = check(&spec, &self.config())?;
-        self.store(&name, Some(spec)).await?;
+        self.store(&name, Some((spec, receiver.clone()))).await?;
         Ok((stored.is_none(), receiver))
     }
 
@@ -180,28 +176,46 @@ impl Control {
         let mut spec = lock(&self.api).get(name).cloned().ok_or_else(|| ControlError::NotFound(name.into()))?;
         spec.enabled = enabled;
         let receiver = check(&spec, &self.config())?;
-        self.store(name, Some(spec)).await?;
+        self.store(name, Some((spec, receiver.clone()))).await?;
         log::info!("receiver {name} {}", if enabled { "enabled" } else { "disabled" });
         Ok(receiver)
     }
 
-    /// Persists (or deletes) one API receiver, then applies the whole set.
-    async fn store(&self, name: &str, spec: Option<ReceiverSpec>) -> Result<BTreeMap<String, Dropped>, ControlError> {
-        let mut api = lock(&self.api).clone();
-        let op = match &spec {
-            Some(s) => Op::PutReceiver {
+    /// Persists (or deletes) one API receiver, already checked, then applies
+    /// the set in force with that one changed: the others keep their validated
+    /// receiver (and so their HTTP client and its connections).
+    async fn store(
+        &self,
+        name: &str,
+        change: Option<(ReceiverSpec, Arc<Receiver>)>,
+    ) -> Result<BTreeMap<String, Dropped>, ControlError> {
+        let op = match &change {
+            Some((spec, _)) => Op::PutReceiver {
                 name: name.into(),
-                spec: serde_json::to_vec(s).map_err(|e| ControlError::Internal(e.to_string()))?,
+                spec: serde_json::to_vec(spec).map_err(|e| ControlError::Internal(e.to_string()))?,
             },
             None => Op::DeleteReceiver { name: name.into() },
         };
-        match spec {
-            Some(s) => api.insert(name.into(), s),
-            None => api.remove(name),
-        };
-        let (receivers, errors) = effective(&self.config(), &api);
-        if !errors.is_empty() {
-            return Err(ControlError::Invalid(errors));
+        let mut api = lock(&self.api).clone();
+        let current = self.dispatcher.receivers();
+        let mut receivers: Vec<Arc<Receiver>> =
+            current.iter().filter(|r| r.name != name && !api.contains_key(&r.name)).cloned().collect();
+        match change {
+            Some((spec, receiver)) => {
+                api.insert(name.into(), spec);
+                // The API's receivers follow the file's, by name, as on start.
+                let mut managed: BTreeMap<&str, Arc<Receiver>> = current
+                    .iter()
+                    .filter(|r| api.contains_key(&r.name))
+                    .map(|r| (r.name.as_str(), r.clone()))
+                    .collect();
+                managed.insert(name, receiver);
+                receivers.extend(managed.into_values());
+            }
+            None => {
+                api.remove(name);
+                receivers.extend(current.iter().filter(|r| r.name != name && api.contains_key(&r.name)).cloned());
+            }
         }
         self.spool.commit(vec![op]).await.map_err(|e| ControlError::Internal(e.to_string()))?;
         *lock(&self.api) = api;

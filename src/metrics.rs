@@ -1,8 +1,8 @@
 //! The Prometheus registry and every metric of the contract.
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::delivery::retry::{DeadReason, FailureReason};
@@ -165,27 +165,27 @@ impl Metrics {
         m
     }
 
-    /// Makes every series of a receiver exist at 0.
-    pub fn init_receiver(&self, name: &str) {
-        self.alerts_matched.with_label_values(&[name]);
-        for reason in FilterReason::ALL {
-            self.alerts_filtered.with_label_values(&[name, reason.as_str()]);
+    /// A receiver's series, each made to exist at 0, as handles: looked up once
+    /// when the receiver is configured, not per alert or delivery.
+    pub fn receiver(&self, name: &str) -> ReceiverMetrics {
+        let with_reasons = |vec: &IntCounterVec, reasons: &[&str]| -> Vec<IntCounter> {
+            reasons.iter().map(|reason| vec.with_label_values(&[name, reason])).collect()
+        };
+        ReceiverMetrics {
+            alerts_matched: self.alerts_matched.with_label_values(&[name]),
+            alerts_filtered: with_reasons(&self.alerts_filtered, &FilterReason::ALL.map(FilterReason::as_str)),
+            notifications: self.notifications.with_label_values(&[name]),
+            delivered: self.delivered.with_label_values(&[name]),
+            failed: with_reasons(&self.failed, &DeadReason::ALL.map(DeadReason::as_str)),
+            superseded: self.superseded.with_label_values(&[name]),
+            dropped: self.dropped.with_label_values(&[name]),
+            requests: self.requests.with_label_values(&[name]),
+            requests_failed: with_reasons(&self.requests_failed, &FailureReason::ALL.map(FailureReason::as_str)),
+            request_duration: self.request_duration.with_label_values(&[name]),
+            delivery_latency: self.delivery_latency.with_label_values(&[name]),
+            spool_pending: self.spool_pending.with_label_values(&[name]),
+            dead_letters: self.dead_letters.with_label_values(&[name]),
         }
-        self.notifications.with_label_values(&[name]);
-        self.delivered.with_label_values(&[name]);
-        for reason in DeadReason::ALL {
-            self.failed.with_label_values(&[name, reason.as_str()]);
-        }
-        self.superseded.with_label_values(&[name]);
-        self.dropped.with_label_values(&[name]);
-        self.requests.with_label_values(&[name]);
-        for reason in FailureReason::ALL {
-            self.requests_failed.with_label_values(&[name, reason.as_str()]);
-        }
-        self.request_duration.with_label_values(&[name]);
-        self.delivery_latency.with_label_values(&[name]);
-        self.spool_pending.with_label_values(&[name]);
-        self.dead_letters.with_label_values(&[name]);
     }
 
     /// The text exposition of ours plus the process collector's.
@@ -200,8 +200,70 @@ impl Metrics {
     }
 }
 
+/// One receiver's series. Reason-labelled ones are indexed by the reason
+/// enum's discriminant (the order of its `ALL`).
+pub struct ReceiverMetrics {
+    pub alerts_matched: IntCounter,
+    alerts_filtered: Vec<IntCounter>,
+    pub notifications: IntCounter,
+    pub delivered: IntCounter,
+    failed: Vec<IntCounter>,
+    pub superseded: IntCounter,
+    pub dropped: IntCounter,
+    pub requests: IntCounter,
+    requests_failed: Vec<IntCounter>,
+    pub request_duration: Histogram,
+    pub delivery_latency: Histogram,
+    pub spool_pending: IntGauge,
+    pub dead_letters: IntGauge,
+}
+
+impl ReceiverMetrics {
+    pub fn alerts_filtered(&self, reason: FilterReason) -> &IntCounter {
+        &self.alerts_filtered[reason as usize]
+    }
+
+    pub fn failed(&self, reason: DeadReason) -> &IntCounter {
+        &self.failed[reason as usize]
+    }
+
+    pub fn requests_failed(&self, reason: FailureReason) -> &IntCounter {
+        &self.requests_failed[reason as usize]
+    }
+
+    /// Dead-lettered deliveries, every reason.
+    pub fn failed_total(&self) -> u64 {
+        self.failed.iter().map(IntCounter::get).sum()
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reason_arrays_follow_the_enums() {
+        for (i, r) in FilterReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+        }
+        for (i, r) in DeadReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+        }
+        for (i, r) in FailureReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+        }
+        let m = Metrics::new();
+        let r = m.receiver("x");
+        r.failed(DeadReason::Expired).inc();
+        r.requests_failed(FailureReason::Timeout).inc();
+        assert_eq!(m.failed.with_label_values(&["x", "expired"]).get(), 1);
+        assert_eq!(m.requests_failed.with_label_values(&["x", "timeout"]).get(), 1);
+        assert_eq!(r.failed_total(), 1);
     }
 }

@@ -46,6 +46,23 @@ pub struct DeliveryMeta {
     pub dead: Option<DeadReason>,
 }
 
+impl DeliveryMeta {
+    /// A delivery just accepted: due now, not attempted yet.
+    pub fn new(receiver: String, group_key: String, alerts: u32, now_ms: u64) -> DeliveryMeta {
+        DeliveryMeta {
+            receiver,
+            group_key,
+            alerts,
+            created_ms: now_ms,
+            attempts: 0,
+            first_attempt_ms: None,
+            next_due_ms: now_ms,
+            last_error: None,
+            dead: None,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub enum Op {
     Insert {
@@ -350,17 +367,7 @@ mod tests {
     use super::*;
 
     fn meta(receiver: &str) -> DeliveryMeta {
-        DeliveryMeta {
-            receiver: receiver.into(),
-            group_key: "g".into(),
-            alerts: 1,
-            created_ms: 1,
-            attempts: 0,
-            first_attempt_ms: None,
-            next_due_ms: 1,
-            last_error: None,
-            dead: None,
-        }
+        DeliveryMeta::new(receiver.into(), "g".into(), 1, 1)
     }
 
     fn hist() -> Histogram {

@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use super::retry::{DeadReason, Next, Outcome};
 use super::sender::Target;
 use crate::config::Receiver;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ReceiverMetrics};
 use crate::spool::{DeliveryMeta, Op, Spool, SpoolError};
 
 pub fn now_ms() -> u64 {
@@ -188,9 +188,18 @@ struct Queue {
     /// Worker `i` runs while `i` is below the receiver's concurrency.
     workers: Mutex<Vec<JoinHandle<()>>>,
     removed: AtomicBool,
+    metrics: Arc<ReceiverMetrics>,
 }
 
 impl Queue {
+    /// Shows the state's counts in the receiver's gauges (not once removed).
+    fn show(&self, state: &QueueState) {
+        if !self.removed.load(Ordering::Relaxed) {
+            self.metrics.spool_pending.set(state.entries.len() as i64);
+            self.metrics.dead_letters.set(state.dead as i64);
+        }
+    }
+
     fn target(&self) -> Arc<Target> {
         self.target.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -282,9 +291,16 @@ impl Dispatcher {
         receivers: Vec<Arc<Receiver>>,
         rows: Option<Vec<(u64, DeliveryMeta)>>,
     ) -> Result<HashMap<String, Dropped>, String> {
+        // A receiver that did not change keeps its client and its connections.
         let mut targets = Vec::with_capacity(receivers.len());
         for r in &receivers {
-            targets.push(Arc::new(Target::new(r.clone()).map_err(|e| format!("receiver {}: {e}", r.name))?));
+            let kept = read(&self.queues).get(&r.name).map(|q| q.target()).filter(|t| Arc::ptr_eq(&t.receiver, r));
+            match kept {
+                Some(target) => targets.push(target),
+                None => {
+                    targets.push(Arc::new(Target::new(r.clone()).map_err(|e| format!("receiver {}: {e}", r.name))?))
+                }
+            }
         }
         let (created, removed) = {
             let mut queues = write(&self.queues);
@@ -294,13 +310,13 @@ impl Dispatcher {
                 match queues.get(&name) {
                     Some(q) => *q.target.write().unwrap_or_else(|p| p.into_inner()) = target,
                     None => {
-                        self.metrics.init_receiver(&name);
                         let q = Arc::new(Queue {
                             target: RwLock::new(target),
                             state: Mutex::new(QueueState::default()),
                             wake: Notify::new(),
                             workers: Mutex::new(Vec::new()),
                             removed: AtomicBool::new(false),
+                            metrics: Arc::new(self.metrics.receiver(&name)),
                         });
                         queues.insert(name.clone(), q.clone());
                         created.push((name, q));
@@ -347,10 +363,8 @@ impl Dispatcher {
                 stale.extend(state.add(id, meta));
             }
         }
-        for (name, queue) in created {
-            let state = lock(&queue.state);
-            self.metrics.dead_letters.with_label_values(&[name]).set(state.dead as i64);
-            self.metrics.spool_pending.with_label_values(&[name]).set(state.entries.len() as i64);
+        for (_, queue) in created {
+            queue.show(&lock(&queue.state));
         }
         if !stale.is_empty() {
             log::info!("spool: {} older notifications superseded by newer ones of their groups", stale.len());
@@ -372,9 +386,9 @@ impl Dispatcher {
             queue.wake_all();
             let ids = lock(&queue.state).clear();
             self.pending.fetch_sub(ids.len(), Ordering::Relaxed);
-            self.metrics.dropped.with_label_values(&[name]).inc_by(ids.len() as u64);
-            self.metrics.spool_pending.with_label_values(&[name]).set(0);
-            self.metrics.dead_letters.with_label_values(&[name]).set(0);
+            queue.metrics.dropped.inc_by(ids.len() as u64);
+            queue.metrics.spool_pending.set(0);
+            queue.metrics.dead_letters.set(0);
             report.insert(name.clone(), Dropped { pending: ids.len(), dead: 0 });
             ops.extend(ids.into_iter().map(|id| Op::Remove { id }));
         }
@@ -413,6 +427,11 @@ impl Dispatcher {
         read(&self.queues).get(name).map(|q| q.target())
     }
 
+    /// A receiver's metric handles.
+    pub fn metrics(&self, name: &str) -> Option<Arc<ReceiverMetrics>> {
+        read(&self.queues).get(name).map(|q| q.metrics.clone())
+    }
+
     /// Pending deliveries and dead letters of one receiver.
     pub fn counts(&self, name: &str) -> (usize, usize) {
         read(&self.queues).get(name).map_or((0, 0), |q| {
@@ -432,17 +451,7 @@ impl Dispatcher {
         let mut metas = Vec::with_capacity(deliveries.len());
         let mut ops = Vec::with_capacity(deliveries.len());
         for d in deliveries {
-            let meta = DeliveryMeta {
-                receiver: d.receiver,
-                group_key: group_key.to_string(),
-                alerts: d.alerts,
-                created_ms: now,
-                attempts: 0,
-                first_attempt_ms: None,
-                next_due_ms: now,
-                last_error: None,
-                dead: None,
-            };
+            let meta = DeliveryMeta::new(d.receiver, group_key.to_string(), d.alerts, now);
             ops.push(Op::Insert { meta: meta.clone(), body: d.body });
             metas.push(meta);
         }
@@ -451,25 +460,25 @@ impl Dispatcher {
         let mut stale = Vec::new();
         for (id, meta) in ids.into_iter().zip(metas) {
             let name = meta.receiver.clone();
-            self.metrics.notifications.with_label_values(&[&name]).inc();
-            self.pending.fetch_add(1, Ordering::Relaxed);
             let Some(queue) = read(&self.queues).get(&name).cloned() else {
                 // Deleted while this request was being routed.
                 log::warn!("receiver {name} was removed meanwhile; delivery {id} dropped");
+                self.metrics.notifications.with_label_values(&[&name]).inc();
                 self.metrics.dropped.with_label_values(&[&name]).inc();
-                self.pending.fetch_sub(1, Ordering::Relaxed);
                 stale.push(Op::Remove { id });
                 continue;
             };
+            queue.metrics.notifications.inc();
+            self.pending.fetch_add(1, Ordering::Relaxed);
             let superseded = {
                 let mut state = lock(&queue.state);
                 let superseded = state.add(id, meta);
-                self.metrics.spool_pending.with_label_values(&[&name]).set(state.entries.len() as i64);
+                queue.show(&state);
                 superseded
             };
             for old in superseded {
                 log::info!("receiver {name}: delivery {old} superseded by a newer notification of its group");
-                self.metrics.superseded.with_label_values(&[&name]).inc();
+                queue.metrics.superseded.inc();
                 self.pending.fetch_sub(1, Ordering::Relaxed);
                 stale.push(Op::Remove { id: old });
             }
@@ -506,12 +515,11 @@ impl Dispatcher {
             let mut state = lock(&queue.state);
             state.dead = state.dead.saturating_sub(1);
             let superseded = state.add(id, meta);
-            self.metrics.spool_pending.with_label_values(&[&name]).set(state.entries.len() as i64);
-            self.metrics.dead_letters.with_label_values(&[&name]).set(state.dead as i64);
+            queue.show(&state);
             superseded
         };
         if !superseded.is_empty() {
-            self.metrics.superseded.with_label_values(&[&name]).inc_by(superseded.len() as u64);
+            queue.metrics.superseded.inc_by(superseded.len() as u64);
             self.pending.fetch_sub(superseded.len(), Ordering::Relaxed);
             self.spool.commit(superseded.into_iter().map(|id| Op::Remove { id }).collect()).await?;
         }
@@ -530,7 +538,7 @@ impl Dispatcher {
         if let Some(queue) = read(&self.queues).get(&meta.receiver) {
             let mut state = lock(&queue.state);
             state.dead = state.dead.saturating_sub(1);
-            self.metrics.dead_letters.with_label_values(&[&meta.receiver]).set(state.dead as i64);
+            queue.show(&state);
         }
         log::info!("receiver {}: dead letter {id} deleted", meta.receiver);
         Ok(())
@@ -587,23 +595,22 @@ impl Dispatcher {
         let started = now_ms();
         let key = format!("{}-{id}", self.spool.instance());
         let attempt = target.send(&key, body).await;
-        let m = &self.metrics;
-        m.requests.with_label_values(&[name]).inc();
-        m.request_duration.with_label_values(&[name]).observe(attempt.latency.as_secs_f64());
+        let m = &queue.metrics;
+        m.requests.inc();
+        m.request_duration.observe(attempt.latency.as_secs_f64());
         meta.attempts += 1;
         let first = *meta.first_attempt_ms.get_or_insert(started);
         meta.last_error = attempt.error.clone();
         let error = attempt.error.as_deref().unwrap_or("");
         let (op, finish) = match attempt.outcome {
             Outcome::Delivered => {
-                m.delivered.with_label_values(&[name]).inc();
-                let latency = now_ms().saturating_sub(meta.created_ms) as f64 / 1000.0;
-                m.delivery_latency.with_label_values(&[name]).observe(latency);
+                m.delivered.inc();
+                m.delivery_latency.observe(now_ms().saturating_sub(meta.created_ms) as f64 / 1000.0);
                 log::debug!("receiver {name}: delivery {id} delivered after {} attempts", meta.attempts);
                 (Op::Remove { id }, Finish::Gone)
             }
             Outcome::Retryable { reason, retry_after } => {
-                m.requests_failed.with_label_values(&[name, reason.as_str()]).inc();
+                m.requests_failed(reason).inc();
                 let policy = &target.receiver.retry;
                 match policy.after_failure(meta.attempts, first, now_ms(), retry_after, fastrand::f64()) {
                     Next::RetryAt(at) => {
@@ -615,12 +622,12 @@ impl Dispatcher {
                         meta.next_due_ms = at;
                         (Op::Update { id, meta: meta.clone() }, Finish::Retry(meta))
                     }
-                    Next::Dead(dead) => self.dead_letter(name, id, meta, dead, error),
+                    Next::Dead(dead) => dead_letter(m, name, id, meta, dead, error),
                 }
             }
             Outcome::Permanent { reason } => {
-                m.requests_failed.with_label_values(&[name, reason.as_str()]).inc();
-                self.dead_letter(name, id, meta, reason.dead_reason(), error)
+                m.requests_failed(reason).inc();
+                dead_letter(m, name, id, meta, reason.dead_reason(), error)
             }
         };
         if matches!(finish, Finish::Gone) {
@@ -634,32 +641,11 @@ impl Dispatcher {
         self.finish(queue, name, id, finish).await;
     }
 
-    fn dead_letter(
-        &self,
-        name: &str,
-        id: u64,
-        mut meta: DeliveryMeta,
-        reason: DeadReason,
-        error: &str,
-    ) -> (Op, Finish) {
-        log::warn!(
-            "receiver {name}: delivery {id} dead-lettered ({}) after {} attempts: {error}",
-            reason.as_str(),
-            meta.attempts
-        );
-        self.metrics.failed.with_label_values(&[name, reason.as_str()]).inc();
-        meta.dead = Some(reason);
-        (Op::Update { id, meta }, Finish::Dead)
-    }
-
     async fn finish(&self, queue: &Queue, name: &str, id: u64, how: Finish) {
         let ended = {
             let mut state = lock(&queue.state);
             let ended = state.finish(id, how);
-            if !queue.removed.load(Ordering::Relaxed) {
-                self.metrics.spool_pending.with_label_values(&[name]).set(state.entries.len() as i64);
-                self.metrics.dead_letters.with_label_values(&[name]).set(state.dead as i64);
-            }
+            queue.show(&state);
             ended
         };
         match ended {
@@ -670,7 +656,7 @@ impl Dispatcher {
             Ended::Superseded => {
                 self.pending.fetch_sub(1, Ordering::Relaxed);
                 log::info!("receiver {name}: failed delivery {id} superseded by a newer notification of its group");
-                self.metrics.superseded.with_label_values(&[name]).inc();
+                queue.metrics.superseded.inc();
                 if let Err(e) = self.spool.commit(vec![Op::Remove { id }]).await {
                     log::error!("receiver {name}: removing superseded delivery {id} failed: {e}");
                 }
@@ -695,6 +681,24 @@ impl Dispatcher {
     }
 }
 
+fn dead_letter(
+    metrics: &ReceiverMetrics,
+    name: &str,
+    id: u64,
+    mut meta: DeliveryMeta,
+    reason: DeadReason,
+    error: &str,
+) -> (Op, Finish) {
+    log::warn!(
+        "receiver {name}: delivery {id} dead-lettered ({}) after {} attempts: {error}",
+        reason.as_str(),
+        meta.attempts
+    );
+    metrics.failed(reason).inc();
+    meta.dead = Some(reason);
+    (Op::Update { id, meta }, Finish::Dead)
+}
+
 fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     l.read().unwrap_or_else(|p| p.into_inner())
 }
@@ -708,17 +712,7 @@ mod tests {
     use super::*;
 
     fn meta(group: &str, due: u64) -> DeliveryMeta {
-        DeliveryMeta {
-            receiver: "r".into(),
-            group_key: group.into(),
-            alerts: 1,
-            created_ms: 0,
-            attempts: 0,
-            first_attempt_ms: None,
-            next_due_ms: due,
-            last_error: None,
-            dead: None,
-        }
+        DeliveryMeta { next_due_ms: due, ..DeliveryMeta::new("r".into(), group.into(), 1, 0) }
     }
 
     #[test]

@@ -160,16 +160,8 @@ impl RetryPolicy {
         Ok(RetryPolicy { initial_interval, multiplier, max_interval, max_elapsed, max_attempts, jitter })
     }
 
-    pub fn max_interval(&self) -> Duration {
-        self.max_interval
-    }
-
     pub fn max_elapsed(&self) -> Duration {
         self.max_elapsed
-    }
-
-    pub fn max_attempts(&self) -> u32 {
-        self.max_attempts
     }
 
     /// The delay before retry number `retry` (1 after the first failed attempt).

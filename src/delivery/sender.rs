@@ -16,7 +16,6 @@ const ERROR_BODY_BYTES: usize = 512;
 pub struct Target {
     pub receiver: Arc<Receiver>,
     client: reqwest::Client,
-    authorization: Option<HeaderValue>,
 }
 
 /// What one attempt came to.
@@ -31,42 +30,36 @@ pub struct Attempt {
 
 impl Target {
     pub fn new(receiver: Arc<Receiver>) -> Result<Target, String> {
+        // Every header but the Idempotency-Key is the same on every attempt:
+        // set once on the client.
+        let mut headers = receiver.headers.clone();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let name = HeaderValue::from_str(&receiver.name).map_err(|_| "name: not valid in a header".to_string())?;
+        headers.insert("X-Alert-Relay-Receiver", name);
+        if let Some(secret) = receiver.auth.header_value() {
+            let mut value = HeaderValue::from_str(secret.expose())
+                .map_err(|_| "auth: credentials hold characters not allowed in a header".to_string())?;
+            value.set_sensitive(true);
+            headers.insert(AUTHORIZATION, value);
+        }
         let builder = reqwest::Client::builder()
             .use_preconfigured_tls((*receiver.tls).clone())
             .timeout(receiver.timeout)
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(USER_AGENT)
+            .default_headers(headers)
             .pool_max_idle_per_host(receiver.concurrency);
         let builder = match &receiver.proxy {
             Some(url) => builder.proxy(reqwest::Proxy::all(url.clone()).map_err(|e| e.to_string())?),
             None => builder.no_proxy(),
         };
         let client = builder.build().map_err(|e| format!("cannot build HTTP client: {e}"))?;
-        let authorization = match receiver.auth.header_value() {
-            Some(secret) => {
-                let mut value = HeaderValue::from_str(secret.expose())
-                    .map_err(|_| "auth: credentials hold characters not allowed in a header".to_string())?;
-                value.set_sensitive(true);
-                Some(value)
-            }
-            None => None,
-        };
-        Ok(Target { receiver, client, authorization })
+        Ok(Target { receiver, client })
     }
 
     /// Posts `body` once. `key` is the delivery's `Idempotency-Key`.
     pub async fn send(&self, key: &str, body: Vec<u8>) -> Attempt {
-        let r = &self.receiver;
-        let mut request = self
-            .client
-            .post(r.url.clone())
-            .headers(r.headers.clone())
-            .header(CONTENT_TYPE, "application/json")
-            .header("Idempotency-Key", key)
-            .header("X-Alert-Relay-Receiver", r.name.as_str());
-        if let Some(auth) = &self.authorization {
-            request = request.header(AUTHORIZATION, auth.clone());
-        }
+        let request = self.client.post(self.receiver.url.clone()).header("Idempotency-Key", key);
         let started = Instant::now();
         match request.body(body).send().await {
             Ok(mut response) => {

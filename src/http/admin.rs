@@ -11,7 +11,7 @@ use serde_json::{json, Map, Value};
 
 use super::{ApiError, Shared};
 use crate::alert::{Alert, LabelSet, Notification, Status};
-use crate::config::{Receiver, ReceiverSpec, Secret};
+use crate::config::{Receiver, ReceiverSpec};
 use crate::control::{check, ControlError};
 use crate::delivery::retry::Outcome;
 use crate::delivery::sender::Target;
@@ -37,13 +37,12 @@ fn authorize(req: &HttpRequest) -> Result<Admin, ApiError> {
         .app_data::<web::Data<Shared>>()
         .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "no application state"))?;
     let config = shared.control.config();
-    let Some(token) = &config.admin.token else {
+    let Some(expected) = &config.admin.authorization else {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "the admin API is off: set admin.token or admin.token_file in the configuration",
         ));
     };
-    let expected = Secret::new(format!("Bearer {}", token.expose()));
     let given = req.headers().get(AUTHORIZATION).map(|v| v.as_bytes()).unwrap_or_default();
     if expected.matches(given) {
         Ok(Admin)
@@ -100,12 +99,8 @@ fn receiver_view(shared: &Shared, receiver: &Receiver) -> Value {
     let mut view = serde_json::to_value(receiver.spec.redacted()).unwrap_or_else(|_| json!({}));
     let provisioned = shared.control.is_provisioned(name);
     let (pending, dead) = shared.control.dispatcher.counts(name);
-    let m = &shared.metrics;
-    let delivered = m.delivered.with_label_values(&[name]).get();
-    let failed: u64 = ["clientError", "authError", "expired"]
-        .iter()
-        .map(|reason| m.failed.with_label_values(&[name, reason]).get())
-        .sum();
+    let (delivered, failed) =
+        shared.control.dispatcher.metrics(name).map_or((0, 0), |m| (m.delivered.get(), m.failed_total()));
     if let Value::Object(map) = &mut view {
         map.insert("provisioned".into(), json!(provisioned));
         map.insert("source".into(), json!(if provisioned { shared.control.source_name() } else { "api".into() }));

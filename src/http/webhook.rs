@@ -6,7 +6,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
 use super::{ApiError, Shared};
-use crate::alert::Notification;
+use crate::alert::{Notification, Status};
 use crate::delivery::NewDelivery;
 use crate::route::{route, FilterReason};
 
@@ -73,19 +73,19 @@ async fn handle(req: &HttpRequest, body: web::Payload, shared: &Shared) -> Resul
             .with_details(vec![e.field().to_string()])
     })?;
 
-    let m = &shared.metrics;
-    for alert in &notification.alerts {
-        m.alerts_received.with_label_values(&[alert.status.as_str()]).inc();
-    }
-    let receivers = shared.control.dispatcher.receivers();
+    let firing = notification.alerts.iter().filter(|a| a.status == Status::Firing).count();
+    let received = &shared.metrics.alerts_received;
+    received.with_label_values(&[Status::Firing.as_str()]).inc_by(firing as u64);
+    received.with_label_values(&[Status::Resolved.as_str()]).inc_by((notification.alerts.len() - firing) as u64);
+    let dispatcher = &shared.control.dispatcher;
+    let receivers = dispatcher.receivers();
     let mut deliveries = Vec::new();
     for routed in route(&notification, &receivers) {
         let name = routed.receiver.name.as_str();
-        m.alerts_matched.with_label_values(&[name]).inc_by(routed.matched as u64);
-        for reason in FilterReason::ALL {
-            let n = routed.filtered[reason as usize];
-            if n > 0 {
-                m.alerts_filtered.with_label_values(&[name, reason.as_str()]).inc_by(n as u64);
+        if let Some(m) = dispatcher.metrics(name) {
+            m.alerts_matched.inc_by(routed.matched as u64);
+            for reason in FilterReason::ALL {
+                m.alerts_filtered(reason).inc_by(routed.filtered[reason as usize] as u64);
             }
         }
         if let Some(body) = routed.body {
