@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use common::*;
 use serde_json::Value;
 use wiremock::matchers::method;
-use wiremock::{Mock, MockServer, ResponseTemplate};
+use wiremock::{Mock, ResponseTemplate};
 
 const BIN: &str = env!("CARGO_BIN_EXE_alert-relay");
 
@@ -88,8 +88,7 @@ fn group_keys(requests: &[wiremock::Request]) -> BTreeSet<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_loses_no_accepted_delivery() {
     let dir = tempfile::tempdir().unwrap();
-    let target = MockServer::start().await;
-    Mock::given(method("POST")).respond_with(ResponseTemplate::new(503)).mount(&target).await;
+    let target = target(503).await;
     let port = closed_port();
     let cfg = config(
         dir.path(),
@@ -230,8 +229,7 @@ fn shipped_config_passes_check_config() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_receivers_survive_a_restart_and_sighup_reloads() {
     let dir = tempfile::tempdir().unwrap();
-    let target = MockServer::start().await;
-    Mock::given(method("POST")).respond_with(ResponseTemplate::new(204)).mount(&target).await;
+    let target = target(204).await;
     let port = closed_port();
     let cfg = config(dir.path(), port, &format!("{ADMIN_CONFIG}receivers: []\n"));
     let mut relay = Process::start(dir.path(), &["--config", &cfg], port, &[]).await;
@@ -258,14 +256,7 @@ async fn api_receivers_survive_a_restart_and_sighup_reloads() {
     .await;
 
     // SIGHUP re-reads the file.
-    std::fs::write(
-        &cfg,
-        format!(
-            "server: {{ listen: '127.0.0.1:{port}' }}\nspool: {{ dir: '{}' }}\n{ADMIN_CONFIG}receivers: [{{ name: from-hup, url: 'http://127.0.0.1:1/' }}]\n",
-            dir.path().join("spool").display()
-        ),
-    )
-    .unwrap();
+    config(dir.path(), port, &format!("{ADMIN_CONFIG}receivers: [{{ name: from-hup, url: 'http://127.0.0.1:1/' }}]\n"));
     relay.signal("HUP");
     let log = dir.path().join("relay.log");
     eventually("SIGHUP to be handled", || {

@@ -216,6 +216,15 @@ pub async fn failing_then(status: u16, times: u64) -> wiremock::MockServer {
     server
 }
 
+/// A target answering `status` after `delay` (a slow or hung one).
+pub async fn delayed(status: u16, delay: Duration) -> wiremock::MockServer {
+    use wiremock::matchers::method;
+    use wiremock::{Mock, ResponseTemplate};
+    let server = wiremock::MockServer::start().await;
+    Mock::given(method("POST")).respond_with(ResponseTemplate::new(status).set_delay(delay)).mount(&server).await;
+    server
+}
+
 pub async fn count(server: &wiremock::MockServer) -> usize {
     server.received_requests().await.unwrap_or_default().len()
 }
