@@ -130,8 +130,7 @@ fn bench_spool(c: &mut Criterion) {
     group.sample_size(20);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let hist = prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("h", "h")).unwrap();
-    let spool = Spool::open(dir.path(), hist).unwrap();
+    let spool = Spool::open(dir.path(), false, alert_relay::spool::SpoolGauges::unregistered()).unwrap();
     let body = payload(10);
     for batch in [1usize, 100] {
         group.throughput(Throughput::Elements(batch as u64));

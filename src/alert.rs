@@ -42,12 +42,44 @@ pub struct Alert {
 
 /// The fields of an alert that routing reads; the others are skipped unparsed.
 #[derive(Deserialize)]
+#[serde(expecting = "an alert (a JSON object with status, labels and annotations)")]
 struct AlertFields {
     status: Status,
     #[serde(default)]
-    labels: LabelSet,
+    labels: UniqueKeys,
     #[serde(default)]
-    annotations: LabelSet,
+    annotations: UniqueKeys,
+}
+
+/// A label or annotation set in which every key appears once: with a key
+/// twice the relay would match one value while a target may read the other.
+#[derive(Default)]
+struct UniqueKeys(LabelSet);
+
+impl<'de> Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<UniqueKeys, D::Error> {
+        struct Keys;
+        impl<'de> Visitor<'de> for Keys {
+            type Value = UniqueKeys;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object of string values")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<UniqueKeys, A::Error> {
+                let mut set = LabelSet::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    let value: String = map.next_value()?;
+                    if set.contains_key(&key) {
+                        return Err(A::Error::custom(format!("duplicate key {key:?}: each key may appear once")));
+                    }
+                    set.insert(key, value);
+                }
+                Ok(UniqueKeys(set))
+            }
+        }
+        deserializer.deserialize_map(Keys)
+    }
 }
 
 impl Alert {
@@ -79,7 +111,7 @@ impl<'de> Deserialize<'de> for Alert {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Alert, D::Error> {
         let raw = Box::<RawValue>::deserialize(deserializer)?;
         let fields: AlertFields = serde_json::from_str(raw.get()).map_err(D::Error::custom)?;
-        Ok(Alert { status: fields.status, labels: fields.labels, annotations: fields.annotations, raw })
+        Ok(Alert { status: fields.status, labels: fields.labels.0, annotations: fields.annotations.0, raw })
     }
 }
 
@@ -138,8 +170,8 @@ impl<'de> Visitor<'de> for NotificationVisitor {
             match key.as_ref() {
                 "status" => status = Some(map.next_value()?),
                 "alerts" => alerts = Some(map.next_value()?),
-                "commonLabels" => n.common_labels = map.next_value()?,
-                "commonAnnotations" => n.common_annotations = map.next_value()?,
+                "commonLabels" => n.common_labels = map.next_value::<UniqueKeys>()?.0,
+                "commonAnnotations" => n.common_annotations = map.next_value::<UniqueKeys>()?.0,
                 "truncatedAlerts" => n.truncated_alerts = map.next_value()?,
                 "groupKey" => n.group_key = map.next_value()?,
                 _ => {
@@ -156,14 +188,15 @@ impl<'de> Visitor<'de> for NotificationVisitor {
 
 /// The same shape fully typed, read only to name the field of an error.
 #[derive(Deserialize)]
+#[serde(expecting = "a webhook payload (a JSON object with status and alerts)")]
 #[allow(dead_code)]
-struct Check {
+struct PayloadShape {
     status: Status,
     alerts: Vec<AlertFields>,
     #[serde(rename = "commonLabels", default)]
-    common_labels: LabelSet,
+    common_labels: UniqueKeys,
     #[serde(rename = "commonAnnotations", default)]
-    common_annotations: LabelSet,
+    common_annotations: UniqueKeys,
     #[serde(rename = "truncatedAlerts", default)]
     truncated_alerts: u64,
     #[serde(rename = "groupKey", default)]
@@ -174,8 +207,45 @@ struct Check {
 pub enum PayloadError {
     #[error("{path}: {message}")]
     Json { path: String, message: String },
-    #[error("version: unsupported payload version {0:?}, expected \"4\"")]
+    #[error(
+        "version: unsupported payload version {0}; alert-relay reads Alertmanager's \"4\" and Grafana Alerting's \"1\""
+    )]
     Version(String),
+    #[error("body: JSON nested deeper than {MAX_DEPTH} levels")]
+    TooDeep,
+}
+
+/// Deepest nesting of objects and arrays accepted. Alertmanager's payload is
+/// 4 levels deep; a field of unknown content is forwarded, but not a bomb.
+pub const MAX_DEPTH: usize = 64;
+
+/// Whether `body` nests objects and arrays deeper than `max`: one pass over
+/// the bytes, before any parser recurses.
+fn deeper_than(body: &[u8], max: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in body {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
 }
 
 impl PayloadError {
@@ -184,6 +254,7 @@ impl PayloadError {
         match self {
             PayloadError::Json { path, .. } => path,
             PayloadError::Version(_) => "version",
+            PayloadError::TooDeep => "body",
         }
     }
 }
@@ -191,17 +262,16 @@ impl PayloadError {
 impl Notification {
     /// Parses and validates a webhook body; the error names the offending field.
     pub fn parse(body: &[u8]) -> Result<Notification, PayloadError> {
+        if deeper_than(body, MAX_DEPTH) {
+            return Err(PayloadError::TooDeep);
+        }
         let notification: Notification = serde_json::from_slice(body).map_err(|e| locate(body, &e))?;
         match notification.extra.get("version") {
             None => {}
-            Some(Value::String(v)) if v == "4" => {}
-            Some(other) => {
-                let shown = match other {
-                    Value::String(s) => s.clone(),
-                    v => v.to_string(),
-                };
-                return Err(PayloadError::Version(shown));
-            }
+            // Alertmanager's, and Grafana Alerting's (the same shape, more fields).
+            Some(Value::String(v)) if v == "4" || v == "1" => {}
+            Some(Value::String(v)) => return Err(PayloadError::Version(format!("{v:?}"))),
+            Some(other) => return Err(PayloadError::Version(format!("{other} (not a string)"))),
         }
         Ok(notification)
     }
@@ -210,7 +280,7 @@ impl Notification {
 /// Reads a payload that failed again, tracking the path, to say where.
 fn locate(body: &[u8], fast: &serde_json::Error) -> PayloadError {
     let de = &mut serde_json::Deserializer::from_slice(body);
-    match serde_path_to_error::deserialize::<_, Check>(de) {
+    match serde_path_to_error::deserialize::<_, PayloadShape>(de) {
         Err(e) => {
             let path = e.path().to_string();
             let path = if path == "." { "body".to_string() } else { path };
@@ -258,6 +328,43 @@ mod tests {
     fn other_versions_are_refused() {
         let err = Notification::parse(br#"{"version":"5","status":"firing","alerts":[]}"#).unwrap_err();
         assert_eq!(err.field(), "version");
+    }
+
+    #[test]
+    fn duplicate_label_keys_are_refused_by_name() {
+        let err = Notification::parse(
+            br#"{"status":"firing","alerts":[{"status":"firing","labels":{"severity":"info","severity":"critical"}}]}"#,
+        )
+        .unwrap_err();
+        assert_eq!(err.field(), "alerts[0].labels");
+        assert!(err.to_string().contains("duplicate key \"severity\""), "{err}");
+        let err = Notification::parse(
+            br#"{"status":"firing","alerts":[{"status":"firing","annotations":{"a":"1","a":"2"}}]}"#,
+        )
+        .unwrap_err();
+        assert_eq!(err.field(), "alerts[0].annotations");
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_before_parsing() {
+        let deep =
+            format!(r#"{{"status":"firing","alerts":[],"x":{}1{}}}"#, "[".repeat(2_000_000), "]".repeat(2_000_000));
+        assert!(matches!(Notification::parse(deep.as_bytes()), Err(PayloadError::TooDeep)));
+        // Brackets inside strings do not count; 60 levels are fine.
+        let ok =
+            format!(r#"{{"status":"firing","alerts":[],"s":"[[[[\"{{{{","x":{}1{}}}"#, "[".repeat(60), "]".repeat(60));
+        Notification::parse(ok.as_bytes()).unwrap();
+    }
+
+    #[test]
+    fn messages_name_no_internal_type_and_say_what_is_expected() {
+        let err = Notification::parse(br#""just text""#).unwrap_err().to_string();
+        assert!(!err.contains("Check") && !err.contains("struct"), "{err}");
+        assert!(err.contains("a webhook payload"), "{err}");
+        let err = Notification::parse(br#"{"version":4,"status":"firing","alerts":[]}"#).unwrap_err().to_string();
+        assert!(err.contains("4 (not a string)"), "{err}");
+        let grafana = br#"{"version":"1","orgId":1,"state":"alerting","status":"firing","alerts":[]}"#;
+        Notification::parse(grafana).unwrap();
     }
 
     #[test]

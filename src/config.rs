@@ -49,6 +49,12 @@ struct RawServer {
     max_body_bytes: Option<u64>,
     /// What Alertmanager's `http_config` must send.
     webhook_auth: Option<AuthSpec>,
+    /// Longest a client may take to send a request's head.
+    request_head_timeout: Option<String>,
+    /// Longest a client may take to send a request's body once its head is in.
+    request_body_timeout: Option<String>,
+    /// Open connections at most; past it new ones wait in the listen backlog.
+    max_connections: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -58,6 +64,9 @@ struct RawAdmin {
     token: Option<String>,
     /// Admin API bearer token, read from this file.
     token_file: Option<PathBuf>,
+    /// The only directory whose files API-managed receivers may name in
+    /// `*_file` settings; unset, they may name none.
+    secret_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -278,12 +287,17 @@ pub struct Server {
     pub max_body_bytes: usize,
     /// The expected `Authorization` header value on `/webhook`.
     pub webhook_auth: Option<Secret>,
+    pub request_head_timeout: Duration,
+    pub request_body_timeout: Duration,
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone)]
 pub struct Admin {
     /// The `Authorization` header value the admin API expects, if enabled.
     pub authorization: Option<Secret>,
+    /// Where API-managed receivers may read files from (canonical), if anywhere.
+    pub secret_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -372,6 +386,16 @@ impl Config {
             }
             Source::Embedded => EMBEDDED.to_string(),
         };
+        if text.trim().is_empty() {
+            let name = match source {
+                Source::File(path) => path.display().to_string(),
+                Source::Embedded => "the embedded configuration".into(),
+            };
+            return Err(ConfigErrors(vec![format!(
+                "{name} is empty: refusing it (it would turn authentication off and remove every receiver); \
+                 write the whole file again"
+            )]));
+        }
         let file = config::File::from_str(&text, config::FileFormat::Yaml);
         let environment = config::Environment::with_prefix(ENV_PREFIX)
             .prefix_separator("__")
@@ -437,11 +461,29 @@ fn validate(raw: RawConfig, source: Option<PathBuf>) -> Result<Config, ConfigErr
         if max_body_bytes == 0 {
             errors.push("max_body_bytes", "must be more than 0");
         }
+        if max_body_bytes > MAX_BODY_BYTES {
+            errors.push("max_body_bytes", format!("{max_body_bytes} is more than the most allowed, {MAX_BODY_BYTES}"));
+        }
         let webhook_auth = match raw.server.webhook_auth {
             Some(spec) => auth(&spec, &mut errors.sub("webhook_auth")).header_value(),
             None => None,
         };
-        Server { listen, max_body_bytes: usize::try_from(max_body_bytes).unwrap_or(usize::MAX), webhook_auth }
+        let request_head_timeout =
+            bounded_duration(raw.server.request_head_timeout.as_deref(), "5s", "request_head_timeout", &mut errors);
+        let request_body_timeout =
+            bounded_duration(raw.server.request_body_timeout.as_deref(), "10s", "request_body_timeout", &mut errors);
+        let max_connections = raw.server.max_connections.unwrap_or(1024);
+        if !(1..=MAX_CONNECTIONS).contains(&max_connections) {
+            errors.push("max_connections", format!("{max_connections} is not between 1 and {MAX_CONNECTIONS}"));
+        }
+        Server {
+            listen,
+            max_body_bytes: usize::try_from(max_body_bytes).unwrap_or(usize::MAX),
+            webhook_auth,
+            request_head_timeout,
+            request_body_timeout,
+            max_connections: usize::try_from(max_connections).unwrap_or(1),
+        }
     };
 
     let admin = {
@@ -450,7 +492,18 @@ fn validate(raw: RawConfig, source: Option<PathBuf>) -> Result<Config, ConfigErr
         if token.as_ref().is_some_and(|t| t.expose().is_empty()) {
             errors.push("token", "is empty");
         }
-        Admin { authorization: token.and_then(|t| Auth::Bearer(t).header_value()) }
+        let secret_dir = raw.admin.secret_dir.and_then(|dir| match dir.canonicalize() {
+            Ok(canonical) if canonical.is_dir() => Some(canonical),
+            Ok(_) => {
+                errors.push("secret_dir", format!("{} is not a directory", dir.display()));
+                None
+            }
+            Err(e) => {
+                errors.push("secret_dir", format!("{}: {e}", dir.display()));
+                None
+            }
+        });
+        Admin { authorization: token.and_then(|t| Auth::Bearer(t).header_value()), secret_dir }
     };
 
     let spool = {
@@ -471,10 +524,11 @@ fn validate(raw: RawConfig, source: Option<PathBuf>) -> Result<Config, ConfigErr
         if let Err(e) = duration(&timeout) {
             errors.push("timeout", e);
         }
-        let concurrency = raw.delivery.concurrency.unwrap_or(4);
-        if concurrency == 0 {
-            errors.push("concurrency", "must be more than 0");
+        if let Ok(t) = duration(&timeout) {
+            check_timeout(t, &mut errors);
         }
+        let concurrency = raw.delivery.concurrency.unwrap_or(4);
+        check_concurrency(concurrency, &mut errors);
         let retry = raw.delivery.retry.unwrap_or_default().or(&RetrySpec::builtin());
         if let Err(e) = retry_policy(&retry) {
             errors.push("retry", e);
@@ -489,7 +543,7 @@ fn validate(raw: RawConfig, source: Option<PathBuf>) -> Result<Config, ConfigErr
         if !names.insert(spec.name.clone()) {
             errors.push("name", format!("duplicate receiver name {:?}", spec.name));
         }
-        if let Some(r) = receiver(spec, &defaults, &mut errors) {
+        if let Some(r) = receiver(spec, &defaults, &FileAccess::Any, &mut errors) {
             receivers.push(Arc::new(r));
         }
     }
@@ -510,10 +564,12 @@ pub struct DeliveryDefaults {
 }
 
 /// Validates a receiver given to the admin API, with the file's delivery
-/// defaults: the same checks as the file's, errors as `field: message`.
-pub fn validate_receiver(spec: &ReceiverSpec, defaults: &DeliveryDefaults) -> Result<Receiver, Vec<String>> {
+/// defaults: the same checks as the file's, errors as `field: message`. It
+/// may name files only under `admin.secret_dir`.
+pub fn validate_receiver(spec: &ReceiverSpec, config: &Config) -> Result<Receiver, Vec<String>> {
     let mut list = Vec::new();
-    let received = receiver(spec, defaults, &mut Errors { list: &mut list, prefix: String::new() });
+    let files = FileAccess::Under(config.admin.secret_dir.clone());
+    let received = receiver(spec, &config.delivery, &files, &mut Errors { list: &mut list, prefix: String::new() });
     match received {
         Some(r) if list.is_empty() => Ok(r),
         _ => Err(list),
@@ -525,7 +581,8 @@ pub fn validate_receiver(spec: &ReceiverSpec, defaults: &DeliveryDefaults) -> Re
 pub const REDACTED: &str = "<redacted>";
 
 impl ReceiverSpec {
-    /// A copy fit to show: inline secrets replaced by `REDACTED`.
+    /// A copy fit to show: inline secrets, URL passwords and URL query values
+    /// replaced by `REDACTED`.
     pub fn redacted(&self) -> ReceiverSpec {
         let mut spec = self.clone();
         let hide = |v: &mut Option<String>| {
@@ -535,23 +592,71 @@ impl ReceiverSpec {
         };
         hide(&mut spec.auth.token);
         hide(&mut spec.auth.password);
+        spec.url = redact_url(&self.url);
         if spec.proxy_url.as_deref().and_then(|u| reqwest::Url::parse(u).ok()).is_some_and(|u| u.password().is_some()) {
             spec.proxy_url = Some(REDACTED.into());
         }
         spec
     }
 
-    /// Puts back the secrets of `stored` where this spec holds `REDACTED`.
-    pub fn keep_secrets_of(&mut self, stored: &ReceiverSpec) {
-        let keep = |v: &mut Option<String>, old: &Option<String>| {
-            if v.as_deref() == Some(REDACTED) {
+    /// Puts back the secrets of `stored` where this spec holds `REDACTED`, but
+    /// only while the URL's scheme, host and port are those of `stored`: a
+    /// redacted secret never follows a receiver to another server.
+    pub fn keep_secrets_of(&mut self, stored: &ReceiverSpec) -> Result<(), Vec<String>> {
+        if self.url == redact_url(&stored.url) {
+            self.url.clone_from(&stored.url);
+        }
+        let same_origin = origin(&self.url).is_some() && origin(&self.url) == origin(&stored.url);
+        let mut errors = Vec::new();
+        let mut keep = |field: &str, v: &mut Option<String>, old: &Option<String>| {
+            if v.as_deref() != Some(REDACTED) {
+                return;
+            }
+            if same_origin && old.is_some() {
                 v.clone_from(old);
+            } else {
+                errors.push(format!(
+                    "{field}: the stored secret is kept only while the URL's scheme, host and port stay the same; \
+                     give it again"
+                ));
             }
         };
-        keep(&mut self.auth.token, &stored.auth.token);
-        keep(&mut self.auth.password, &stored.auth.password);
-        keep(&mut self.proxy_url, &stored.proxy_url);
+        keep("auth.token", &mut self.auth.token, &stored.auth.token);
+        keep("auth.password", &mut self.auth.password, &stored.auth.password);
+        keep("proxy_url", &mut self.proxy_url, &stored.proxy_url);
+        if self.url.contains(REDACTED) || self.url.contains("%3Credacted%3E") {
+            errors.push("url: holds <redacted>; write the URL's password and query values out again".into());
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
     }
+}
+
+/// A URL with its password and query values replaced by `REDACTED`.
+pub fn redact_url(text: &str) -> String {
+    const MARK: &str = "REDACTEDxMARK";
+    let Ok(mut url) = reqwest::Url::parse(text) else { return text.to_string() };
+    if url.password().is_some() && url.set_password(Some(MARK)).is_err() {
+        return REDACTED.into();
+    }
+    if url.query().is_some() {
+        let pairs: Vec<(String, bool)> = url.query_pairs().map(|(k, v)| (k.into_owned(), !v.is_empty())).collect();
+        let mut query = url.query_pairs_mut();
+        query.clear();
+        for (key, has_value) in pairs {
+            query.append_pair(&key, if has_value { MARK } else { "" });
+        }
+    }
+    url.to_string().replace(MARK, REDACTED)
+}
+
+/// Scheme, host and port (the scheme's default when not written).
+fn origin(text: &str) -> Option<(String, String, u16)> {
+    let url = reqwest::Url::parse(text).ok()?;
+    Some((url.scheme().to_string(), url.host_str()?.to_string(), url.port_or_known_default()?))
 }
 
 fn looks_like_host_port(s: &str) -> bool {
@@ -562,7 +667,131 @@ fn looks_like_host_port(s: &str) -> bool {
 }
 
 fn is_valid_name(name: &str) -> bool {
-    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+    // `.` and `..` are path segments, not names: no URL could address them.
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && name.len() <= 128
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+/// Bounds on settings: a typo must not become a million workers or an
+/// attempt that never times out.
+const MAX_CONCURRENCY: u64 = 64;
+const MAX_TIMEOUT: Duration = Duration::from_secs(300);
+const MAX_ALERTS: u64 = 100_000;
+const MAX_HEADERS: usize = 32;
+const MAX_BODY_BYTES: u64 = 64 * 1024 * 1024;
+const MAX_CONNECTIONS: u64 = 65_536;
+
+/// Headers the relay sets itself, or that would change how the body is framed
+/// or the connection handled: a receiver's `headers` may not set them.
+const RESERVED_HEADERS: [&str; 14] = [
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "trailer",
+    "expect",
+    "proxy-connection",
+    "content-type",
+    "idempotency-key",
+    "authorization",
+    "x-alert-relay-receiver",
+];
+
+fn reserved_header(name: &HeaderName) -> Option<&'static str> {
+    let n = name.as_str();
+    if n == "authorization" {
+        return Some("set auth instead of an Authorization header");
+    }
+    if RESERVED_HEADERS.contains(&n) || n.starts_with("webhook-") {
+        return Some("is set by the relay (reserved); remove it from headers");
+    }
+    None
+}
+
+fn check_concurrency(value: u64, errors: &mut Errors<'_>) {
+    if !(1..=MAX_CONCURRENCY).contains(&value) {
+        errors.push("concurrency", format!("{value} is not between 1 and {MAX_CONCURRENCY}"));
+    }
+}
+
+fn check_timeout(value: Duration, errors: &mut Errors<'_>) {
+    if value.is_zero() {
+        errors.push("timeout", "must be more than 0");
+    } else if value > MAX_TIMEOUT {
+        errors.push("timeout", format!("{} is more than the most allowed, 5m", humantime::format_duration(value)));
+    }
+}
+
+/// A duration setting with a default, more than 0 and at most 5 minutes.
+fn bounded_duration(text: Option<&str>, default: &str, field: &str, errors: &mut Errors<'_>) -> Duration {
+    let fallback = duration(default).unwrap_or(Duration::from_secs(5));
+    match duration(text.unwrap_or(default)) {
+        Ok(d) if d.is_zero() || d > MAX_TIMEOUT => {
+            errors.push(field, "must be more than 0 and at most 5m");
+            fallback
+        }
+        Ok(d) => d,
+        Err(e) => {
+            errors.push(field, e);
+            fallback
+        }
+    }
+}
+
+/// Which files a receiver may name.
+enum FileAccess {
+    /// The file's receivers: whatever the operator wrote.
+    Any,
+    /// API-managed receivers: only files under this directory (canonical), or
+    /// none when it is unset.
+    Under(Option<PathBuf>),
+}
+
+impl FileAccess {
+    /// Whether `path` may be read. Decided without touching the file outside
+    /// the directory, so an answer never tells whether some host path exists.
+    fn allows(&self, path: &Path) -> Result<(), String> {
+        let dir = match self {
+            FileAccess::Any => return Ok(()),
+            FileAccess::Under(None) => {
+                return Err("receivers created through the admin API cannot read files unless admin.secret_dir \
+                            is set; give the value inline"
+                    .into())
+            }
+            FileAccess::Under(Some(dir)) => dir,
+        };
+        let refused = || format!("must name a file under admin.secret_dir ({})", dir.display());
+        let lexical_ok = path.is_absolute()
+            && path.starts_with(dir)
+            && path.components().all(|c| !matches!(c, std::path::Component::ParentDir));
+        if !lexical_ok {
+            return Err(refused());
+        }
+        // A link inside the directory may point anywhere.
+        match path.canonicalize() {
+            Ok(real) if real.starts_with(dir) => Ok(()),
+            Ok(_) => Err(refused()),
+            Err(_) => Ok(()), // reading it says that it is missing, inside the directory
+        }
+    }
+}
+
+/// Every file a receiver names, with its field.
+fn named_files(spec: &ReceiverSpec) -> Vec<(&'static str, &Path)> {
+    let fields: [(&'static str, &Option<PathBuf>); 5] = [
+        ("auth.token_file", &spec.auth.token_file),
+        ("auth.password_file", &spec.auth.password_file),
+        ("tls.ca_file", &spec.tls.ca_file),
+        ("tls.cert_file", &spec.tls.cert_file),
+        ("tls.key_file", &spec.tls.key_file),
+    ];
+    fields.into_iter().filter_map(|(field, path)| path.as_deref().map(|p| (field, p))).collect()
 }
 
 /// Parses `500ms`, `10s`, `1m`, `1h`, `1h30m`.
@@ -664,10 +893,24 @@ fn auth(spec: &AuthSpec, errors: &mut Errors<'_>) -> Auth {
     }
 }
 
-fn receiver(spec: &ReceiverSpec, defaults: &DeliveryDefaults, errors: &mut Errors<'_>) -> Option<Receiver> {
+fn receiver(
+    spec: &ReceiverSpec,
+    defaults: &DeliveryDefaults,
+    files: &FileAccess,
+    errors: &mut Errors<'_>,
+) -> Option<Receiver> {
     let before = errors.list.len();
+    for (field, path) in named_files(spec) {
+        if let Err(e) = files.allows(path) {
+            errors.push(field, e);
+        }
+    }
+    if errors.list.len() > before {
+        // Nothing is read before every path is allowed.
+        return None;
+    }
     if !is_valid_name(&spec.name) {
-        errors.push("name", format!("{:?} must match [a-zA-Z0-9_.-]+", spec.name));
+        errors.push("name", format!("{:?} must match [a-zA-Z0-9_.-]+ (at most 128, not . or ..)", spec.name));
     }
     let url = match reqwest::Url::parse(&spec.url) {
         Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Some(u),
@@ -682,26 +925,29 @@ fn receiver(spec: &ReceiverSpec, defaults: &DeliveryDefaults, errors: &mut Error
         }
     };
     let timeout = match duration(spec.timeout.as_deref().unwrap_or(&defaults.timeout)) {
-        Ok(d) if d.is_zero() => {
-            errors.push("timeout", "must be more than 0");
+        Ok(d) => {
+            check_timeout(d, errors);
             d
         }
-        Ok(d) => d,
         Err(e) => {
             errors.push("timeout", e);
             Duration::ZERO
         }
     };
     let concurrency = spec.concurrency.unwrap_or(defaults.concurrency);
-    if concurrency == 0 {
-        errors.push("concurrency", "must be more than 0");
+    check_concurrency(concurrency, errors);
+    if spec.max_alerts > MAX_ALERTS {
+        errors.push("max_alerts", format!("{} is more than the most allowed, {MAX_ALERTS}", spec.max_alerts));
+    }
+    if spec.headers.len() > MAX_HEADERS {
+        errors.push("headers", format!("{} headers; at most {MAX_HEADERS}", spec.headers.len()));
     }
     let mut headers = HeaderMap::new();
     for (name, value) in &spec.headers {
         match (HeaderName::try_from(name.as_str()), HeaderValue::try_from(value.as_str())) {
             (Ok(n), Ok(v)) => {
-                if n == reqwest::header::AUTHORIZATION {
-                    errors.push(&format!("headers.{name}"), "set auth instead of an Authorization header");
+                if let Some(why) = reserved_header(&n) {
+                    errors.push(&format!("headers.{name}"), why);
                 }
                 headers.insert(n, v);
             }
@@ -906,7 +1152,7 @@ receivers:
         let text = serde_json::to_string(&shown).unwrap();
         assert!(!text.contains("proxy-pw") && !text.contains("tok\""), "{text}");
         let mut back = shown.clone();
-        back.keep_secrets_of(&stored);
+        back.keep_secrets_of(&stored).unwrap();
         assert_eq!(back, stored);
         let e = errors_of("receivers: [{ name: a, url: 'http://x', proxy_url: 'ftp://u:pw-in-url@p' }]");
         assert!(e[0].starts_with("receivers[0] (a).proxy_url:") && !e[0].contains("pw-in-url"), "{e:?}");

@@ -151,7 +151,7 @@ impl Control {
         self.refuse_provisioned(&name)?;
         let stored = lock(&self.api).get(&name).cloned();
         if let Some(old) = &stored {
-            spec.keep_secrets_of(old);
+            spec.keep_secrets_of(old).map_err(ControlError::Invalid)?;
         }
         let receiver = check(&spec, &self.config())?;
         self.store(&name, Some((spec, receiver.clone()))).await?;
@@ -165,8 +165,8 @@ impl Control {
         if !lock(&self.api).contains_key(name) {
             return Err(ControlError::NotFound(name.into()));
         }
-        let dropped = self.store(name, None).await?;
-        Ok(dropped.get(name).cloned().unwrap_or_default())
+        self.store(name, None).await?;
+        self.dispatcher.discard(name).await.map_err(|e| ControlError::Internal(e.to_string()))
     }
 
     /// The console's toggle, for API-managed receivers.
@@ -184,11 +184,7 @@ impl Control {
     /// Persists (or deletes) one API receiver, already checked, then applies
     /// the set in force with that one changed: the others keep their validated
     /// receiver (and so their HTTP client and its connections).
-    async fn store(
-        &self,
-        name: &str,
-        change: Option<(ReceiverSpec, Arc<Receiver>)>,
-    ) -> Result<BTreeMap<String, Dropped>, ControlError> {
+    async fn store(&self, name: &str, change: Option<(ReceiverSpec, Arc<Receiver>)>) -> Result<(), ControlError> {
         let op = match &change {
             Some((spec, _)) => Op::PutReceiver {
                 name: name.into(),
@@ -219,8 +215,7 @@ impl Control {
         }
         self.spool.commit(vec![op]).await.map_err(|e| ControlError::Internal(e.to_string()))?;
         *lock(&self.api) = api;
-        let dropped = self.dispatcher.apply(receivers).await.map_err(ControlError::Internal)?;
-        Ok(dropped.into_iter().collect())
+        self.dispatcher.apply(receivers).await.map_err(ControlError::Internal)
     }
 
     pub async fn retry_dead(&self, id: u64) -> Result<(), DeadLetterError> {
@@ -235,6 +230,11 @@ impl Control {
 
     pub fn spool(&self) -> &Spool {
         &self.spool
+    }
+
+    /// Why the spool does not accept writes now, if it does not.
+    pub fn spool_problem(&self) -> Option<String> {
+        self.spool.problem()
     }
 
     /// Reloads whenever the config file's content changes (a Kubernetes
@@ -263,7 +263,7 @@ impl Control {
 
 /// Validates a spec and builds its HTTP client, so that applying it cannot fail.
 pub fn check(spec: &ReceiverSpec, config: &Config) -> Result<Arc<Receiver>, ControlError> {
-    let receiver = Arc::new(validate_receiver(spec, &config.delivery).map_err(ControlError::Invalid)?);
+    let receiver = Arc::new(validate_receiver(spec, config).map_err(ControlError::Invalid)?);
     Target::new(receiver.clone()).map_err(|e| ControlError::Invalid(vec![e]))?;
     Ok(receiver)
 }
@@ -277,7 +277,7 @@ fn effective(config: &Config, api: &BTreeMap<String, ReceiverSpec>) -> (Vec<Arc<
             log::warn!("API receiver {name} is shadowed by the provisioned receiver of the same name");
             continue;
         }
-        match validate_receiver(spec, &config.delivery) {
+        match validate_receiver(spec, config) {
             Ok(r) => receivers.push(Arc::new(r)),
             Err(list) => errors.extend(list.into_iter().map(|e| format!("receiver {name}: {e}"))),
         }

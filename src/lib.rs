@@ -27,7 +27,15 @@ use crate::config::{Config, ConfigErrors, Source};
 use crate::control::Control;
 use crate::http::Shared;
 use crate::metrics::Metrics;
-use crate::spool::Spool;
+use crate::spool::{Spool, SpoolGauges};
+
+/// What the command line can change about a start.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Start with an empty queue when the spool that existed is missing, empty
+    /// or unreadable (the broken file is kept aside).
+    pub reset_spool: bool,
+}
 
 /// The longest a stop waits for attempts in flight: under Kubernetes' default
 /// 30 s termination grace period. An attempt cut short is sent again after the
@@ -39,7 +47,7 @@ const FILE_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
-    Spool(#[from] spool::SpoolError),
+    Spool(#[from] spool::OpenError),
     #[error("{0}")]
     Dispatcher(String),
     #[error("cannot listen on {addr}: {source}")]
@@ -68,9 +76,21 @@ impl Relay {
 
     /// As `start`, with the source that reloads read.
     pub async fn start_from(source: Source, config: Config) -> Result<Relay, StartError> {
+        Relay::start_with(source, config, Options::default()).await
+    }
+
+    /// As `start_from`, with the command line's options.
+    pub async fn start_with(source: Source, config: Config, options: Options) -> Result<Relay, StartError> {
         let metrics = Arc::new(Metrics::new());
-        let spool = Arc::new(Spool::open(&config.spool.dir, metrics.spool_commit_duration.clone())?);
+        let gauges = SpoolGauges {
+            commit_duration: metrics.spool_commit_duration.clone(),
+            healthy: metrics.spool_healthy.clone(),
+        };
+        let spool = Arc::new(Spool::open(&config.spool.dir, options.reset_spool, gauges)?);
         let listen = config.server.listen.clone();
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let per_worker = config.server.max_connections.div_ceil(workers).max(1);
+        let (head_timeout, body_timeout) = (config.server.request_head_timeout, config.server.request_body_timeout);
         let spool_dir = config.spool.dir.display().to_string();
         let listen_error = |source| StartError::Listen { addr: listen.clone(), source };
         let listener = std::net::TcpListener::bind(&listen).map_err(listen_error)?;
@@ -80,12 +100,20 @@ impl Relay {
         let receivers = control.dispatcher.receivers().len();
         let shared = web::Data::new(Shared { control, metrics, shutting_down: AtomicBool::new(false) });
         let data = shared.clone();
-        let server = HttpServer::new(move || actix_web::App::new().app_data(data.clone()).configure(http::routes))
-            .disable_signals()
-            .shutdown_timeout(5)
-            .listen(listener)
-            .map_err(listen_error)?
-            .run();
+        let server = HttpServer::new(move || {
+            actix_web::App::new()
+                .app_data(data.clone())
+                .wrap(actix_web::middleware::from_fn(move |req, next| http::body_deadline(req, next, body_timeout)))
+                .configure(http::routes)
+        })
+        .workers(workers)
+        .max_connections(per_worker)
+        .client_request_timeout(head_timeout)
+        .disable_signals()
+        .shutdown_timeout(5)
+        .listen(listener)
+        .map_err(listen_error)?
+        .run();
         let handle = server.handle();
         let server = tokio::spawn(server);
         log::info!(

@@ -5,7 +5,7 @@ use clap::{Parser, Subcommand};
 use tokio::signal::unix::{signal, SignalKind};
 
 use alert_relay::config::{Config, Source, DEFAULT_PATH};
-use alert_relay::Relay;
+use alert_relay::{Options, Relay};
 
 /// Durable Alertmanager webhook relay.
 #[derive(Parser)]
@@ -16,6 +16,10 @@ struct Cli {
     /// Configuration file [default: config/alert-relay.yaml, else the embedded copy]
     #[arg(long, global = true, env = "ALERT_RELAY_CONFIG")]
     config: Option<PathBuf>,
+    /// Start with an empty queue when the spool that existed is missing, empty
+    /// or unreadable (a broken file is kept aside). Without it that is an error.
+    #[arg(long, global = true)]
+    reset_spool: bool,
 }
 
 #[derive(Subcommand)]
@@ -69,12 +73,12 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            runtime.block_on(serve(source, config))
+            runtime.block_on(serve(source, config, Options { reset_spool: cli.reset_spool }))
         }
     }
 }
 
-async fn serve(source: Source, config: Config) -> ExitCode {
+async fn serve(source: Source, config: Config, options: Options) -> ExitCode {
     let signals = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()));
     let (mut term, mut int, mut hup) = match signals {
         (Ok(t), Ok(i), Ok(h)) => (t, i, h),
@@ -83,7 +87,7 @@ async fn serve(source: Source, config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let relay = match Relay::start_from(source, config).await {
+    let relay = match Relay::start_with(source, config, options).await {
         Ok(r) => r,
         Err(e) => {
             eprintln!("{e}");

@@ -18,7 +18,6 @@ pub struct Metrics {
     pub delivered: IntCounterVec,
     pub failed: IntCounterVec,
     pub superseded: IntCounterVec,
-    pub dropped: IntCounterVec,
     pub requests: IntCounterVec,
     pub requests_failed: IntCounterVec,
     pub request_duration: HistogramVec,
@@ -28,6 +27,8 @@ pub struct Metrics {
     pub spool_commit_duration: Histogram,
     pub reload_successful: IntGauge,
     pub reload_timestamp: Gauge,
+    pub spool_healthy: IntGauge,
+    pub orphaned: IntGauge,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -45,6 +46,12 @@ fn histogram(registry: &Registry, name: &str, help: &str, labels: &[&str], bucke
 
 fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition");
+    registry.register(Box::new(g.clone())).expect("metric registered once");
+    g
+}
+
+fn int_gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("static metric definition");
     registry.register(Box::new(g.clone())).expect("metric registered once");
     g
 }
@@ -89,12 +96,6 @@ impl Metrics {
                 &r,
                 "notifications_superseded_total",
                 "Pending deliveries replaced by a newer notification of their group.",
-                &["receiver"],
-            ),
-            dropped: counter(
-                &r,
-                "notifications_dropped_total",
-                "Pending deliveries dropped because their receiver was deleted.",
                 &["receiver"],
             ),
             requests: counter(&r, "notification_requests_total", "HTTP attempts to targets.", &["receiver"]),
@@ -145,6 +146,12 @@ impl Metrics {
                 r.register(Box::new(g.clone())).expect("metric registered once");
                 g
             },
+            spool_healthy: int_gauge(&r, "spool_healthy", "1 while the spool accepts writes; 0 after a storage error until it recovers."),
+            orphaned: int_gauge(
+                &r,
+                "orphaned_deliveries",
+                "Pending deliveries kept in the spool for receivers not in force; they resume when the receiver is back.",
+            ),
             registry: r,
         };
         let build = IntGaugeVec::new(Opts::new("build_info", "alert-relay build; always 1."), &["version"])
@@ -178,7 +185,6 @@ impl Metrics {
             delivered: self.delivered.with_label_values(&[name]),
             failed: with_reasons(&self.failed, &DeadReason::ALL.map(DeadReason::as_str)),
             superseded: self.superseded.with_label_values(&[name]),
-            dropped: self.dropped.with_label_values(&[name]),
             requests: self.requests.with_label_values(&[name]),
             requests_failed: with_reasons(&self.requests_failed, &FailureReason::ALL.map(FailureReason::as_str)),
             request_duration: self.request_duration.with_label_values(&[name]),
@@ -186,6 +192,32 @@ impl Metrics {
             spool_pending: self.spool_pending.with_label_values(&[name]),
             dead_letters: self.dead_letters.with_label_values(&[name]),
         }
+    }
+
+    /// Removes every series of a receiver no longer in force.
+    pub fn forget_receiver(&self, name: &str) {
+        for vec in [
+            &self.alerts_matched,
+            &self.notifications,
+            &self.delivered,
+            &self.superseded,
+            &self.requests,
+        ] {
+            let _ = vec.remove_label_values(&[name]);
+        }
+        for reason in FilterReason::ALL {
+            let _ = self.alerts_filtered.remove_label_values(&[name, reason.as_str()]);
+        }
+        for reason in DeadReason::ALL {
+            let _ = self.failed.remove_label_values(&[name, reason.as_str()]);
+        }
+        for reason in FailureReason::ALL {
+            let _ = self.requests_failed.remove_label_values(&[name, reason.as_str()]);
+        }
+        let _ = self.request_duration.remove_label_values(&[name]);
+        let _ = self.delivery_latency.remove_label_values(&[name]);
+        let _ = self.spool_pending.remove_label_values(&[name]);
+        let _ = self.dead_letters.remove_label_values(&[name]);
     }
 
     /// The text exposition of ours plus the process collector's.
@@ -209,7 +241,6 @@ pub struct ReceiverMetrics {
     pub delivered: IntCounter,
     failed: Vec<IntCounter>,
     pub superseded: IntCounter,
-    pub dropped: IntCounter,
     pub requests: IntCounter,
     requests_failed: Vec<IntCounter>,
     pub request_duration: Histogram,

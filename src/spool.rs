@@ -5,13 +5,14 @@
 //! use their own snapshots and never wait for the writer.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
-use prometheus::Histogram;
+use prometheus::{Histogram, IntGauge};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::delivery::retry::DeadReason;
 
@@ -89,69 +90,187 @@ pub enum Op {
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SpoolError {
-    #[error("spool {path}: {message}")]
-    Storage { path: String, message: String },
+    /// The spool cannot be read or written now (disk full, I/O error); the
+    /// writer keeps trying to recover. The message names no path.
+    #[error("spool unavailable: {0}")]
+    Unavailable(String),
     #[error("spool writer has stopped")]
     Closed,
 }
 
+/// Why the spool could not be opened at start: for the operator, with the path
+/// and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(
+        "{path} is missing but the spool existed (instance {instance}, recorded in {marker}); restore it, \
+         or start with --reset-spool to begin with an empty queue"
+    )]
+    Vanished { path: String, marker: String, instance: String },
+    #[error(
+        "{path} is 0 bytes but the spool existed (instance {instance}); restore it, or start with --reset-spool \
+         to begin with an empty queue"
+    )]
+    Emptied { path: String, instance: String },
+    #[error(
+        "{path} cannot be opened: {message}; restore it from a backup, or start with --reset-spool (the broken \
+         file is then kept beside it)"
+    )]
+    Unreadable { path: String, message: String },
+    #[error("spool directory {path}: {message}")]
+    Directory { path: String, message: String },
+}
+
+/// What the spool reports about itself.
+#[derive(Clone)]
+pub struct SpoolGauges {
+    pub commit_duration: Histogram,
+    /// 1 while the spool accepts writes.
+    pub healthy: IntGauge,
+}
+
+impl SpoolGauges {
+    /// Gauges in no registry: for tools and tests that open a spool by hand.
+    pub fn unregistered() -> SpoolGauges {
+        SpoolGauges {
+            commit_duration: Histogram::with_opts(prometheus::HistogramOpts::new("commit", "commit"))
+                .expect("static metric definition"),
+            healthy: IntGauge::new("healthy", "healthy").expect("static metric definition"),
+        }
+    }
+}
+
 struct Batch {
     ops: Vec<Op>,
-    reply: oneshot::Sender<Result<Vec<u64>, SpoolError>>,
+    /// None for `commit_later`: nobody waits, and a failed commit is carried
+    /// into the next one instead of being lost.
+    reply: Option<oneshot::Sender<Result<Vec<u64>, SpoolError>>>,
 }
+
+/// Whether the spool accepts writes, and why not.
+struct Health {
+    healthy: AtomicBool,
+    problem: Mutex<Option<String>>,
+    gauge: IntGauge,
+}
+
+impl Health {
+    fn set(&self, problem: Option<String>) {
+        self.healthy.store(problem.is_none(), Ordering::SeqCst);
+        self.gauge.set(i64::from(problem.is_none()));
+        *self.problem.lock().unwrap_or_else(|p| p.into_inner()) = problem;
+    }
+
+    fn problem(&self) -> Option<String> {
+        self.problem.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// The database, reopened in place by the writer after an I/O error (redb
+/// refuses every write after one until it is closed and opened again).
+type Db = Arc<RwLock<Option<Database>>>;
 
 pub struct Spool {
-    db: Arc<Database>,
-    path: PathBuf,
-    writer: mpsc::UnboundedSender<Batch>,
+    db: Db,
+    /// Taken on drop, so that the writer thread ends and closes the file.
+    writer: Option<std::sync::mpsc::Sender<Batch>>,
+    thread: Option<std::thread::JoinHandle<()>>,
     instance: String,
+    health: Arc<Health>,
 }
 
+impl Drop for Spool {
+    fn drop(&mut self) {
+        self.writer.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A spool file's name in its directory.
+const FILE: &str = "spool.redb";
+/// Beside it: the instance id of the spool that lives there, so that a spool
+/// that vanished or was emptied is told apart from one never made.
+const MARKER: &str = "spool.id";
+/// How often a failed spool tries to reopen, with nothing to write.
+const RECOVERY_INTERVAL: Duration = Duration::from_secs(1);
+
 impl Spool {
-    /// Opens (or creates) `dir/spool.redb` and starts its writer thread.
-    pub fn open(dir: &Path, commit_duration: Histogram) -> Result<Spool, SpoolError> {
-        let path = dir.join("spool.redb");
-        let err = |message: String| SpoolError::Storage { path: path.display().to_string(), message };
-        std::fs::create_dir_all(dir).map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
-        let db = Database::builder().set_cache_size(CACHE_BYTES).create(&path).map_err(|e| err(e.to_string()))?;
-        let instance = {
-            let txn = db.begin_write().map_err(|e| err(e.to_string()))?;
-            let instance = {
-                let mut meta = txn.open_table(META).map_err(|e| err(e.to_string()))?;
-                txn.open_table(DELIVERIES).map_err(|e| err(e.to_string()))?;
-                txn.open_table(PAYLOADS).map_err(|e| err(e.to_string()))?;
-                txn.open_table(RECEIVERS).map_err(|e| err(e.to_string()))?;
-                let existing = meta
-                    .get(INSTANCE)
-                    .map_err(|e| err(e.to_string()))?
-                    .map(|v| String::from_utf8_lossy(v.value()).into_owned());
-                match existing {
-                    Some(id) => id,
-                    None => {
-                        let id = format!("{:016x}", fastrand::u64(..));
-                        meta.insert(INSTANCE, id.as_bytes()).map_err(|e| err(e.to_string()))?;
-                        id
-                    }
+    /// Opens (or creates) `dir/spool.redb` and starts its writer thread. A spool
+    /// that existed (its `spool.id` is there) but is now missing, empty or
+    /// unreadable is an error unless `reset`.
+    pub fn open(dir: &Path, reset: bool, gauges: SpoolGauges) -> Result<Spool, OpenError> {
+        let path = dir.join(FILE);
+        let shown = path.display().to_string();
+        let dir_error = |message: String| OpenError::Directory { path: dir.display().to_string(), message };
+        if !dir.exists() {
+            std::fs::create_dir_all(dir).map_err(|e| dir_error(e.to_string()))?;
+            set_mode(dir, 0o700).map_err(|e| dir_error(e.to_string()))?;
+        }
+        let marker = dir.join(MARKER);
+        let recorded = std::fs::read_to_string(&marker).ok().map(|t| t.trim().to_string()).filter(|t| !t.is_empty());
+        if let Some(instance) = recorded {
+            let lost = match std::fs::metadata(&path) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    Some(OpenError::Vanished { path: shown.clone(), marker: marker.display().to_string(), instance })
                 }
+                Ok(m) if m.len() == 0 => Some(OpenError::Emptied { path: shown.clone(), instance }),
+                _ => None,
             };
-            txn.commit().map_err(|e| err(e.to_string()))?;
-            instance
+            match lost {
+                Some(e) if !reset => return Err(e),
+                Some(e) => {
+                    log::warn!("--reset-spool: {e}; starting with an empty queue");
+                    let _ = std::fs::remove_file(&path);
+                }
+                None => {}
+            }
+        }
+        let db = match open_db(&path) {
+            Ok(db) => db,
+            Err(message) if reset && path.exists() => {
+                let aside = dir.join(format!("{FILE}.broken-{}", now_secs()));
+                log::warn!("--reset-spool: {shown} cannot be opened ({message}); kept as {}", aside.display());
+                std::fs::rename(&path, &aside).map_err(|e| dir_error(format!("cannot move {shown} aside: {e}")))?;
+                open_db(&path).map_err(|message| OpenError::Unreadable { path: shown.clone(), message })?
+            }
+            Err(message) => return Err(OpenError::Unreadable { path: shown, message }),
         };
-        let db = Arc::new(db);
-        let (tx, rx) = mpsc::unbounded_channel();
-        let writer_db = db.clone();
-        let writer_path = path.clone();
-        std::thread::Builder::new()
+        let _ = set_mode(&path, 0o600);
+        let instance = instance_of(&db).map_err(|message| OpenError::Unreadable { path: shown.clone(), message })?;
+        let written = std::fs::write(&marker, format!("{instance}\n"))
+            .and_then(|()| std::fs::File::open(&marker)?.sync_all())
+            .and_then(|()| set_mode(&marker, 0o600));
+        if let Err(e) = written {
+            return Err(dir_error(format!("cannot write {}: {e}", marker.display())));
+        }
+        let health =
+            Arc::new(Health { healthy: AtomicBool::new(true), problem: Mutex::new(None), gauge: gauges.healthy });
+        health.set(None);
+        let db: Db = Arc::new(RwLock::new(Some(db)));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let writer = Writer { db: db.clone(), path, health: health.clone(), commit_duration: gauges.commit_duration };
+        let thread = std::thread::Builder::new()
             .name("spool-writer".into())
-            .spawn(move || write_loop(&writer_db, &writer_path, rx, &commit_duration))
-            .map_err(|e| err(format!("cannot start writer thread: {e}")))?;
-        Ok(Spool { db, path, writer: tx, instance })
+            .spawn(move || writer.run(&rx))
+            .map_err(|e| dir_error(format!("cannot start the spool writer thread: {e}")))?;
+        Ok(Spool { db, writer: Some(tx), thread: Some(thread), instance, health })
     }
 
     /// A random id of this spool, stable across restarts: with the delivery id it
     /// makes an `Idempotency-Key` unique across replicas.
     pub fn instance(&self) -> &str {
         &self.instance
+    }
+
+    /// Whether the spool accepts writes now; if not, why.
+    pub fn problem(&self) -> Option<String> {
+        if self.health.healthy.load(Ordering::SeqCst) {
+            None
+        } else {
+            self.health.problem().or_else(|| Some("unknown storage error".into()))
+        }
     }
 
     /// Applies the ops durably, together with whatever else is waiting; returns the
@@ -162,52 +281,58 @@ impl Spool {
         }
         let ops = ops.into_iter().map(compress).collect();
         let (reply, answer) = oneshot::channel();
-        self.writer.send(Batch { ops, reply }).map_err(|_| SpoolError::Closed)?;
+        let writer = self.writer.as_ref().ok_or(SpoolError::Closed)?;
+        writer.send(Batch { ops, reply: Some(reply) }).map_err(|_| SpoolError::Closed)?;
         answer.await.map_err(|_| SpoolError::Closed)?
     }
 
-    /// Queues the ops for the next commit without waiting for it; a failure is
-    /// logged by the writer.
+    /// Queues the ops for the next commit without waiting for it. If that
+    /// commit fails they go with the next one that succeeds.
     pub fn commit_later(&self, ops: Vec<Op>) {
         if ops.is_empty() {
             return;
         }
         let ops = ops.into_iter().map(compress).collect();
-        let (reply, _) = oneshot::channel();
-        if self.writer.send(Batch { ops, reply }).is_err() {
-            log::error!("spool {}: writer has stopped; a removal is lost until restart", self.path.display());
+        if self.writer.as_ref().is_none_or(|w| w.send(Batch { ops, reply: None }).is_err()) {
+            log::error!("spool writer has stopped; a removal is kept in memory only until restart");
         }
     }
 
-    fn err(&self, e: impl std::fmt::Display) -> SpoolError {
-        SpoolError::Storage { path: self.path.display().to_string(), message: e.to_string() }
+    /// Runs `read` on a read transaction of the database in force.
+    fn read<T>(&self, read: impl FnOnce(&redb::ReadTransaction) -> Result<T, String>) -> Result<T, SpoolError> {
+        let guard = self.db.read().unwrap_or_else(|p| p.into_inner());
+        let db = guard.as_ref().ok_or_else(|| SpoolError::Unavailable(self.problem().unwrap_or_default()))?;
+        let txn = db.begin_read().map_err(|e| SpoolError::Unavailable(e.to_string()))?;
+        read(&txn).map_err(SpoolError::Unavailable)
     }
 
     /// Every delivery's state, oldest first.
     pub fn load_all(&self) -> Result<Vec<(u64, DeliveryMeta)>, SpoolError> {
-        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
-        let table = txn.open_table(DELIVERIES).map_err(|e| self.err(e))?;
-        let mut out = Vec::new();
-        for row in table.iter().map_err(|e| self.err(e))? {
-            let (id, value) = row.map_err(|e| self.err(e))?;
-            let id = id.value();
-            match serde_json::from_slice(value.value()) {
-                Ok(meta) => out.push((id, meta)),
-                Err(e) => log::error!("spool: delivery {id} is unreadable and skipped: {e}"),
+        self.read(|txn| {
+            let table = txn.open_table(DELIVERIES).map_err(|e| e.to_string())?;
+            let mut out = Vec::new();
+            for row in table.iter().map_err(|e| e.to_string())? {
+                let (id, value) = row.map_err(|e| e.to_string())?;
+                let id = id.value();
+                match serde_json::from_slice(value.value()) {
+                    Ok(meta) => out.push((id, meta)),
+                    Err(e) => log::error!("spool: delivery {id} is unreadable and skipped: {e}"),
+                }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// One delivery's state.
     pub fn get(&self, id: u64) -> Result<Option<DeliveryMeta>, SpoolError> {
-        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
-        let table = txn.open_table(DELIVERIES).map_err(|e| self.err(e))?;
-        let value = table.get(id).map_err(|e| self.err(e))?;
-        match value {
-            Some(v) => serde_json::from_slice(v.value()).map(Some).map_err(|e| self.err(e)),
-            None => Ok(None),
-        }
+        self.read(|txn| {
+            let table = txn.open_table(DELIVERIES).map_err(|e| e.to_string())?;
+            let value = table.get(id).map_err(|e| e.to_string())?;
+            match value {
+                Some(v) => serde_json::from_slice(v.value()).map(Some).map_err(|e| format!("delivery {id}: {e}")),
+                None => Ok(None),
+            }
+        })
     }
 
     /// Deliveries newest first, those with ids below `before` that `keep`
@@ -218,42 +343,87 @@ impl Spool {
         limit: usize,
         keep: impl Fn(&DeliveryMeta) -> bool,
     ) -> Result<Vec<(u64, DeliveryMeta)>, SpoolError> {
-        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
-        let table = txn.open_table(DELIVERIES).map_err(|e| self.err(e))?;
-        let mut out = Vec::new();
-        for row in table.range(..before.unwrap_or(u64::MAX)).map_err(|e| self.err(e))?.rev() {
-            let (id, value) = row.map_err(|e| self.err(e))?;
-            let Ok(meta) = serde_json::from_slice::<DeliveryMeta>(value.value()) else {
-                continue;
-            };
-            if keep(&meta) {
-                out.push((id.value(), meta));
-                if out.len() >= limit {
-                    break;
+        self.read(|txn| {
+            let table = txn.open_table(DELIVERIES).map_err(|e| e.to_string())?;
+            let mut out = Vec::new();
+            for row in table.range(..before.unwrap_or(u64::MAX)).map_err(|e| e.to_string())?.rev() {
+                let (id, value) = row.map_err(|e| e.to_string())?;
+                let Ok(meta) = serde_json::from_slice::<DeliveryMeta>(value.value()) else {
+                    continue;
+                };
+                if keep(&meta) {
+                    out.push((id.value(), meta));
+                    if out.len() >= limit {
+                        break;
+                    }
                 }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// The API-managed receivers' specs (JSON), by name.
     pub fn receivers(&self) -> Result<Vec<(String, Vec<u8>)>, SpoolError> {
-        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
-        let table = txn.open_table(RECEIVERS).map_err(|e| self.err(e))?;
-        let mut out = Vec::new();
-        for row in table.iter().map_err(|e| self.err(e))? {
-            let (name, spec) = row.map_err(|e| self.err(e))?;
-            out.push((name.value().to_string(), spec.value().to_vec()));
-        }
-        Ok(out)
+        self.read(|txn| {
+            let table = txn.open_table(RECEIVERS).map_err(|e| e.to_string())?;
+            let mut out = Vec::new();
+            for row in table.iter().map_err(|e| e.to_string())? {
+                let (name, spec) = row.map_err(|e| e.to_string())?;
+                out.push((name.value().to_string(), spec.value().to_vec()));
+            }
+            Ok(out)
+        })
     }
 
     pub fn payload(&self, id: u64) -> Result<Option<Vec<u8>>, SpoolError> {
-        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
-        let table = txn.open_table(PAYLOADS).map_err(|e| self.err(e))?;
-        let Some(value) = table.get(id).map_err(|e| self.err(e))? else { return Ok(None) };
-        decode_payload(value.value()).map(Some).map_err(|e| self.err(format!("payload of delivery {id}: {e}")))
+        self.read(|txn| {
+            let table = txn.open_table(PAYLOADS).map_err(|e| e.to_string())?;
+            let Some(value) = table.get(id).map_err(|e| e.to_string())? else { return Ok(None) };
+            decode_payload(value.value()).map(Some).map_err(|e| format!("payload of delivery {id}: {e}"))
+        })
     }
+}
+
+fn open_db(path: &Path) -> Result<Database, String> {
+    let db = Database::builder().set_cache_size(CACHE_BYTES).create(path).map_err(|e| e.to_string())?;
+    let txn = db.begin_write().map_err(|e| e.to_string())?;
+    {
+        txn.open_table(META).map_err(|e| e.to_string())?;
+        txn.open_table(DELIVERIES).map_err(|e| e.to_string())?;
+        txn.open_table(PAYLOADS).map_err(|e| e.to_string())?;
+        txn.open_table(RECEIVERS).map_err(|e| e.to_string())?;
+    }
+    txn.commit().map_err(|e| e.to_string())?;
+    Ok(db)
+}
+
+/// The spool's instance id, made on first open.
+fn instance_of(db: &Database) -> Result<String, String> {
+    let txn = db.begin_write().map_err(|e| e.to_string())?;
+    let instance = {
+        let mut meta = txn.open_table(META).map_err(|e| e.to_string())?;
+        let existing =
+            meta.get(INSTANCE).map_err(|e| e.to_string())?.map(|v| String::from_utf8_lossy(v.value()).into_owned());
+        match existing {
+            Some(id) => id,
+            None => {
+                let id = format!("{:016x}", fastrand::u64(..));
+                meta.insert(INSTANCE, id.as_bytes()).map_err(|e| e.to_string())?;
+                id
+            }
+        }
+    };
+    txn.commit().map_err(|e| e.to_string())?;
+    Ok(instance)
+}
+
+fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// Payloads are stored LZ4-compressed behind a one-byte tag: Alertmanager's
@@ -281,37 +451,120 @@ fn decode_payload(stored: &[u8]) -> Result<Vec<u8>, String> {
     }
 }
 
-fn write_loop(db: &Database, path: &Path, mut rx: mpsc::UnboundedReceiver<Batch>, commit_duration: &Histogram) {
-    while let Some(first) = rx.blocking_recv() {
-        let mut batches = vec![first];
-        while batches.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(b) => batches.push(b),
-                Err(_) => break,
-            }
-        }
-        let started = Instant::now();
-        let result = apply(db, &mut batches);
-        commit_duration.observe(started.elapsed().as_secs_f64());
-        match result {
-            Ok(ids) => {
-                for (batch, ids) in batches.into_iter().zip(ids) {
-                    let _ = batch.reply.send(Ok(ids));
+/// The one thread that writes: group commits, and recovery after an error.
+struct Writer {
+    db: Db,
+    path: PathBuf,
+    health: Arc<Health>,
+    commit_duration: Histogram,
+}
+
+impl Writer {
+    fn run(&self, rx: &std::sync::mpsc::Receiver<Batch>) {
+        use std::sync::mpsc::RecvTimeoutError;
+        // Ops of `commit_later` batches whose commit failed: they go first into
+        // the next commit.
+        let mut carried: Vec<Batch> = Vec::new();
+        let mut last_try = Instant::now();
+        loop {
+            let healthy = self.health.healthy.load(Ordering::SeqCst);
+            let first = if healthy {
+                rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
+            } else {
+                rx.recv_timeout(RECOVERY_INTERVAL)
+            };
+            let mut batches = match first {
+                Ok(b) => vec![b],
+                Err(RecvTimeoutError::Timeout) => {
+                    last_try = Instant::now();
+                    self.recover();
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
+            while batches.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(b) => batches.push(b),
+                    Err(_) => break,
                 }
             }
-            Err(message) => {
-                log::error!("spool {}: commit of {} requests failed: {message}", path.display(), batches.len());
-                let error = SpoolError::Storage { path: path.display().to_string(), message };
-                for batch in batches {
-                    let _ = batch.reply.send(Err(error.clone()));
+            if !self.health.healthy.load(Ordering::SeqCst) && last_try.elapsed() >= RECOVERY_INTERVAL {
+                last_try = Instant::now();
+                self.recover();
+            }
+            if let Some(problem) = self.health.problem() {
+                self.fail(batches, &mut carried, &problem);
+                continue;
+            }
+            let mut all: Vec<Batch> = std::mem::take(&mut carried);
+            let first_new = all.len();
+            all.append(&mut batches);
+            let started = Instant::now();
+            let result = self.apply(&all);
+            self.commit_duration.observe(started.elapsed().as_secs_f64());
+            match result {
+                Ok(ids) => {
+                    for (batch, ids) in all.into_iter().zip(ids).skip(first_new) {
+                        if let Some(reply) = batch.reply {
+                            let _ = reply.send(Ok(ids));
+                        }
+                    }
+                }
+                Err(message) => {
+                    log::error!(
+                        "spool {}: commit of {} requests failed: {message}; answering 503 until the spool \
+                         recovers (it retries by itself)",
+                        self.path.display(),
+                        all.len()
+                    );
+                    self.health.set(Some(message.clone()));
+                    last_try = Instant::now();
+                    self.fail(all, &mut carried, &message);
                 }
             }
         }
     }
+
+    /// Answers every waiting batch with the error; keeps the others' ops.
+    fn fail(&self, batches: Vec<Batch>, carried: &mut Vec<Batch>, problem: &str) {
+        for batch in batches {
+            match batch.reply {
+                Some(reply) => {
+                    let _ = reply.send(Err(SpoolError::Unavailable(problem.to_string())));
+                }
+                None => carried.push(batch),
+            }
+        }
+    }
+
+    /// Closes and reopens the database; healthy again if that works.
+    fn recover(&self) {
+        let mut guard = self.db.write().unwrap_or_else(|p| p.into_inner());
+        // The old handle must be gone before the file can be opened again.
+        *guard = None;
+        match open_db(&self.path) {
+            Ok(db) => {
+                *guard = Some(db);
+                self.health.set(None);
+                log::info!("spool {}: reopened after a storage error; accepting writes again", self.path.display());
+            }
+            Err(e) => {
+                log::debug!("spool {}: still unavailable: {e}", self.path.display());
+                self.health.set(Some(e));
+            }
+        }
+    }
+
+    /// One write transaction for all batches; the inserted ids per batch.
+    fn apply(&self, batches: &[Batch]) -> Result<Vec<Vec<u64>>, String> {
+        let guard = self.db.read().unwrap_or_else(|p| p.into_inner());
+        let db = guard.as_ref().ok_or("the spool is closed")?;
+        apply(db, batches)
+    }
 }
 
 /// One write transaction for all batches; the inserted ids per batch.
-fn apply(db: &Database, batches: &mut [Batch]) -> Result<Vec<Vec<u64>>, String> {
+fn apply(db: &Database, batches: &[Batch]) -> Result<Vec<Vec<u64>>, String> {
     let s = |e: &dyn std::fmt::Display| e.to_string();
     let txn = db.begin_write().map_err(|e| s(&e))?;
     let mut all_ids = Vec::with_capacity(batches.len());
@@ -324,27 +577,27 @@ fn apply(db: &Database, batches: &mut [Batch]) -> Result<Vec<Vec<u64>>, String> 
             Some(v) => u64::from_le_bytes(v.value().try_into().map_err(|_| "corrupt next_id".to_string())?),
             None => 1,
         };
-        for batch in batches.iter_mut() {
+        for batch in batches {
             let mut ids = Vec::new();
-            for op in batch.ops.drain(..) {
+            for op in &batch.ops {
                 match op {
                     Op::Insert { meta, body } => {
                         let id = next_id;
                         next_id += 1;
-                        let encoded = serde_json::to_vec(&meta).map_err(|e| s(&e))?;
+                        let encoded = serde_json::to_vec(meta).map_err(|e| s(&e))?;
                         deliveries.insert(id, encoded.as_slice()).map_err(|e| s(&e))?;
                         payloads.insert(id, body.as_slice()).map_err(|e| s(&e))?;
                         ids.push(id);
                     }
                     Op::Update { id, meta } => {
-                        if deliveries.get(id).map_err(|e| s(&e))?.is_some() {
-                            let encoded = serde_json::to_vec(&meta).map_err(|e| s(&e))?;
-                            deliveries.insert(id, encoded.as_slice()).map_err(|e| s(&e))?;
+                        if deliveries.get(*id).map_err(|e| s(&e))?.is_some() {
+                            let encoded = serde_json::to_vec(meta).map_err(|e| s(&e))?;
+                            deliveries.insert(*id, encoded.as_slice()).map_err(|e| s(&e))?;
                         }
                     }
                     Op::Remove { id } => {
-                        deliveries.remove(id).map_err(|e| s(&e))?;
-                        payloads.remove(id).map_err(|e| s(&e))?;
+                        deliveries.remove(*id).map_err(|e| s(&e))?;
+                        payloads.remove(*id).map_err(|e| s(&e))?;
                     }
                     Op::PutReceiver { name, spec } => {
                         receivers.insert(name.as_str(), spec.as_slice()).map_err(|e| s(&e))?;
@@ -370,15 +623,18 @@ mod tests {
         DeliveryMeta::new(receiver.into(), "g".into(), 1, 1)
     }
 
-    fn hist() -> Histogram {
-        Histogram::with_opts(prometheus::HistogramOpts::new("h", "h")).unwrap()
+    fn gauges() -> SpoolGauges {
+        SpoolGauges {
+            commit_duration: Histogram::with_opts(prometheus::HistogramOpts::new("h", "h")).unwrap(),
+            healthy: IntGauge::new("g", "g").unwrap(),
+        }
     }
 
     #[tokio::test]
     async fn deliveries_survive_reopen_and_ids_keep_growing() {
         let dir = tempfile::tempdir().unwrap();
         let (instance, first_ids) = {
-            let spool = Spool::open(dir.path(), hist()).unwrap();
+            let spool = Spool::open(dir.path(), false, gauges()).unwrap();
             let ids = spool
                 .commit(vec![
                     Op::Insert { meta: meta("a"), body: b"one".to_vec() },
@@ -391,13 +647,8 @@ mod tests {
             spool.commit(vec![Op::Update { id: ids[1], meta: dead }, Op::Remove { id: 999 }]).await.unwrap();
             (spool.instance().to_string(), ids)
         };
-        // The writer thread owns a handle too; wait until the file can be reopened.
-        let spool = loop {
-            match Spool::open(dir.path(), hist()) {
-                Ok(s) => break s,
-                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
-            }
-        };
+        // Dropping the spool ended its writer thread, so the file opens again at once.
+        let spool = Spool::open(dir.path(), false, gauges()).unwrap();
         assert_eq!(spool.instance(), instance);
         let all = spool.load_all().unwrap();
         assert_eq!(all.len(), 2);
@@ -425,7 +676,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_commits_all_land_with_distinct_ids() {
         let dir = tempfile::tempdir().unwrap();
-        let spool = Arc::new(Spool::open(dir.path(), hist()).unwrap());
+        let spool = Arc::new(Spool::open(dir.path(), false, gauges()).unwrap());
         let tasks: Vec<_> = (0..50)
             .map(|_| {
                 let spool = spool.clone();
@@ -442,5 +693,85 @@ mod tests {
         ids.dedup();
         assert_eq!(ids.len(), 50);
         assert_eq!(spool.load_all().unwrap().len(), 50);
+    }
+
+    #[test]
+    fn a_spool_that_existed_is_not_silently_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let instance = Spool::open(dir.path(), false, gauges()).unwrap().instance().to_string();
+        let file = dir.path().join(FILE);
+        std::fs::write(&file, b"").unwrap();
+        let e = Spool::open(dir.path(), false, gauges()).err().unwrap().to_string();
+        assert!(
+            e.contains("is 0 bytes but the spool existed") && e.contains(&instance) && e.contains("--reset-spool"),
+            "{e}"
+        );
+        std::fs::remove_file(&file).unwrap();
+        let e = Spool::open(dir.path(), false, gauges()).err().unwrap().to_string();
+        assert!(e.contains("is missing but the spool existed"), "{e}");
+        std::fs::write(&file, b"not a redb file at all, just text").unwrap();
+        let e = Spool::open(dir.path(), false, gauges()).err().unwrap().to_string();
+        assert!(e.contains("cannot be opened"), "{e}");
+        // With --reset-spool: a new spool, the broken file kept aside.
+        let fresh = Spool::open(dir.path(), true, gauges()).unwrap();
+        assert_ne!(fresh.instance(), instance);
+        let aside = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("spool.redb.broken-"));
+        assert_eq!(aside.count(), 1);
+    }
+
+    #[test]
+    fn spool_files_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("spool");
+        let _spool = Spool::open(&dir, false, gauges()).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&dir.join(FILE)), 0o600);
+        assert_eq!(mode(&dir.join(MARKER)), 0o600);
+    }
+
+    #[tokio::test]
+    async fn inserted_deliveries_read_back_identical_after_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        // Random sizes (compressible and not), names and counts; fixed seed.
+        let mut rng = fastrand::Rng::with_seed(7);
+        let cases: Vec<Vec<(Vec<u8>, String, u32)>> = (0..16)
+            .map(|_| {
+                (0..rng.usize(1..20))
+                    .map(|_| {
+                        let len = rng.usize(0..4096);
+                        let body = if rng.bool() { vec![b'a'; len] } else { (0..len).map(|_| rng.u8(..)).collect() };
+                        let name = (0..rng.usize(1..9)).map(|_| rng.lowercase()).collect();
+                        (body, name, rng.u32(0..500))
+                    })
+                    .collect()
+            })
+            .collect();
+        for case in cases {
+            let mut expected = Vec::new();
+            {
+                let spool = Spool::open(dir.path(), false, gauges()).unwrap();
+                let ops = case
+                    .iter()
+                    .map(|(body, receiver, alerts)| Op::Insert {
+                        meta: DeliveryMeta::new(receiver.clone(), "g".into(), *alerts, 7),
+                        body: body.clone(),
+                    })
+                    .collect();
+                let ids = spool.commit(ops).await.unwrap();
+                for (id, (body, receiver, alerts)) in ids.into_iter().zip(case) {
+                    expected.push((id, DeliveryMeta::new(receiver, "g".into(), alerts, 7), body));
+                }
+            }
+            let spool = Spool::open(dir.path(), false, gauges()).unwrap();
+            for (id, meta, body) in &expected {
+                assert_eq!(spool.get(*id).unwrap().as_ref(), Some(meta));
+                assert_eq!(spool.payload(*id).unwrap().as_ref(), Some(body));
+            }
+            spool.commit(expected.iter().map(|(id, _, _)| Op::Remove { id: *id }).collect()).await.unwrap();
+        }
     }
 }

@@ -144,8 +144,8 @@ async fn sigterm_exits_zero_and_keeps_pending_deliveries() {
     assert_eq!(status, 200);
     relay.signal("TERM");
     assert!(relay.wait_exit().await.success());
-    let hist = prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("h", "h")).unwrap();
-    let spool = alert_relay::spool::Spool::open(&dir.path().join("spool"), hist).unwrap();
+    let gauges = alert_relay::spool::SpoolGauges::unregistered();
+    let spool = alert_relay::spool::Spool::open(&dir.path().join("spool"), false, gauges).unwrap();
     let left = spool.load_all().unwrap();
     assert_eq!(left.len(), 1);
     assert!(left[0].1.dead.is_none(), "still pending, not dead");

@@ -587,10 +587,10 @@ async fn shutdown_finishes_attempts_in_flight_and_refuses_new_work() {
     stopping.await.unwrap();
     // The attempt in flight was allowed to finish: nothing is left in the spool.
     let spool_dir = relay.dir.path().join("spool");
-    let hist = prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("h", "h")).unwrap();
     let mut reopened = None;
     eventually("the spool to be released", || {
-        let attempt = alert_relay::spool::Spool::open(&spool_dir, hist.clone());
+        let gauges = alert_relay::spool::SpoolGauges::unregistered();
+        let attempt = alert_relay::spool::Spool::open(&spool_dir, false, gauges);
         let ok = attempt.is_ok();
         reopened = attempt.ok();
         async move { ok }

@@ -2,7 +2,7 @@
 //! receiver's own set of workers, with every state change made durable in the
 //! spool before it is acted on.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -211,7 +211,7 @@ impl Queue {
     }
 }
 
-/// What `Dispatcher::apply` dropped with the receivers it removed.
+/// What `Dispatcher::discard` dropped of a deleted receiver.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Dropped {
     pub pending: usize,
@@ -236,8 +236,11 @@ pub struct Dispatcher {
     metrics: Arc<Metrics>,
     receivers: RwLock<Arc<Vec<Arc<Receiver>>>>,
     queues: RwLock<HashMap<String, Arc<Queue>>>,
-    /// Pending deliveries in the spool, every receiver's.
+    /// Pending deliveries in the spool, every receiver's (orphans included).
     pending: AtomicUsize,
+    /// Pending deliveries of receivers not in force, by receiver: kept in the
+    /// spool until the receiver is back or explicitly deleted.
+    orphans: Mutex<BTreeMap<String, usize>>,
     stop: watch::Sender<bool>,
 }
 
@@ -259,17 +262,21 @@ impl Dispatcher {
             receivers: RwLock::new(Arc::new(Vec::new())),
             queues: RwLock::new(HashMap::new()),
             pending: AtomicUsize::new(pending),
+            orphans: Mutex::new(BTreeMap::new()),
             stop,
         });
-        let mut orphans: HashMap<String, usize> = HashMap::new();
-        for (_, meta) in &rows {
-            if !receivers.iter().any(|r| r.name == meta.receiver) {
+        {
+            let mut orphans = lock(&dispatcher.orphans);
+            for (_, meta) in rows.iter().filter(|(_, m)| m.dead.is_none()) {
                 *orphans.entry(meta.receiver.clone()).or_default() += 1;
             }
         }
         dispatcher.apply_with(receivers, Some(rows)).await?;
-        for (name, count) in orphans {
-            log::warn!("spool holds {count} deliveries for receiver {name}, which is not configured; kept until it is");
+        for (name, count) in dispatcher.orphans() {
+            log::warn!(
+                "spool holds {count} pending deliveries for receiver {name}, which is not in force; kept until it is \
+                 back (or deleted through the admin API)"
+            );
         }
         if pending > 0 {
             log::info!("spool: resuming {} pending deliveries", dispatcher.pending());
@@ -280,8 +287,9 @@ impl Dispatcher {
     /// Puts a new set of receivers in force at once: new ones get a queue (and
     /// whatever the spool holds for them), kept ones take their new settings for
     /// every attempt from now on, removed ones are stopped and their
-    /// deliveries dropped. Nothing changes if a receiver's client cannot be built.
-    pub async fn apply(self: &Arc<Self>, receivers: Vec<Arc<Receiver>>) -> Result<HashMap<String, Dropped>, String> {
+    /// deliveries kept in the spool as orphans. Nothing changes if a receiver's
+    /// client cannot be built.
+    pub async fn apply(self: &Arc<Self>, receivers: Vec<Arc<Receiver>>) -> Result<(), String> {
         self.apply_with(receivers, None).await
     }
 
@@ -290,7 +298,7 @@ impl Dispatcher {
         self: &Arc<Self>,
         receivers: Vec<Arc<Receiver>>,
         rows: Option<Vec<(u64, DeliveryMeta)>>,
-    ) -> Result<HashMap<String, Dropped>, String> {
+    ) -> Result<(), String> {
         // A receiver that did not change keeps its client and its connections.
         let mut targets = Vec::with_capacity(receivers.len());
         for r in &receivers {
@@ -330,15 +338,15 @@ impl Dispatcher {
             *self.receivers.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(receivers);
             (created, removed)
         };
+        self.retire(removed);
         if !created.is_empty() {
             self.adopt(&created, rows).await.map_err(|e| e.to_string())?;
         }
-        let dropped = self.drop_queues(removed).await.map_err(|e| e.to_string())?;
         for queue in read(&self.queues).values() {
             self.spawn_workers(queue);
             queue.wake_all();
         }
-        Ok(dropped)
+        Ok(())
     }
 
     /// Loads the spool's deliveries of newly created queues.
@@ -351,6 +359,13 @@ impl Dispatcher {
             Some(rows) => rows,
             None => self.spool.load_all()?,
         };
+        {
+            let mut orphans = lock(&self.orphans);
+            for (name, _) in created {
+                orphans.remove(name);
+            }
+            self.metrics.orphaned.set(orphans.values().sum::<usize>() as i64);
+        }
         let mut stale = Vec::new();
         for (id, meta) in rows {
             let Some((_, queue)) = created.iter().find(|(n, _)| *n == meta.receiver) else {
@@ -374,35 +389,57 @@ impl Dispatcher {
         Ok(())
     }
 
-    /// Stops removed queues and deletes their deliveries, dead letters included.
-    async fn drop_queues(&self, removed: Vec<(String, Arc<Queue>)>) -> Result<HashMap<String, Dropped>, SpoolError> {
-        let mut report = HashMap::new();
+    /// Stops removed queues. Their deliveries stay in the spool, counted as
+    /// orphans, and their metric series go.
+    fn retire(&self, removed: Vec<(String, Arc<Queue>)>) {
         if removed.is_empty() {
-            return Ok(report);
+            return;
         }
-        let mut ops = Vec::new();
-        for (name, queue) in &removed {
+        let mut orphans = lock(&self.orphans);
+        for (name, queue) in removed {
             queue.removed.store(true, Ordering::Relaxed);
             queue.wake_all();
-            let ids = lock(&queue.state).clear();
-            self.pending.fetch_sub(ids.len(), Ordering::Relaxed);
-            queue.metrics.dropped.inc_by(ids.len() as u64);
-            queue.metrics.spool_pending.set(0);
-            queue.metrics.dead_letters.set(0);
-            report.insert(name.clone(), Dropped { pending: ids.len(), dead: 0 });
-            ops.extend(ids.into_iter().map(|id| Op::Remove { id }));
-        }
-        for (id, meta) in self.spool.list(None, usize::MAX, |m| m.dead.is_some())? {
-            if let Some(d) = report.get_mut(&meta.receiver) {
-                d.dead += 1;
-                ops.push(Op::Remove { id });
+            let kept = lock(&queue.state).clear().len();
+            if kept > 0 {
+                *orphans.entry(name.clone()).or_default() += kept;
+                log::warn!(
+                    "receiver {name} is no longer in force: its {kept} pending deliveries stay in the spool and \
+                     resume when it is back"
+                );
             }
+            self.metrics.forget_receiver(&name);
         }
-        for (name, d) in &report {
-            log::warn!("receiver {name} removed: {} pending deliveries and {} dead letters dropped", d.pending, d.dead);
+        self.metrics.orphaned.set(orphans.values().sum::<usize>() as i64);
+    }
+
+    /// Deletes from the spool every delivery of a receiver that is not in
+    /// force, dead letters included: the explicit request (deleting an API
+    /// receiver) that is the only way deliveries are dropped.
+    pub async fn discard(&self, name: &str) -> Result<Dropped, SpoolError> {
+        if read(&self.queues).contains_key(name) {
+            return Ok(Dropped::default());
         }
-        self.spool.commit(ops).await?;
-        Ok(report)
+        let rows = self.spool.list(None, usize::MAX, |m| m.receiver == name)?;
+        let pending = rows.iter().filter(|(_, m)| m.dead.is_none()).count();
+        let dropped = Dropped { pending, dead: rows.len() - pending };
+        self.spool.commit(rows.into_iter().map(|(id, _)| Op::Remove { id }).collect()).await?;
+        self.pending.fetch_sub(pending.min(self.pending()), Ordering::Relaxed);
+        let mut orphans = lock(&self.orphans);
+        orphans.remove(name);
+        self.metrics.orphaned.set(orphans.values().sum::<usize>() as i64);
+        if dropped != Dropped::default() {
+            log::warn!(
+                "receiver {name} deleted: {} pending deliveries and {} dead letters dropped",
+                dropped.pending,
+                dropped.dead
+            );
+        }
+        Ok(dropped)
+    }
+
+    /// Pending deliveries of receivers not in force, by receiver.
+    pub fn orphans(&self) -> BTreeMap<String, usize> {
+        lock(&self.orphans).clone()
     }
 
     fn spawn_workers(self: &Arc<Self>, queue: &Arc<Queue>) {
@@ -460,16 +497,16 @@ impl Dispatcher {
         let mut stale = Vec::new();
         for (id, meta) in ids.into_iter().zip(metas) {
             let name = meta.receiver.clone();
+            self.pending.fetch_add(1, Ordering::Relaxed);
             let Some(queue) = read(&self.queues).get(&name).cloned() else {
-                // Deleted while this request was being routed.
-                log::warn!("receiver {name} was removed meanwhile; delivery {id} dropped");
-                self.metrics.notifications.with_label_values(&[&name]).inc();
-                self.metrics.dropped.with_label_values(&[&name]).inc();
-                stale.push(Op::Remove { id });
+                // Removed while this request was being routed: kept, as an orphan.
+                log::warn!("receiver {name} was removed meanwhile; delivery {id} kept in the spool until it is back");
+                let mut orphans = lock(&self.orphans);
+                *orphans.entry(name).or_default() += 1;
+                self.metrics.orphaned.set(orphans.values().sum::<usize>() as i64);
                 continue;
             };
             queue.metrics.notifications.inc();
-            self.pending.fetch_add(1, Ordering::Relaxed);
             let superseded = {
                 let mut state = lock(&queue.state);
                 let superseded = state.add(id, meta);

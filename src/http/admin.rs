@@ -61,14 +61,20 @@ fn control_error(e: ControlError) -> ApiError {
         ControlError::NotFound(_) => StatusCode::NOT_FOUND,
         ControlError::Provisioned { .. } => StatusCode::CONFLICT,
         ControlError::Invalid(_) => StatusCode::BAD_REQUEST,
-        ControlError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        ControlError::Internal(_) => StatusCode::SERVICE_UNAVAILABLE,
     };
     let details = match &e {
         ControlError::Invalid(list) => list.clone(),
         _ => Vec::new(),
     };
-    if status == StatusCode::INTERNAL_SERVER_ERROR {
-        log::error!("admin API: {e}");
+    if let ControlError::Internal(message) = &e {
+        log::error!("admin API: {message}");
+        return ApiError::new(
+            status,
+            "the change could not be stored (disk full or I/O error); nothing changed. The spool recovers by itself \
+             once the disk accepts writes (see alert_relay_spool_healthy); then try again",
+        )
+        .retry_after(5);
     }
     ApiError::new(status, e.to_string()).with_details(details)
 }
@@ -115,7 +121,10 @@ fn receiver_view(shared: &Shared, receiver: &Receiver) -> Value {
 pub async fn list_receivers(_: Admin, shared: web::Data<Shared>) -> HttpResponse {
     let receivers: Vec<Value> =
         shared.control.dispatcher.receivers().iter().map(|r| receiver_view(&shared, r)).collect();
-    HttpResponse::Ok().json(json!({ "receivers": receivers }))
+    // Deliveries kept for receivers that are not in force (removed from the
+    // file): they resume when the receiver is back.
+    let orphaned = shared.control.dispatcher.orphans();
+    HttpResponse::Ok().json(json!({ "receivers": receivers, "orphaned": orphaned }))
 }
 
 pub async fn get_receiver(
@@ -358,8 +367,9 @@ pub async fn test_unsaved(_: Admin, shared: web::Data<Shared>, body: web::Bytes)
     }
     let mut spec: ReceiverSpec = parse(&serde_json::to_vec(&spec).unwrap_or_default())?;
     // A form loaded from a saved receiver shows its secrets redacted.
+    // Only that receiver's secrets, and only for its own server.
     if let Some(saved) = shared.control.receiver(&spec.name) {
-        spec.keep_secrets_of(&saved.spec);
+        spec.keep_secrets_of(&saved.spec).map_err(|e| bad_request("invalid receiver", e))?;
     }
     let receiver = check(&spec, &shared.control.config()).map_err(control_error)?;
     let target = Target::new(receiver).map_err(|e| bad_request(e.clone(), vec![e]))?;
@@ -429,10 +439,11 @@ pub struct DeliveryQuery {
     before: Option<u64>,
 }
 
-fn delivery_view(id: u64, meta: &DeliveryMeta) -> Value {
+fn delivery_view(id: u64, meta: &DeliveryMeta, in_force: bool) -> Value {
     json!({
         "id": id,
         "receiver": meta.receiver,
+        "orphaned": !in_force,
         "state": if meta.dead.is_some() { "dead" } else { "pending" },
         "group_key": meta.group_key,
         "alerts": meta.alerts,
@@ -467,17 +478,34 @@ pub async fn list_deliveries(_: Admin, shared: web::Data<Shared>, req: HttpReque
     })
     .await
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    .map_err(spool_unavailable)?;
     let next = (page.len() > limit).then(|| page[limit - 1].0);
-    let deliveries: Vec<Value> = page.iter().take(limit).map(|(id, m)| delivery_view(*id, m)).collect();
+    let receivers = shared.control.dispatcher.receivers();
+    let deliveries: Vec<Value> = page
+        .iter()
+        .take(limit)
+        .map(|(id, m)| delivery_view(*id, m, receivers.iter().any(|r| r.name == m.receiver)))
+        .collect();
     Ok(HttpResponse::Ok().json(json!({ "deliveries": deliveries, "next": next })))
 }
 
+/// A storage error as the admin API answers it: no path, no internal type,
+/// and what to do.
+fn spool_unavailable(e: crate::spool::SpoolError) -> ApiError {
+    log::error!("admin API: {e}");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the spool cannot be read or written now (disk full or I/O error); it recovers by itself once the disk \
+         accepts writes (see alert_relay_spool_healthy), then try again",
+    )
+    .retry_after(5)
+}
+
 fn dead_letter_error(e: DeadLetterError) -> ApiError {
-    let status = match &e {
+    let status = match e {
         DeadLetterError::NotFound(_) => StatusCode::NOT_FOUND,
         DeadLetterError::Pending(_) | DeadLetterError::NoReceiver(_) => StatusCode::CONFLICT,
-        DeadLetterError::Spool(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        DeadLetterError::Spool(e) => return spool_unavailable(e),
     };
     ApiError::new(status, e.to_string())
 }

@@ -8,10 +8,16 @@ pub async fn healthy() -> HttpResponse {
 }
 
 /// Ready once the config is loaded and the spool open (both before the listener
-/// exists); not ready while shutting down.
+/// exists); not ready while shutting down or while the spool cannot write.
 pub async fn ready(shared: web::Data<Shared>) -> Result<HttpResponse, ApiError> {
     if shared.is_shutting_down() {
         return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting down"));
+    }
+    if let Some(problem) = shared.control.spool_problem() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("spool cannot write ({problem}); it retries by itself, free disk space if it is full"),
+        ));
     }
     Ok(HttpResponse::Ok().content_type("text/plain; charset=utf-8").body("OK\n"))
 }

@@ -59,3 +59,61 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         )
         .default_service(web::to(health::not_found));
 }
+
+/// Gives every request body `timeout` from the moment its head is in: a client
+/// that sends headers and then stalls is answered (408) and its connection
+/// freed, instead of holding a slot for ever.
+pub async fn body_deadline(
+    mut req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
+    timeout: std::time::Duration,
+) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
+    use actix_web::HttpMessage;
+    let inner = req.take_payload();
+    let timed = BodyDeadline { inner, sleep: Box::pin(tokio::time::sleep(timeout)), timeout, expired: false };
+    type Boxed =
+        std::pin::Pin<Box<dyn futures_core::Stream<Item = Result<web::Bytes, actix_web::error::PayloadError>>>>;
+    let boxed: Boxed = Box::pin(timed);
+    req.set_payload(actix_web::dev::Payload::from(boxed));
+    next.call(req).await
+}
+
+struct BodyDeadline {
+    inner: actix_web::dev::Payload,
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+    timeout: std::time::Duration,
+    expired: bool,
+}
+
+/// The error a body past its deadline ends with.
+pub fn is_body_timeout(e: &actix_web::Error) -> bool {
+    matches!(
+        e.as_error::<actix_web::error::PayloadError>(),
+        Some(actix_web::error::PayloadError::Io(io)) if io.kind() == std::io::ErrorKind::TimedOut
+    )
+}
+
+impl futures_core::Stream for BodyDeadline {
+    type Item = Result<web::Bytes, actix_web::error::PayloadError>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::future::Future;
+        use std::task::Poll;
+        let this = self.get_mut();
+        if this.expired {
+            return Poll::Ready(None);
+        }
+        if let Poll::Ready(item) = std::pin::Pin::new(&mut this.inner).poll_next(cx) {
+            return Poll::Ready(item);
+        }
+        if this.sleep.as_mut().poll(cx).is_ready() {
+            this.expired = true;
+            let message = format!("request body not received within {:?}", this.timeout);
+            return Poll::Ready(Some(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, message).into())));
+        }
+        Poll::Pending
+    }
+}

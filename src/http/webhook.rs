@@ -48,6 +48,13 @@ async fn handle(req: &HttpRequest, body: web::Payload, shared: &Shared) -> Resul
     if shared.is_shutting_down() {
         return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting down").retry_after(RETRY_AFTER_SECS));
     }
+    if shared.control.spool_problem().is_some() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "spool cannot write (disk full or I/O error); retry later",
+        )
+        .retry_after(RETRY_AFTER_SECS));
+    }
     let max_pending = config.spool.max_pending;
     if shared.control.dispatcher.pending() >= max_pending {
         return Err(ApiError::new(
@@ -65,6 +72,9 @@ async fn handle(req: &HttpRequest, body: web::Payload, shared: &Shared) -> Resul
     }
     let bytes = match body.to_bytes_limited(limit).await {
         Ok(Ok(bytes)) => bytes,
+        Ok(Err(e)) if super::is_body_timeout(&e) => {
+            return Err(ApiError::new(StatusCode::REQUEST_TIMEOUT, format!("reading body: {e}")))
+        }
         Ok(Err(e)) => return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("reading body: {e}"))),
         Err(_) => return Err(too_large()),
     };
@@ -97,7 +107,8 @@ async fn handle(req: &HttpRequest, body: web::Payload, shared: &Shared) -> Resul
         }
     }
     shared.control.dispatcher.accept(&notification.group_key, deliveries).await.map_err(|e| {
-        log::error!("webhook: {e}");
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "spool unavailable; retry later").retry_after(RETRY_AFTER_SECS)
+        log::error!("webhook: {e}; answered 503 so that Alertmanager retries");
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "spool cannot write (disk full or I/O error); retry later")
+            .retry_after(RETRY_AFTER_SECS)
     })
 }
