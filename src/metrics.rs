@@ -196,13 +196,7 @@ impl Metrics {
 
     /// Removes every series of a receiver no longer in force.
     pub fn forget_receiver(&self, name: &str) {
-        for vec in [
-            &self.alerts_matched,
-            &self.notifications,
-            &self.delivered,
-            &self.superseded,
-            &self.requests,
-        ] {
+        for vec in [&self.alerts_matched, &self.notifications, &self.delivered, &self.superseded, &self.requests] {
             let _ = vec.remove_label_values(&[name]);
         }
         for reason in FilterReason::ALL {

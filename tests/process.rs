@@ -4,79 +4,12 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use common::*;
 use serde_json::Value;
 use wiremock::matchers::method;
 use wiremock::{Mock, ResponseTemplate};
-
-const BIN: &str = env!("CARGO_BIN_EXE_alert-relay");
-
-struct Process {
-    child: Child,
-    base: String,
-}
-
-impl Process {
-    /// Starts the binary in `dir` with `args` and waits until it is ready.
-    async fn start(dir: &Path, args: &[&str], port: u16, env: &[(&str, &str)]) -> Process {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("relay.log")).unwrap();
-        let child = Command::new(BIN)
-            .args(args)
-            .current_dir(dir)
-            .envs(env.iter().copied())
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("binary starts");
-        let base = format!("http://127.0.0.1:{port}");
-        let ready = format!("{base}/-/ready");
-        eventually("the relay to be ready", || async {
-            matches!(client().get(&ready).send().await, Ok(r) if r.status().is_success())
-        })
-        .await;
-        Process { child, base }
-    }
-
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill").args(["-s", name, &self.child.id().to_string()]).status().unwrap();
-        assert!(status.success());
-    }
-
-    async fn wait_exit(&mut self) -> std::process::ExitStatus {
-        let mut status = None;
-        eventually("the process to exit", || {
-            status = self.child.try_wait().unwrap();
-            let done = status.is_some();
-            async move { done }
-        })
-        .await;
-        status.unwrap()
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn config(dir: &Path, port: u16, receivers: &str) -> String {
-    let path = dir.join("relay.yaml");
-    std::fs::write(
-        &path,
-        format!(
-            "server: {{ listen: '127.0.0.1:{port}' }}\nspool: {{ dir: '{}' }}\n{receivers}",
-            dir.join("spool").display()
-        ),
-    )
-    .unwrap();
-    path.display().to_string()
-}
 
 fn group_keys(requests: &[wiremock::Request]) -> BTreeSet<String> {
     requests

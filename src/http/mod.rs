@@ -112,7 +112,8 @@ impl futures_core::Stream for BodyDeadline {
         if this.sleep.as_mut().poll(cx).is_ready() {
             this.expired = true;
             let message = format!("request body not received within {:?}", this.timeout);
-            return Poll::Ready(Some(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, message).into())));
+            let timed_out = std::io::Error::new(std::io::ErrorKind::TimedOut, message);
+            return Poll::Ready(Some(Err(actix_web::error::PayloadError::Io(timed_out))));
         }
         Poll::Pending
     }

@@ -124,14 +124,19 @@ pub async fn post_json(url: &str, body: Vec<u8>, auth: Option<&str>) -> (u16, Va
     (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
 }
 
-/// The value of one series of `/metrics` (labels in alphabetical order); 0 if absent.
+/// The value of one series of `/metrics` (labels in alphabetical order). A
+/// series that does not exist fails the test: absent is not 0.
 pub async fn metric(base: &str, series: &str) -> f64 {
+    metric_present(base, series).await.unwrap_or_else(|| panic!("series {series} is absent from /metrics"))
+}
+
+/// The value of one series of `/metrics`, or None when it does not exist.
+pub async fn metric_present(base: &str, series: &str) -> Option<f64> {
     let text =
         client().get(format!("{base}/metrics")).send().await.expect("metrics").text().await.expect("metrics body");
     text.lines()
         .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
         .map(|v| v.trim().parse().expect("metric value"))
-        .unwrap_or(0.0)
 }
 
 /// Polls `check` until it holds; fails the test after `DEADLINE`.
@@ -472,4 +477,75 @@ pub fn spawn(program: &str, args: &[String], log: &Path) -> Child {
         .spawn()
         .unwrap_or_else(|e| panic!("{program} could not start ({e}); scripts/test installs it"));
     Child(child)
+}
+
+// ---------------------------------------------------------------------------
+// The real binary as a child process.
+
+/// The process tests' relay writes its log to `dir/relay.log`.
+pub const BIN: &str = env!("CARGO_BIN_EXE_alert-relay");
+
+pub struct Process {
+    pub child: std::process::Child,
+    pub base: String,
+}
+
+impl Process {
+    /// Starts the binary in `dir` with `args` and waits until it is ready.
+    pub async fn start(dir: &Path, args: &[&str], port: u16, env: &[(&str, &str)]) -> Process {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("relay.log")).unwrap();
+        let child = std::process::Command::new(BIN)
+            .args(args)
+            .current_dir(dir)
+            .envs(env.iter().copied())
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("binary starts");
+        let base = format!("http://127.0.0.1:{port}");
+        let ready = format!("{base}/-/ready");
+        eventually("the relay to be ready", || async {
+            matches!(client().get(&ready).send().await, Ok(r) if r.status().is_success())
+        })
+        .await;
+        Process { child, base }
+    }
+
+    pub fn signal(&self, name: &str) {
+        let status =
+            std::process::Command::new("kill").args(["-s", name, &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+    }
+
+    pub async fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let mut status = None;
+        eventually("the process to exit", || {
+            status = self.child.try_wait().unwrap();
+            let done = status.is_some();
+            async move { done }
+        })
+        .await;
+        status.unwrap()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn config(dir: &Path, port: u16, receivers: &str) -> String {
+    let path = dir.join("relay.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "server: {{ listen: '127.0.0.1:{port}' }}\nspool: {{ dir: '{}' }}\n{receivers}",
+            dir.join("spool").display()
+        ),
+    )
+    .unwrap();
+    path.display().to_string()
 }
