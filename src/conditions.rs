@@ -298,7 +298,12 @@ mod tests {
             label in proptest::option::of("[a-c]{0,3}"),
         ) {
             let spec = |op| ConditionSpec { label: "k".into(), operator: op, values: Some(vec![pattern.clone()]) };
-            if let (Ok(m), Ok(n)) = (Condition::try_new(spec(Operator::Matches)), Condition::try_new(spec(Operator::NotMatches))) {
+            let compiles = regex::Regex::new(&pattern).is_ok();
+            let (m, n) = (Condition::try_new(spec(Operator::Matches)), Condition::try_new(spec(Operator::NotMatches)));
+            // A pattern is refused exactly when it is not a regex, by both.
+            prop_assert_eq!(m.is_ok(), compiles);
+            prop_assert_eq!(n.is_ok(), compiles);
+            if let (Ok(m), Ok(n)) = (m, n) {
                 let set = match &label { Some(v) => labels(&[("k", v)]), None => labels(&[]) };
                 prop_assert_ne!(m.matches(&set), n.matches(&set));
             }
@@ -311,6 +316,60 @@ mod tests {
                 cond("k", Operator::Exists, None).matches(&set),
                 cond("k", Operator::DoesNotExist, None).matches(&set)
             );
+        }
+    }
+
+    /// The obviously correct evaluator the engine is checked against: a
+    /// straight reading of DESIGN.md's table, no precompiled sets or regexes.
+    fn reference(label: &str, operator: Operator, values: &[String], set: &LabelSet) -> bool {
+        let value = set.get(label);
+        let anchored = || regex::Regex::new(&format!("^(?:{})$", values[0])).unwrap();
+        match operator {
+            Operator::In => value.is_some_and(|v| values.contains(v)),
+            Operator::NotIn => !value.is_some_and(|v| values.contains(v)),
+            Operator::Exists => value.is_some(),
+            Operator::DoesNotExist => value.is_none(),
+            Operator::Matches => anchored().is_match(value.map_or("", String::as_str)),
+            Operator::NotMatches => !anchored().is_match(value.map_or("", String::as_str)),
+        }
+    }
+
+    fn operator() -> impl Strategy<Value = Operator> {
+        proptest::sample::select(vec![
+            Operator::In,
+            Operator::NotIn,
+            Operator::Exists,
+            Operator::DoesNotExist,
+            Operator::Matches,
+            Operator::NotMatches,
+        ])
+    }
+
+    proptest! {
+        /// Every operator agrees with the reference on generated label sets:
+        /// missing and empty labels, and value lists long enough (up to 20) to
+        /// take the hashed path past 8 values.
+        #[test]
+        fn conditions_agree_with_the_reference_model(
+            op in operator(),
+            label in "[a-c]{1,2}",
+            values in proptest::collection::vec("[a-c]{0,2}", 1..20),
+            pattern in "[a-c.*|?]{0,5}",
+            set in proptest::collection::btree_map("[a-c]{1,2}", "[a-c]{0,2}", 0..6),
+        ) {
+            let values = match op {
+                Operator::Exists | Operator::DoesNotExist => None,
+                Operator::Matches | Operator::NotMatches => Some(vec![pattern]),
+                Operator::In | Operator::NotIn => Some(values),
+            };
+            let spec = ConditionSpec { label: label.clone(), operator: op, values: values.clone() };
+            let Ok(condition) = Condition::try_new(spec) else {
+                // Only a pattern that is no regex may be refused.
+                prop_assert!(matches!(op, Operator::Matches | Operator::NotMatches));
+                return Ok(());
+            };
+            let values = values.unwrap_or_default();
+            prop_assert_eq!(condition.matches(&set), reference(&label, op, &values, &set), "{:?} {:?} on {:?}", op, values, set);
         }
     }
 }

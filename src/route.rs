@@ -225,4 +225,79 @@ mod tests {
         assert!(common([&a, &b].into_iter()).is_empty());
         assert_eq!(common([&a, &a].into_iter()), BTreeMap::from([("a", "1")]));
     }
+
+    mod invariants {
+        use super::*;
+        use proptest::prelude::*;
+        use serde_json::json;
+
+        fn notification(alerts: &[(bool, BTreeMap<String, String>)], truncated: u64) -> Notification {
+            let alerts: Vec<Value> = alerts
+                .iter()
+                .enumerate()
+                .map(|(i, (firing, labels))| {
+                    json!({"status": if *firing { "firing" } else { "resolved" }, "labels": labels,
+                           "annotations": {"n": i.to_string()}, "fingerprint": i.to_string()})
+                })
+                .collect();
+            let body = json!({"version": "4", "status": "firing", "groupKey": "g", "receiver": "am",
+                              "truncatedAlerts": truncated, "alerts": alerts});
+            Notification::parse(body.to_string().as_bytes()).unwrap()
+        }
+
+        proptest! {
+            /// For any payload and receiver: every alert is either forwarded or
+            /// filtered for one reason; forwarded alerts keep their order; the
+            /// recomputed fields equal a recomputation from what was forwarded.
+            #[test]
+            fn routing_invariants(
+                alerts in proptest::collection::vec(
+                    (any::<bool>(), proptest::collection::btree_map("[ab]", "[xy]", 0..3)), 0..12),
+                truncated in 0u64..5,
+                values in proptest::collection::vec("[xy]", 1..3),
+                enabled in any::<bool>(),
+                send_resolved in any::<bool>(),
+                max_alerts in 0usize..4,
+                with_condition in any::<bool>(),
+            ) {
+                let condition = if with_condition {
+                    format!("conditions: [{{ label: a, operator: In, values: [{}] }}]", values.join(", "))
+                } else {
+                    String::new()
+                };
+                let rs = receivers(&format!(
+                    "receivers: [{{ name: r, url: 'http://x', enabled: {enabled}, send_resolved: {send_resolved}, \
+                     max_alerts: {max_alerts}, {condition} }}]"
+                ));
+                let n = notification(&alerts, truncated);
+                let out = route(&n, &rs);
+                prop_assert_eq!(out.len(), 1);
+                let r = &out[0];
+                prop_assert_eq!(r.matched + r.filtered.iter().sum::<usize>(), alerts.len());
+                prop_assert_eq!(r.body.is_some(), r.matched > 0);
+                let Some(body) = &r.body else { return Ok(()) };
+                let sent: Value = serde_json::from_slice(body).unwrap();
+                let sent_alerts = sent["alerts"].as_array().unwrap();
+                prop_assert_eq!(sent_alerts.len(), r.matched);
+                // In input order: the annotations carry each alert's index.
+                let order: Vec<usize> =
+                    sent_alerts.iter().map(|a| a["annotations"]["n"].as_str().unwrap().parse().unwrap()).collect();
+                prop_assert!(order.windows(2).all(|w| w[0] < w[1]), "{:?}", order);
+                let any_firing = sent_alerts.iter().any(|a| a["status"] == "firing");
+                prop_assert_eq!(&sent["status"], if any_firing { "firing" } else { "resolved" });
+                let sets: Vec<LabelSet> =
+                    order.iter().map(|&i| alerts[i].1.clone()).collect();
+                let expected: BTreeMap<String, String> = sets[0]
+                    .iter()
+                    .filter(|(k, v)| sets.iter().all(|s| s.get(*k) == Some(*v)))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                prop_assert_eq!(&sent["commonLabels"], &json!(expected));
+                let cut = r.filtered[FilterReason::MaxAlerts as usize] as u64;
+                prop_assert_eq!(&sent["truncatedAlerts"], &json!(truncated + cut));
+                prop_assert!(max_alerts == 0 || r.matched <= max_alerts);
+                prop_assert_eq!(&sent["receiver"], "am", "pass-through field kept");
+            }
+        }
+    }
 }

@@ -77,6 +77,7 @@ async fn receivers_are_created_validated_redacted_and_deleted() {
     assert!(e["error"].as_str().unwrap().contains("relay.yaml"), "{e}");
     assert_eq!(relay.admin("DELETE", "/api/v1/receivers/from-file", None).await.0, 409);
     assert_eq!(relay.admin("POST", "/api/v1/receivers/from-file/disable", None).await.0, 409);
+    assert_eq!(relay.admin("POST", "/api/v1/receivers/from-file/enable", None).await.0, 409);
 
     // Validation: the same errors as the file's, naming the field.
     let mut bad = spec.clone();
@@ -117,11 +118,38 @@ async fn receivers_are_created_validated_redacted_and_deleted() {
     assert_eq!(header(r, "authorization"), "Bearer api-secret");
     assert_eq!(header(r, "x-team"), "sre");
 
+    // An API receiver's series exist at 0 from its creation.
+    for series in [
+        r#"alert_relay_spool_pending{receiver="ops"}"#,
+        r#"alert_relay_dead_letters{receiver="ops"}"#,
+        r#"alert_relay_notifications_failed_total{reason="expired",receiver="ops"}"#,
+        r#"alert_relay_notification_requests_failed_total{reason="timeout",receiver="ops"}"#,
+    ] {
+        assert_eq!(metric_present(&relay.base, series).await, Some(0.0), "{series}");
+    }
     let (status, deleted) = relay.admin("DELETE", "/api/v1/receivers/ops", None).await;
     assert_eq!(status, 200);
     assert_eq!(deleted, json!({"deleted": "ops", "dropped_pending": 0, "dropped_dead_letters": 0}));
     assert_eq!(relay.admin("GET", "/api/v1/receivers/ops", None).await.0, 404);
     assert_eq!(relay.admin("DELETE", "/api/v1/receivers/ops", None).await.0, 404);
+
+    // Basic auth: the password is redacted, and a PUT back keeps it.
+    let basic = json!({"url": t.uri(), "auth": {"type": "basic", "username": "bob", "password": "basic-pw-secret"}});
+    assert_eq!(relay.admin("PUT", "/api/v1/receivers/basic", Some(basic)).await.0, 201);
+    let (_, shown) = relay.admin("GET", "/api/v1/receivers/basic", None).await;
+    assert_eq!(
+        (shown["auth"]["username"].clone(), shown["auth"]["password"].clone()),
+        (json!("bob"), json!("<redacted>"))
+    );
+    assert!(!shown.to_string().contains("basic-pw-secret"));
+    let back = json!({"url": t.uri(), "auth": {"type": "basic", "username": "bob", "password": "<redacted>"}});
+    assert_eq!(relay.admin("PUT", "/api/v1/receivers/basic", Some(back)).await.0, 200);
+    let (_, tested) = relay.admin("POST", "/api/v1/receivers/basic/test", None).await;
+    assert_eq!(tested["delivered"], true, "{tested}");
+    let requests = t.received_requests().await.unwrap();
+    let expected =
+        format!("Basic {}", base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "bob:basic-pw-secret"));
+    assert_eq!(header(requests.last().unwrap(), "authorization"), expected);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -279,27 +307,35 @@ receivers:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disable_pauses_pending_deliveries_and_enable_resumes_them() {
-    let t = failing_then(503, 1).await;
+    let t = GatedTarget::start(503, 1).await;
     let relay = TestRelay::start(&format!("{ADMIN_CONFIG}receivers: []")).await;
-    let spec = json!({"url": t.uri(), "retry": {"initial_interval": "300ms", "max_interval": "300ms", "jitter": 0.0}});
+    let spec = json!({"url": t.url, "retry": {"initial_interval": "300ms", "max_interval": "300ms", "jitter": 0.0}});
     assert_eq!(relay.admin("PUT", "/api/v1/receivers/r", Some(spec)).await.0, 201);
     assert_eq!(relay.post(FIRING).await.0, 200);
-    eventually("the first, failed attempt", || async { count(&t).await == 1 }).await;
+    // Disabled while the first attempt is held at the target: it cannot have
+    // been retried yet, whatever the machine's speed.
+    eventually("the first attempt in flight", || async { t.hits() == 1 }).await;
     let (status, off) = relay.admin("POST", "/api/v1/receivers/r/disable", None).await;
     assert_eq!((status, off["enabled"].clone()), (200, json!(false)));
+    t.release(1_000_000);
+    eventually("the failed attempt recorded", || async {
+        relay.metric(r#"alert_relay_notification_requests_failed_total{reason="serverError",receiver="r"}"#).await
+            == 1.0
+    })
+    .await;
 
     // Let the retry fall due well past its time: a paused receiver does not send it.
     let (_, list) = relay.admin("GET", "/api/v1/deliveries?receiver=r&state=pending", None).await;
     let due = humantime::parse_rfc3339(list["deliveries"][0]["next_attempt"].as_str().unwrap()).unwrap();
     eventually("the retry to be overdue", || async move { SystemTime::now() > due + Duration::from_millis(500) }).await;
-    assert_eq!(count(&t).await, 1, "nothing sent while disabled");
+    assert_eq!(t.hits(), 1, "nothing sent while disabled");
     assert_eq!(relay.admin("GET", "/api/v1/receivers/r", None).await.1["pending"], 1);
     let (s, answer) = relay.post(FIRING).await;
     assert_eq!((s, answer["deliveries"].clone()), (200, json!(0)), "no new deliveries while disabled");
     assert_eq!(relay.metric(r#"alert_relay_alerts_filtered_total{reason="disabled",receiver="r"}"#).await, 2.0);
 
     assert_eq!(relay.admin("POST", "/api/v1/receivers/r/enable", None).await.0, 200);
-    eventually("the paused delivery", || async { count(&t).await == 2 }).await;
+    eventually("the paused delivery", || async { t.hits() == 2 }).await;
     eventually("an empty queue", || async { relay.admin("GET", "/api/v1/receivers/r", None).await.1["pending"] == 0 })
         .await;
 }

@@ -549,3 +549,53 @@ pub fn config(dir: &Path, port: u16, receivers: &str) -> String {
     .unwrap();
     path.display().to_string()
 }
+
+// ---------------------------------------------------------------------------
+// A target that holds each request until the test lets it go.
+
+/// An HTTP target on 127.0.0.1 that reads each request whole, then waits for
+/// `release` before answering: the first `failures` requests get `status`,
+/// the rest 200. Lets a test act while an attempt is known to be in flight.
+pub struct GatedTarget {
+    pub url: String,
+    hits: Arc<AtomicUsize>,
+    gate: Arc<tokio::sync::Semaphore>,
+}
+
+impl GatedTarget {
+    pub async fn start(status: u16, failures: usize) -> GatedTarget {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}/", listener.local_addr().expect("addr"));
+        let hits = Arc::new(AtomicUsize::new(0));
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let (h, g) = (hits.clone(), gate.clone());
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                let (h, g) = (h.clone(), g.clone());
+                tokio::spawn(async move {
+                    if !read_request(&mut tcp).await {
+                        return;
+                    }
+                    let n = h.fetch_add(1, Ordering::SeqCst);
+                    let Ok(permit) = g.acquire().await else { return };
+                    permit.forget();
+                    let code = if n < failures { status } else { 200 };
+                    let answer = format!("HTTP/1.1 {code} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+                    let _ = tcp.write_all(answer.as_bytes()).await;
+                    let _ = tcp.shutdown().await;
+                });
+            }
+        });
+        GatedTarget { url, hits, gate }
+    }
+
+    /// Requests read so far (answered or waiting).
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    /// Lets `n` held or future requests be answered.
+    pub fn release(&self, n: usize) {
+        self.gate.add_permits(n);
+    }
+}
