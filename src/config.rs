@@ -13,8 +13,8 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 
 use crate::conditions::{Condition, ConditionSpec};
-use crate::delivery::retry::RetryPolicy;
-use crate::delivery::tls::{self, TlsMaterial};
+use crate::retry::RetryPolicy;
+use crate::tls::{self, TlsMaterial};
 
 /// Where the config file is looked for when none is named.
 pub const DEFAULT_PATH: &str = "config/alert-relay.yaml";

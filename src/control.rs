@@ -1,28 +1,113 @@
-//! The control plane: which receivers are in force (provisioned from the config
-//! file, plus API-managed ones kept in the spool), reloads and admin changes.
-//! Every change is validated whole, then applied at once; changes are
-//! serialised, and readers always see one complete configuration.
+//! The control plane, and the one application service the HTTP layer talks
+//! to: which receivers are in force (provisioned from the config file, plus
+//! API-managed ones kept in the spool), every change to them, intake, dead
+//! letters, diagnosis. Every change is validated whole, then applied at once;
+//! changes are serialised, and readers always see one complete configuration.
+//! Handlers call one method here and serialize its typed answer.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
+use serde::Serialize;
+
+use crate::clock::unix_secs;
 use crate::config::{validate_receiver, Config, ConfigErrors, Receiver, ReceiverSpec, Source};
 use crate::delivery::sender::Target;
-use crate::delivery::{DeadLetterError, Dispatcher, Dropped};
+use crate::delivery::{DeadLetterError, DispatchError, Dispatcher, Dropped};
+use crate::diagnose::{self, ExplainInput, Explanation, TestAlert, TestReport};
+use crate::intake::{self, IntakeError};
 use crate::metrics::Metrics;
-use crate::spool::{Op, Spool};
+use crate::spool::{DeliveryMeta, Op, Spool, SpoolError};
+use crate::sync::{lock, read, write};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     #[error("no receiver named {0:?}")]
     NotFound(String),
+    #[error("no delivery {0}")]
+    NoDelivery(u64),
     #[error("receiver {name:?} is provisioned by {file}: change it there and reload")]
     Provisioned { name: String, file: String },
+    /// The request does not fit the current state (409).
+    #[error("{0}")]
+    Conflict(String),
     #[error("invalid receiver")]
     Invalid(Vec<String>),
-    #[error("{0}")]
-    Internal(String),
+    /// The spool cannot be read or written now: nothing changed.
+    #[error("storage: {0}")]
+    Storage(#[from] SpoolError),
+}
+
+impl From<DeadLetterError> for ControlError {
+    fn from(e: DeadLetterError) -> ControlError {
+        match e {
+            DeadLetterError::NotFound(id) => ControlError::NoDelivery(id),
+            DeadLetterError::Spool(e) => ControlError::Storage(e),
+            other @ (DeadLetterError::Pending(_) | DeadLetterError::NoReceiver(_)) => {
+                ControlError::Conflict(other.to_string())
+            }
+        }
+    }
+}
+
+impl From<DispatchError> for ControlError {
+    fn from(e: DispatchError) -> ControlError {
+        match e {
+            DispatchError::Spool(e) => ControlError::Storage(e),
+            other @ DispatchError::Target { .. } => ControlError::Invalid(vec![other.to_string()]),
+        }
+    }
+}
+
+/// A receiver as the admin API shows it: its settings (secrets redacted) and
+/// its state.
+#[derive(Debug, Serialize)]
+pub struct ReceiverView {
+    #[serde(flatten)]
+    pub spec: ReceiverSpec,
+    pub provisioned: bool,
+    /// The config file's path, or `api`.
+    pub source: String,
+    pub pending: usize,
+    pub dead_letters: usize,
+    pub delivered: u64,
+    pub failed: u64,
+}
+
+/// Which deliveries to list.
+#[derive(Debug, Default)]
+pub struct DeliveryQuery {
+    pub receiver: Option<String>,
+    /// `Some(true)`: dead letters only; `Some(false)`: pending only.
+    pub dead: Option<bool>,
+    pub limit: usize,
+    /// Only deliveries with a smaller id: the `next` of the previous page.
+    pub before: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DeliveryView {
+    pub id: u64,
+    pub receiver: String,
+    /// Its receiver is not in force (removed from the file): kept until it is back.
+    pub orphaned: bool,
+    pub state: &'static str,
+    pub group_key: String,
+    pub alerts: u32,
+    pub attempts: u32,
+    pub created: String,
+    pub first_attempt: Option<String>,
+    pub next_attempt: Option<String>,
+    pub last_error: Option<String>,
+    pub dead_reason: Option<&'static str>,
+}
+
+/// Deliveries newest first; `next` is the `before` of the next page.
+#[derive(Debug, Serialize)]
+pub struct DeliveryPage {
+    pub deliveries: Vec<DeliveryView>,
+    pub next: Option<u64>,
 }
 
 pub struct Control {
@@ -32,13 +117,9 @@ pub struct Control {
     api: Mutex<BTreeMap<String, ReceiverSpec>>,
     /// Held by whoever changes the configuration.
     changes: tokio::sync::Mutex<()>,
-    pub dispatcher: Arc<Dispatcher>,
+    dispatcher: Arc<Dispatcher>,
     spool: Arc<Spool>,
     metrics: Arc<Metrics>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Control {
@@ -49,9 +130,9 @@ impl Control {
         config: Config,
         spool: Arc<Spool>,
         metrics: Arc<Metrics>,
-    ) -> Result<Arc<Control>, String> {
+    ) -> Result<Arc<Control>, DispatchError> {
         let mut api = BTreeMap::new();
-        for (name, json) in spool.receivers().map_err(|e| e.to_string())? {
+        for (name, json) in spool.receivers()? {
             match serde_json::from_slice::<ReceiverSpec>(&json) {
                 Ok(spec) => {
                     api.insert(name, spec);
@@ -65,7 +146,7 @@ impl Control {
         }
         let dispatcher = Dispatcher::start(spool.clone(), metrics.clone(), receivers).await?;
         metrics.reload_successful.set(1);
-        metrics.reload_timestamp.set(unix_now());
+        metrics.reload_timestamp.set(unix_secs());
         Ok(Arc::new(Control {
             source,
             config: RwLock::new(Arc::new(config)),
@@ -79,7 +160,7 @@ impl Control {
 
     /// The configuration in force.
     pub fn config(&self) -> Arc<Config> {
-        self.config.read().unwrap_or_else(|p| p.into_inner()).clone()
+        read(&self.config).clone()
     }
 
     /// Where provisioned receivers come from, for messages.
@@ -90,13 +171,60 @@ impl Control {
         }
     }
 
-    pub fn is_provisioned(&self, name: &str) -> bool {
+    fn is_provisioned(&self, name: &str) -> bool {
         self.config().receivers.iter().any(|r| r.name == name)
     }
 
-    /// A receiver in force, by name.
-    pub fn receiver(&self, name: &str) -> Option<Arc<Receiver>> {
+    fn in_force(&self, name: &str) -> Option<Arc<Receiver>> {
         self.dispatcher.receivers().iter().find(|r| r.name == name).cloned()
+    }
+
+    fn view(&self, receiver: &Receiver) -> ReceiverView {
+        let name = receiver.name.as_str();
+        let provisioned = self.is_provisioned(name);
+        let (pending, dead_letters) = self.dispatcher.counts(name);
+        let (delivered, failed) =
+            self.dispatcher.metrics(name).map_or((0, 0), |m| (m.delivered.get(), m.failed_total()));
+        ReceiverView {
+            spec: receiver.spec.redacted(),
+            provisioned,
+            source: if provisioned { self.source_name() } else { "api".into() },
+            pending,
+            dead_letters,
+            delivered,
+            failed,
+        }
+    }
+
+    /// Every receiver in force, in configuration order.
+    pub fn receivers(&self) -> Vec<ReceiverView> {
+        self.dispatcher.receivers().iter().map(|r| self.view(r)).collect()
+    }
+
+    /// One receiver in force.
+    pub fn receiver(&self, name: &str) -> Result<ReceiverView, ControlError> {
+        self.in_force(name).map(|r| self.view(&r)).ok_or_else(|| ControlError::NotFound(name.into()))
+    }
+
+    /// Pending deliveries kept for receivers not in force, by receiver.
+    pub fn orphans(&self) -> BTreeMap<String, usize> {
+        self.dispatcher.orphans()
+    }
+
+    /// Receivers in force.
+    pub fn receiver_count(&self) -> usize {
+        self.dispatcher.receivers().len()
+    }
+
+    /// Why the spool does not accept writes now, if it does not.
+    pub fn spool_problem(&self) -> Option<String> {
+        self.spool.problem()
+    }
+
+    /// Accepts one webhook body (see `intake`).
+    pub async fn accept(&self, body: &[u8]) -> Result<usize, IntakeError> {
+        let max_pending = self.config().spool.max_pending;
+        intake::accept(body, max_pending, &self.spool, &self.dispatcher, &self.metrics).await
     }
 
     /// Re-reads the configuration source. On any error the running
@@ -107,7 +235,7 @@ impl Control {
         match &result {
             Ok(n) => {
                 self.metrics.reload_successful.set(1);
-                self.metrics.reload_timestamp.set(unix_now());
+                self.metrics.reload_timestamp.set(unix_secs());
                 log::info!("configuration reloaded from {}: {n} receivers in force", self.source_name());
             }
             Err(errors) => {
@@ -132,8 +260,8 @@ impl Control {
             log::warn!("server.listen and spool.dir take effect at the next restart");
         }
         let count = receivers.len();
-        self.dispatcher.apply(receivers).await.map_err(|e| ConfigErrors(vec![e]))?;
-        *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
+        self.dispatcher.apply(receivers).await.map_err(|e| ConfigErrors(vec![e.to_string()]))?;
+        *write(&self.config) = Arc::new(config);
         Ok(count)
     }
 
@@ -145,7 +273,7 @@ impl Control {
     }
 
     /// Creates or replaces an API-managed receiver; true when created.
-    pub async fn put(&self, mut spec: ReceiverSpec) -> Result<(bool, Arc<Receiver>), ControlError> {
+    pub async fn put(&self, mut spec: ReceiverSpec) -> Result<(bool, ReceiverView), ControlError> {
         let _guard = self.changes.lock().await;
         let name = spec.name.clone();
         self.refuse_provisioned(&name)?;
@@ -155,7 +283,7 @@ impl Control {
         }
         let receiver = check(&spec, &self.config())?;
         self.store(&name, Some((spec, receiver.clone()))).await?;
-        Ok((stored.is_none(), receiver))
+        Ok((stored.is_none(), self.view(&receiver)))
     }
 
     /// Deletes an API-managed receiver and what it still had in the spool.
@@ -166,11 +294,11 @@ impl Control {
             return Err(ControlError::NotFound(name.into()));
         }
         self.store(name, None).await?;
-        self.dispatcher.discard(name).await.map_err(|e| ControlError::Internal(e.to_string()))
+        Ok(self.dispatcher.discard(name).await?)
     }
 
     /// The console's toggle, for API-managed receivers.
-    pub async fn set_enabled(&self, name: &str, enabled: bool) -> Result<Arc<Receiver>, ControlError> {
+    pub async fn set_enabled(&self, name: &str, enabled: bool) -> Result<ReceiverView, ControlError> {
         let _guard = self.changes.lock().await;
         self.refuse_provisioned(name)?;
         let mut spec = lock(&self.api).get(name).cloned().ok_or_else(|| ControlError::NotFound(name.into()))?;
@@ -178,7 +306,7 @@ impl Control {
         let receiver = check(&spec, &self.config())?;
         self.store(name, Some((spec, receiver.clone()))).await?;
         log::info!("receiver {name} {}", if enabled { "enabled" } else { "disabled" });
-        Ok(receiver)
+        Ok(self.view(&receiver))
     }
 
     /// Persists (or deletes) one API receiver, already checked, then applies
@@ -188,53 +316,82 @@ impl Control {
         let op = match &change {
             Some((spec, _)) => Op::PutReceiver {
                 name: name.into(),
-                spec: serde_json::to_vec(spec).map_err(|e| ControlError::Internal(e.to_string()))?,
+                // A spec of strings, maps and numbers always serializes.
+                spec: serde_json::to_vec(spec).unwrap_or_default(),
             },
             None => Op::DeleteReceiver { name: name.into() },
         };
         let mut api = lock(&self.api).clone();
-        let current = self.dispatcher.receivers();
-        let mut receivers: Vec<Arc<Receiver>> =
-            current.iter().filter(|r| r.name != name && !api.contains_key(&r.name)).cloned().collect();
-        match change {
-            Some((spec, receiver)) => {
-                api.insert(name.into(), spec);
-                // The API's receivers follow the file's, by name, as on start.
-                let mut managed: BTreeMap<&str, Arc<Receiver>> = current
-                    .iter()
-                    .filter(|r| api.contains_key(&r.name))
-                    .map(|r| (r.name.as_str(), r.clone()))
-                    .collect();
-                managed.insert(name, receiver);
-                receivers.extend(managed.into_values());
-            }
-            None => {
-                api.remove(name);
-                receivers.extend(current.iter().filter(|r| r.name != name && api.contains_key(&r.name)).cloned());
-            }
-        }
-        self.spool.commit(vec![op]).await.map_err(|e| ControlError::Internal(e.to_string()))?;
+        match &change {
+            Some((spec, _)) => api.insert(name.into(), spec.clone()),
+            None => api.remove(name),
+        };
+        let receivers = with_change(&self.dispatcher.receivers(), &api, name, change.map(|(_, r)| r));
+        self.spool.commit(vec![op]).await?;
         *lock(&self.api) = api;
-        self.dispatcher.apply(receivers).await.map_err(ControlError::Internal)
+        Ok(self.dispatcher.apply(receivers).await?)
     }
 
-    pub async fn retry_dead(&self, id: u64) -> Result<(), DeadLetterError> {
+    /// Send Test Message for a receiver in force.
+    pub async fn test_saved(&self, name: &str, test: &TestAlert) -> Result<TestReport, ControlError> {
+        let target = self.dispatcher.target(name).ok_or_else(|| ControlError::NotFound(name.into()))?;
+        Ok(diagnose::send_test(&target, test).await)
+    }
+
+    /// Send Test Message for a receiver not saved yet (the form before OK). A
+    /// `<redacted>` secret is that saved receiver's, for its own server only.
+    pub async fn test_unsaved(&self, mut spec: ReceiverSpec, test: &TestAlert) -> Result<TestReport, ControlError> {
+        if let Some(saved) = self.in_force(&spec.name) {
+            spec.keep_secrets_of(&saved.spec).map_err(ControlError::Invalid)?;
+        }
+        let receiver = check(&spec, &self.config())?;
+        let target = Target::new(receiver).map_err(|e| ControlError::Invalid(vec![e.to_string()]))?;
+        Ok(diagnose::send_test(&target, test).await)
+    }
+
+    /// Every receiver's verdict on the alerts given.
+    pub fn explain(&self, input: ExplainInput) -> Explanation {
+        diagnose::explain(input, &self.dispatcher.receivers())
+    }
+
+    /// Pending deliveries and dead letters, newest first, a page.
+    pub async fn list_deliveries(&self, query: DeliveryQuery) -> Result<DeliveryPage, ControlError> {
+        let spool = self.spool.clone();
+        let limit = query.limit.clamp(1, 500);
+        let (receiver, dead) = (query.receiver.clone(), query.dead);
+        let page = tokio::task::spawn_blocking(move || {
+            spool.list(query.before, limit + 1, |m| {
+                receiver.as_ref().is_none_or(|r| &m.receiver == r) && dead.is_none_or(|d| m.dead.is_some() == d)
+            })
+        })
+        .await
+        .map_err(|e| SpoolError::Unavailable(format!("listing stopped: {e}")))??;
+        let next = (page.len() > limit).then(|| page[limit - 1].0);
+        let receivers = self.dispatcher.receivers();
+        let deliveries = page
+            .iter()
+            .take(limit)
+            .map(|(id, m)| delivery_view(*id, m, receivers.iter().any(|r| r.name == m.receiver)))
+            .collect();
+        Ok(DeliveryPage { deliveries, next })
+    }
+
+    pub async fn retry_dead(&self, id: u64) -> Result<(), ControlError> {
         let _guard = self.changes.lock().await;
-        self.dispatcher.retry_dead(id).await
+        Ok(self.dispatcher.retry_dead(id).await?)
     }
 
-    pub async fn delete_dead(&self, id: u64) -> Result<(), DeadLetterError> {
+    pub async fn delete_dead(&self, id: u64) -> Result<(), ControlError> {
         let _guard = self.changes.lock().await;
-        self.dispatcher.delete_dead(id).await
+        Ok(self.dispatcher.delete_dead(id).await?)
     }
 
-    pub fn spool(&self) -> &Spool {
-        &self.spool
-    }
-
-    /// Why the spool does not accept writes now, if it does not.
-    pub fn spool_problem(&self) -> Option<String> {
-        self.spool.problem()
+    /// Stops the workers: attempts in flight get until the longest receiver
+    /// timeout (+1 s, at most `max_grace`) to finish. Returns what stays pending.
+    pub async fn stop(&self, max_grace: Duration) -> usize {
+        let longest = self.dispatcher.receivers().iter().map(|r| r.timeout).max().unwrap_or_default();
+        self.dispatcher.shutdown((longest + Duration::from_secs(1)).min(max_grace)).await;
+        self.dispatcher.pending()
     }
 
     /// Reloads whenever the config file's content changes (a Kubernetes
@@ -262,10 +419,32 @@ impl Control {
 }
 
 /// Validates a spec and builds its HTTP client, so that applying it cannot fail.
-pub fn check(spec: &ReceiverSpec, config: &Config) -> Result<Arc<Receiver>, ControlError> {
+fn check(spec: &ReceiverSpec, config: &Config) -> Result<Arc<Receiver>, ControlError> {
     let receiver = Arc::new(validate_receiver(spec, config).map_err(ControlError::Invalid)?);
-    Target::new(receiver.clone()).map_err(|e| ControlError::Invalid(vec![e]))?;
+    Target::new(receiver.clone()).map_err(|e| ControlError::Invalid(vec![e.to_string()]))?;
     Ok(receiver)
+}
+
+/// The receivers in force with one API receiver changed: the file's first, in
+/// their order, then the API's by name (the order `effective` gives on start).
+fn with_change(
+    current: &[Arc<Receiver>],
+    api: &BTreeMap<String, ReceiverSpec>,
+    name: &str,
+    changed: Option<Arc<Receiver>>,
+) -> Vec<Arc<Receiver>> {
+    let mut receivers: Vec<Arc<Receiver>> =
+        current.iter().filter(|r| r.name != name && !api.contains_key(&r.name)).cloned().collect();
+    let mut managed: BTreeMap<&str, Arc<Receiver>> = current
+        .iter()
+        .filter(|r| r.name != name && api.contains_key(&r.name))
+        .map(|r| (r.name.as_str(), r.clone()))
+        .collect();
+    if let Some(receiver) = changed {
+        managed.insert(name, receiver);
+    }
+    receivers.extend(managed.into_values());
+    receivers
 }
 
 /// The file's receivers, then the API's (by name) that the file does not shadow.
@@ -285,6 +464,23 @@ fn effective(config: &Config, api: &BTreeMap<String, ReceiverSpec>) -> (Vec<Arc<
     (receivers, errors)
 }
 
-fn unix_now() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64()
+fn rfc3339(ms: u64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+fn delivery_view(id: u64, meta: &DeliveryMeta, in_force: bool) -> DeliveryView {
+    DeliveryView {
+        id,
+        receiver: meta.receiver.clone(),
+        orphaned: !in_force,
+        state: if meta.dead.is_some() { "dead" } else { "pending" },
+        group_key: meta.group_key.clone(),
+        alerts: meta.alerts,
+        attempts: meta.attempts,
+        created: rfc3339(meta.created_ms),
+        first_attempt: meta.first_attempt_ms.map(rfc3339),
+        next_attempt: if meta.dead.is_none() { Some(rfc3339(meta.next_due_ms)) } else { None },
+        last_error: meta.last_error.clone(),
+        dead_reason: meta.dead.map(|d| d.as_str()),
+    }
 }

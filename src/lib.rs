@@ -1,19 +1,27 @@
 //! alert-relay: a durable Alertmanager webhook relay.
 //!
-//! `Relay::start` builds the whole service from a `Config`; `main` and the
-//! integration tests both use it.
+//! `Relay::start_with` builds the whole service from a `Config`; `main` and the
+//! integration tests both use it. The parts, and the one direction their
+//! dependencies point, are in README.md ("Architecture").
 
 #![forbid(unsafe_code)]
 
 pub mod alert;
+pub mod clock;
 pub mod conditions;
 pub mod config;
 pub mod control;
 pub mod delivery;
+pub mod diagnose;
 pub mod http;
+pub mod intake;
 pub mod metrics;
+pub mod reasons;
+pub mod retry;
 pub mod route;
 pub mod spool;
+pub mod sync;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -48,8 +56,8 @@ const FILE_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 pub enum StartError {
     #[error(transparent)]
     Spool(#[from] spool::OpenError),
-    #[error("{0}")]
-    Dispatcher(String),
+    #[error(transparent)]
+    Dispatch(#[from] delivery::DispatchError),
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: String, source: std::io::Error },
 }
@@ -63,18 +71,9 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// Opens the spool, resumes its deliveries and starts serving. Call inside a
-    /// multi-threaded Tokio runtime; the workers run on it. Reloads re-read the
-    /// file the config came from.
-    pub async fn start(config: Config) -> Result<Relay, StartError> {
-        let source = match &config.source {
-            Some(path) => Source::File(path.clone()),
-            None => Source::Embedded,
-        };
-        Relay::start_from(source, config).await
-    }
-
-    /// As `start`, with the source that reloads read.
+    /// Opens the spool, resumes its deliveries and starts serving, with the
+    /// source that reloads read. Call inside a multi-threaded Tokio runtime;
+    /// the workers run on it.
     pub async fn start_from(source: Source, config: Config) -> Result<Relay, StartError> {
         Relay::start_with(source, config, Options::default()).await
     }
@@ -95,9 +94,9 @@ impl Relay {
         let listen_error = |source| StartError::Listen { addr: listen.clone(), source };
         let listener = std::net::TcpListener::bind(&listen).map_err(listen_error)?;
         let addr = listener.local_addr().map_err(listen_error)?;
-        let control = Control::start(source, config, spool, metrics.clone()).await.map_err(StartError::Dispatcher)?;
+        let control = Control::start(source, config, spool, metrics.clone()).await?;
         Control::watch_file(&control, FILE_CHECK_INTERVAL);
-        let receivers = control.dispatcher.receivers().len();
+        let receivers = control.receiver_count();
         let shared = web::Data::new(Shared { control, metrics, shutting_down: AtomicBool::new(false) });
         let data = shared.clone();
         let server = HttpServer::new(move || {
@@ -137,14 +136,11 @@ impl Relay {
     /// stays in the spool.
     pub async fn shutdown(self) {
         self.shared.shutting_down.store(true, Ordering::Relaxed);
-        let dispatcher = &self.shared.control.dispatcher;
-        let longest = dispatcher.receivers().iter().map(|r| r.timeout).max().unwrap_or_default();
-        let grace = (longest + Duration::from_secs(1)).min(MAX_SHUTDOWN_GRACE);
-        dispatcher.shutdown(grace).await;
+        let pending = self.shared.control.stop(MAX_SHUTDOWN_GRACE).await;
         self.handle.stop(true).await;
         if let Ok(Err(e)) = self.server.await {
             log::error!("HTTP server: {e}");
         }
-        log::info!("stopped; {} deliveries left pending in the spool", dispatcher.pending());
+        log::info!("stopped; {pending} deliveries left pending in the spool");
     }
 }

@@ -11,28 +11,7 @@ use crate::alert::{Alert, LabelSet, Notification, Status};
 use crate::conditions::first_failing;
 use crate::config::Receiver;
 
-/// Why an alert did not reach a receiver (label `reason` of `alerts_filtered_total`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FilterReason {
-    Conditions,
-    Resolved,
-    Disabled,
-    MaxAlerts,
-}
-
-impl FilterReason {
-    pub const ALL: [FilterReason; 4] =
-        [FilterReason::Conditions, FilterReason::Resolved, FilterReason::Disabled, FilterReason::MaxAlerts];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FilterReason::Conditions => "conditions",
-            FilterReason::Resolved => "resolved",
-            FilterReason::Disabled => "disabled",
-            FilterReason::MaxAlerts => "max_alerts",
-        }
-    }
-}
+pub use crate::reasons::FilterReason;
 
 /// What becomes of one alert at one receiver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -14,7 +14,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use crate::delivery::retry::DeadReason;
+use crate::reasons::DeadReason;
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const DELIVERIES: TableDefinition<u64, &[u8]> = TableDefinition::new("deliveries");

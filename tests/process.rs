@@ -19,7 +19,7 @@ fn group_keys(requests: &[wiremock::Request]) -> BTreeSet<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_loses_no_accepted_delivery() {
+async fn kill_9_loses_no_accepted_delivery_and_keeps_each_schedule() {
     let dir = tempfile::tempdir().unwrap();
     let target = target(503).await;
     let port = closed_port();
@@ -27,24 +27,49 @@ async fn kill_9_loses_no_accepted_delivery() {
         dir.path(),
         port,
         &format!(
-            "receivers: [{{ name: r, url: '{}', concurrency: 2, retry: {{ initial_interval: 100ms, max_interval: 300ms }} }}]",
+            "{ADMIN_CONFIG}receivers: [{{ name: r, url: '{}', concurrency: 2, retry: {{ initial_interval: 100ms, max_interval: 300ms, max_elapsed: 1h }} }}]",
             target.uri()
         ),
     );
     let mut relay = Process::start(dir.path(), &["--config", &cfg], port, &[]).await;
+    // Thirty concurrent requests, each answered 200.
     let sent: BTreeSet<String> = (0..30).map(|i| format!("group-{i}")).collect();
-    for key in &sent {
-        let (status, _) =
-            post_json(&format!("{}/webhook", relay.base), payload(key, &[("firing", &[("alertname", "Crash")])]), None)
-                .await;
-        assert_eq!(status, 200);
-    }
+    let posts = sent.iter().map(|key| {
+        let url = format!("{}/webhook", relay.base);
+        let body = payload(key, &[("firing", &[("alertname", "Crash")])]);
+        async move { post_json(&url, body, None).await.0 }
+    });
+    let statuses = futures_join(posts).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     eventually("attempts against the failing target", || async {
         target.received_requests().await.unwrap_or_default().len() >= 30
     })
     .await;
+    let (_, before) = admin_call(&relay.base, Some(ADMIN_TOKEN), "GET", "/api/v1/deliveries?limit=100", None).await;
     relay.child.kill().unwrap(); // SIGKILL
     relay.child.wait().unwrap();
+    let keys_before = keys_by_group(&target.received_requests().await.unwrap());
+
+    // The stored schedule survived: same deliveries, first attempt unchanged
+    // (so max_elapsed still counts from it), attempt counts not reset.
+    let relay = Process::start(dir.path(), &["--config", &cfg], port, &[]).await;
+    let (_, after) = admin_call(&relay.base, Some(ADMIN_TOKEN), "GET", "/api/v1/deliveries?limit=100", None).await;
+    let rows = |v: &Value| -> Vec<(u64, String, u64)> {
+        v["deliveries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| (d["id"].as_u64().unwrap(), d["first_attempt"].to_string(), d["attempts"].as_u64().unwrap()))
+            .collect()
+    };
+    let (before, after) = (rows(&before), rows(&after));
+    assert_eq!(before.len(), 30);
+    assert_eq!(
+        before.iter().map(|r| (r.0, r.1.clone())).collect::<Vec<_>>(),
+        after.iter().map(|r| (r.0, r.1.clone())).collect::<Vec<_>>()
+    );
+    assert!(before.iter().zip(&after).all(|(b, a)| a.2 >= b.2 && b.2 >= 1), "{before:?} {after:?}");
+    drop(relay);
 
     target.reset().await;
     Mock::given(method("POST")).respond_with(ResponseTemplate::new(200)).mount(&target).await;
@@ -57,10 +82,37 @@ async fn kill_9_loses_no_accepted_delivery() {
         metric(&relay.base, r#"alert_relay_spool_pending{receiver="r"}"#).await == 0.0
     })
     .await;
-    // Nothing was delivered before the kill; only an attempt in flight at that
-    // moment (at most one per worker) may be seen twice.
-    let received = target.received_requests().await.unwrap().len();
-    assert!((30..=32).contains(&received), "{received} requests for 30 deliveries");
+    // Each group arrives under the Idempotency-Key it had before the kill.
+    let keys_after = keys_by_group(&target.received_requests().await.unwrap());
+    for (group, key) in &keys_after {
+        assert_eq!(keys_before.get(group), Some(key), "group {group}");
+    }
+    let log = std::fs::read_to_string(dir.path().join("relay.log")).unwrap();
+    assert!(!log.contains(ADMIN_TOKEN), "the admin token is never logged");
+}
+
+/// Runs the futures concurrently; their outputs in order.
+async fn futures_join<F: std::future::Future<Output = u16> + Send + 'static>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<u16> {
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}
+
+/// Each group's Idempotency-Key (one per group, or the test fails).
+fn keys_by_group(requests: &[wiremock::Request]) -> std::collections::BTreeMap<String, String> {
+    let mut keys = std::collections::BTreeMap::new();
+    for r in requests {
+        let group = serde_json::from_slice::<Value>(&r.body).unwrap()["groupKey"].as_str().unwrap().to_string();
+        let key = header(r, "idempotency-key");
+        let previous = keys.insert(group.clone(), key.clone());
+        assert!(previous.is_none_or(|p| p == key), "group {group} under two keys");
+    }
+    keys
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

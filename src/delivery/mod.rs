@@ -1,9 +1,11 @@
-//! Getting deliveries to their targets: the dispatcher and its workers, the HTTP
-//! sender with auth and TLS, and the retry policy with attempt classification.
+//! Getting deliveries to their targets: per-receiver queues (the pure state
+//! machine), the workers that make attempts, the dispatcher that wires them and
+//! applies receiver sets, and the HTTP sender. The retry policy and TLS
+//! configuration it uses live on the ground floor (`crate::retry`, `crate::tls`).
 
 pub mod dispatcher;
-pub mod retry;
+pub mod queue;
 pub mod sender;
-pub mod tls;
+mod worker;
 
-pub use dispatcher::{DeadLetterError, Dispatcher, Dropped, NewDelivery};
+pub use dispatcher::{DeadLetterError, DispatchError, Dispatcher, Dropped, NewDelivery};

@@ -1,12 +1,13 @@
-//! One HTTP attempt to a receiver's target. Knows nothing of spools or retries.
+//! One HTTP attempt to a receiver's target: auth, TLS, headers, timeout, and
+//! the answer classified. Knows nothing of spools, queues or retry timing.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
 
-use super::retry::{classify, parse_retry_after, FailureReason, Outcome};
 use crate::config::Receiver;
+use crate::retry::{classify, parse_retry_after, FailureReason, Outcome};
 
 const USER_AGENT: &str = concat!("alert-relay/", env!("CARGO_PKG_VERSION"));
 /// How much of an error answer's body is kept for the delivery's last error.
@@ -28,17 +29,29 @@ pub struct Attempt {
     pub latency: Duration,
 }
 
+/// Why a receiver's HTTP client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error("name: not valid in a header")]
+    Name,
+    #[error("auth: credentials hold characters not allowed in a header")]
+    Credentials,
+    #[error("proxy_url: {0}")]
+    Proxy(String),
+    #[error("cannot build HTTP client: {0}")]
+    Client(String),
+}
+
 impl Target {
-    pub fn new(receiver: Arc<Receiver>) -> Result<Target, String> {
+    pub fn new(receiver: Arc<Receiver>) -> Result<Target, TargetError> {
         // Every header but the Idempotency-Key is the same on every attempt:
         // set once on the client.
         let mut headers = receiver.headers.clone();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        let name = HeaderValue::from_str(&receiver.name).map_err(|_| "name: not valid in a header".to_string())?;
+        let name = HeaderValue::from_str(&receiver.name).map_err(|_| TargetError::Name)?;
         headers.insert("X-Alert-Relay-Receiver", name);
         if let Some(secret) = receiver.auth.header_value() {
-            let mut value = HeaderValue::from_str(secret.expose())
-                .map_err(|_| "auth: credentials hold characters not allowed in a header".to_string())?;
+            let mut value = HeaderValue::from_str(secret.expose()).map_err(|_| TargetError::Credentials)?;
             value.set_sensitive(true);
             headers.insert(AUTHORIZATION, value);
         }
@@ -50,10 +63,12 @@ impl Target {
             .default_headers(headers)
             .pool_max_idle_per_host(receiver.concurrency);
         let builder = match &receiver.proxy {
-            Some(url) => builder.proxy(reqwest::Proxy::all(url.clone()).map_err(|e| e.to_string())?),
+            Some(url) => {
+                builder.proxy(reqwest::Proxy::all(url.clone()).map_err(|e| TargetError::Proxy(e.to_string()))?)
+            }
             None => builder.no_proxy(),
         };
-        let client = builder.build().map_err(|e| format!("cannot build HTTP client: {e}"))?;
+        let client = builder.build().map_err(|e| TargetError::Client(e.to_string()))?;
         Ok(Target { receiver, client })
     }
 

@@ -1,4 +1,6 @@
 //! `POST /webhook`: Alertmanager's notifications in, durable deliveries out.
+//! HTTP's part only: auth, content type, body limits; the rest is
+//! `Control::accept`.
 
 use actix_web::http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
 use actix_web::http::StatusCode;
@@ -6,9 +8,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
 use super::{ApiError, Shared};
-use crate::alert::{Notification, Status};
-use crate::delivery::NewDelivery;
-use crate::route::{route, FilterReason};
+use crate::intake::IntakeError;
 
 /// Seconds Alertmanager is asked to wait before retrying a 503.
 const RETRY_AFTER_SECS: u32 = 5;
@@ -27,6 +27,19 @@ pub async fn receive(req: HttpRequest, body: web::Payload, shared: web::Data<Sha
 
 fn peer(req: &HttpRequest) -> String {
     req.peer_addr().map(|a| a.to_string()).unwrap_or_else(|| "unknown".into())
+}
+
+impl From<IntakeError> for ApiError {
+    fn from(e: IntakeError) -> ApiError {
+        match &e {
+            IntakeError::Invalid(payload) => {
+                ApiError::new(StatusCode::BAD_REQUEST, e.to_string()).with_details(vec![payload.field().to_string()])
+            }
+            IntakeError::Full(_) | IntakeError::Storage(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()).retry_after(RETRY_AFTER_SECS)
+            }
+        }
+    }
 }
 
 async fn handle(req: &HttpRequest, body: web::Payload, shared: &Shared) -> Result<usize, ApiError> {
@@ -48,21 +61,6 @@ async fn handle(req: &HttpRequest, body: web::Payload, shared: &Shared) -> Resul
     if shared.is_shutting_down() {
         return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting down").retry_after(RETRY_AFTER_SECS));
     }
-    if shared.control.spool_problem().is_some() {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "spool cannot write (disk full or I/O error); retry later",
-        )
-        .retry_after(RETRY_AFTER_SECS));
-    }
-    let max_pending = config.spool.max_pending;
-    if shared.control.dispatcher.pending() >= max_pending {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("spool full: {max_pending} deliveries pending"),
-        )
-        .retry_after(RETRY_AFTER_SECS));
-    }
     let limit = config.server.max_body_bytes;
     let too_large =
         || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("body is larger than max_body_bytes ({limit})"));
@@ -78,37 +76,5 @@ async fn handle(req: &HttpRequest, body: web::Payload, shared: &Shared) -> Resul
         Ok(Err(e)) => return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("reading body: {e}"))),
         Err(_) => return Err(too_large()),
     };
-    let notification = Notification::parse(&bytes).map_err(|e| {
-        ApiError::new(StatusCode::BAD_REQUEST, format!("invalid payload: {e}"))
-            .with_details(vec![e.field().to_string()])
-    })?;
-
-    let firing = notification.alerts.iter().filter(|a| a.status == Status::Firing).count();
-    let received = &shared.metrics.alerts_received;
-    received.with_label_values(&[Status::Firing.as_str()]).inc_by(firing as u64);
-    received.with_label_values(&[Status::Resolved.as_str()]).inc_by((notification.alerts.len() - firing) as u64);
-    let dispatcher = &shared.control.dispatcher;
-    let receivers = dispatcher.receivers();
-    let mut deliveries = Vec::new();
-    for routed in route(&notification, &receivers) {
-        let name = routed.receiver.name.as_str();
-        if let Some(m) = dispatcher.metrics(name) {
-            m.alerts_matched.inc_by(routed.matched as u64);
-            for reason in FilterReason::ALL {
-                m.alerts_filtered(reason).inc_by(routed.filtered[reason as usize] as u64);
-            }
-        }
-        if let Some(body) = routed.body {
-            deliveries.push(NewDelivery {
-                receiver: name.to_string(),
-                alerts: u32::try_from(routed.matched).unwrap_or(u32::MAX),
-                body,
-            });
-        }
-    }
-    shared.control.dispatcher.accept(&notification.group_key, deliveries).await.map_err(|e| {
-        log::error!("webhook: {e}; answered 503 so that Alertmanager retries");
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "spool cannot write (disk full or I/O error); retry later")
-            .retry_after(RETRY_AFTER_SECS)
-    })
+    Ok(shared.control.accept(&bytes).await?)
 }

@@ -3,59 +3,7 @@
 
 use std::time::{Duration, SystemTime};
 
-/// Why an HTTP attempt failed (label `reason` of `notification_requests_failed_total`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailureReason {
-    ServerError,
-    ClientError,
-    AuthError,
-    RateLimited,
-    Timeout,
-    Connection,
-}
-
-impl FailureReason {
-    pub const ALL: [FailureReason; 6] = [
-        FailureReason::ServerError,
-        FailureReason::ClientError,
-        FailureReason::AuthError,
-        FailureReason::RateLimited,
-        FailureReason::Timeout,
-        FailureReason::Connection,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FailureReason::ServerError => "serverError",
-            FailureReason::ClientError => "clientError",
-            FailureReason::AuthError => "authError",
-            FailureReason::RateLimited => "rateLimited",
-            FailureReason::Timeout => "timeout",
-            FailureReason::Connection => "connection",
-        }
-    }
-}
-
-/// Why a delivery was dead-lettered (label `reason` of `notifications_failed_total`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum DeadReason {
-    ClientError,
-    AuthError,
-    Expired,
-}
-
-impl DeadReason {
-    pub const ALL: [DeadReason; 3] = [DeadReason::ClientError, DeadReason::AuthError, DeadReason::Expired];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DeadReason::ClientError => "clientError",
-            DeadReason::AuthError => "authError",
-            DeadReason::Expired => "expired",
-        }
-    }
-}
+pub use crate::reasons::{DeadReason, FailureReason};
 
 /// What one attempt came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,16 +24,6 @@ pub fn classify(status: u16, retry_after: Option<Duration>) -> Outcome {
         500..=599 => Outcome::Retryable { reason: FailureReason::ServerError, retry_after },
         401 | 403 => Outcome::Permanent { reason: FailureReason::AuthError },
         _ => Outcome::Permanent { reason: FailureReason::ClientError },
-    }
-}
-
-impl FailureReason {
-    /// The dead-letter reason of a permanent failure.
-    pub fn dead_reason(self) -> DeadReason {
-        match self {
-            FailureReason::AuthError => DeadReason::AuthError,
-            _ => DeadReason::ClientError,
-        }
     }
 }
 

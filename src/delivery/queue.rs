@@ -1,0 +1,273 @@
+//! The pending deliveries of one receiver, as a pure state machine: due-time
+//! order, one delivery in flight per alert group, and supersession (a newer
+//! notification of a group replaces an older one still waiting; an older one
+//! that fails while a newer one waits is dropped, not retried). No I/O, no
+//! clock: the caller passes `now` and acts on what comes back.
+
+use std::collections::{BTreeSet, HashMap};
+
+use crate::spool::DeliveryMeta;
+
+struct Entry {
+    meta: DeliveryMeta,
+    /// A newer notification of the group arrived while this one was in flight:
+    /// if the attempt fails it is dropped rather than retried.
+    obsolete: bool,
+}
+
+#[derive(Default)]
+struct Group {
+    in_flight: Option<u64>,
+    pending: Option<u64>,
+}
+
+/// What a worker should do next.
+#[derive(Debug, PartialEq)]
+pub enum Step {
+    Attempt(u64, DeliveryMeta),
+    WaitUntil(u64),
+    Idle,
+}
+
+/// How an attempt ended, as far as the queue cares.
+pub enum Finish {
+    /// Delivered, dropped or dead-lettered: no longer pending.
+    Gone { dead: bool },
+    /// To be tried again, with this state.
+    Retry(DeliveryMeta),
+}
+
+/// Deliveries with a group key are serialised per group: at most one in
+/// flight, and only the newest waits.
+#[derive(Default)]
+pub struct QueueState {
+    entries: HashMap<u64, Entry>,
+    due: BTreeSet<(u64, u64)>,
+    groups: HashMap<String, Group>,
+    dead: usize,
+}
+
+impl QueueState {
+    /// Pending deliveries (waiting or in flight).
+    pub fn pending(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Dead letters of this receiver.
+    pub fn dead(&self) -> usize {
+        self.dead
+    }
+
+    /// One more or one fewer dead letter (loaded, requeued or deleted).
+    pub fn count_dead(&mut self, more: bool) {
+        self.dead = if more { self.dead + 1 } else { self.dead.saturating_sub(1) };
+    }
+
+    /// Adds a pending delivery; returns the ids it supersedes (possibly its own,
+    /// when a newer one of its group is already here).
+    pub fn add(&mut self, id: u64, meta: DeliveryMeta) -> Vec<u64> {
+        let mut superseded = Vec::new();
+        if !meta.group_key.is_empty() {
+            let group = self.groups.entry(meta.group_key.clone()).or_default();
+            if group.in_flight.is_some_and(|f| f > id) || group.pending.is_some_and(|p| p > id) {
+                return vec![id];
+            }
+            if let Some(older) = group.pending.replace(id) {
+                if let Some(old) = self.entries.remove(&older) {
+                    self.due.remove(&(old.meta.next_due_ms, older));
+                }
+                superseded.push(older);
+            }
+            if let Some(flying) = group.in_flight {
+                if let Some(e) = self.entries.get_mut(&flying) {
+                    e.obsolete = true;
+                }
+            }
+        }
+        self.due.insert((meta.next_due_ms, id));
+        self.entries.insert(id, Entry { meta, obsolete: false });
+        superseded
+    }
+
+    /// The next delivery due at `now` whose group has nothing in flight.
+    pub fn take(&mut self, now: u64) -> Step {
+        let mut chosen = None;
+        for &(due, id) in &self.due {
+            if due > now {
+                return Step::WaitUntil(due);
+            }
+            let Some(entry) = self.entries.get(&id) else {
+                continue;
+            };
+            let key = &entry.meta.group_key;
+            if !key.is_empty() && self.groups.get(key).is_some_and(|g| g.in_flight.is_some()) {
+                continue;
+            }
+            chosen = Some((due, id));
+            break;
+        }
+        let Some((due, id)) = chosen else {
+            return Step::Idle;
+        };
+        self.due.remove(&(due, id));
+        let Some(entry) = self.entries.get(&id) else {
+            return Step::Idle;
+        };
+        let meta = entry.meta.clone();
+        if let Some(group) = self.groups.get_mut(&meta.group_key) {
+            group.pending = None;
+            group.in_flight = Some(id);
+        }
+        Step::Attempt(id, meta)
+    }
+
+    /// Records the end of an attempt. True when the delivery was superseded
+    /// meanwhile: the caller removes it from the spool instead of retrying.
+    pub fn finish(&mut self, id: u64, how: Finish) -> bool {
+        let Some(entry) = self.entries.remove(&id) else {
+            // Dropped meanwhile (its receiver left).
+            return false;
+        };
+        let key = entry.meta.group_key.clone();
+        let superseded = match how {
+            Finish::Gone { dead } => {
+                if dead {
+                    self.dead += 1;
+                }
+                false
+            }
+            Finish::Retry(_) if entry.obsolete => true,
+            Finish::Retry(meta) => {
+                self.due.insert((meta.next_due_ms, id));
+                if let Some(group) = self.groups.get_mut(&key) {
+                    group.pending = Some(id);
+                }
+                self.entries.insert(id, Entry { meta, obsolete: false });
+                false
+            }
+        };
+        if let Some(group) = self.groups.get_mut(&key) {
+            if group.in_flight == Some(id) {
+                group.in_flight = None;
+            }
+            if group.in_flight.is_none() && group.pending.is_none() {
+                self.groups.remove(&key);
+            }
+        }
+        superseded
+    }
+
+    /// Forgets every pending delivery; their ids.
+    pub fn clear(&mut self) -> Vec<u64> {
+        self.due.clear();
+        self.groups.clear();
+        self.entries.drain().map(|(id, _)| id).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(group: &str, due: u64) -> DeliveryMeta {
+        DeliveryMeta { next_due_ms: due, ..DeliveryMeta::new("r".into(), group.into(), 1, 0) }
+    }
+
+    #[test]
+    fn due_order_and_waiting() {
+        let mut q = QueueState::default();
+        q.add(1, meta("", 50));
+        q.add(2, meta("", 10));
+        assert_eq!(q.take(5), Step::WaitUntil(10));
+        assert!(matches!(q.take(60), Step::Attempt(2, _)));
+        assert!(matches!(q.take(60), Step::Attempt(1, _)));
+        assert_eq!(q.take(60), Step::Idle);
+        assert_eq!(q.pending(), 2, "in flight still counts as pending");
+    }
+
+    #[test]
+    fn a_due_time_equal_to_now_is_due() {
+        let mut q = QueueState::default();
+        q.add(1, meta("", 10));
+        assert!(matches!(q.take(10), Step::Attempt(1, _)));
+    }
+
+    #[test]
+    fn newer_pending_supersedes_older() {
+        let mut q = QueueState::default();
+        assert!(q.add(1, meta("g", 0)).is_empty());
+        assert_eq!(q.add(2, meta("g", 0)), vec![1]);
+        // An older one arriving late is superseded at once.
+        assert_eq!(q.add(1, meta("g", 0)), vec![1]);
+        assert!(matches!(q.take(0), Step::Attempt(2, _)));
+        assert_eq!(q.take(0), Step::Idle);
+        assert_eq!(q.pending(), 1);
+    }
+
+    #[test]
+    fn one_in_flight_per_group_and_a_failed_older_one_is_dropped() {
+        let mut q = QueueState::default();
+        q.add(1, meta("g", 0));
+        q.add(10, meta("other", 0));
+        assert!(matches!(q.take(0), Step::Attempt(1, _)));
+        assert!(q.add(2, meta("g", 0)).is_empty(), "in flight is not superseded at once");
+        // 2 waits for 1; the other group goes ahead.
+        assert!(matches!(q.take(0), Step::Attempt(10, _)));
+        assert_eq!(q.take(0), Step::Idle);
+        // 1 fails: it is not retried, since 2 is newer.
+        assert!(q.finish(1, Finish::Retry(meta("g", 100))));
+        assert!(matches!(q.take(0), Step::Attempt(2, _)));
+        assert!(!q.finish(2, Finish::Gone { dead: false }));
+        assert!(!q.finish(10, Finish::Gone { dead: true }));
+        assert!(!q.finish(10, Finish::Gone { dead: true }), "unknown: nothing happens");
+        assert_eq!(q.dead(), 1);
+        assert!(q.entries.is_empty() && q.due.is_empty() && q.groups.is_empty());
+    }
+
+    #[test]
+    fn a_delivered_older_one_leaves_the_newer_pending() {
+        let mut q = QueueState::default();
+        q.add(1, meta("g", 0));
+        assert!(matches!(q.take(0), Step::Attempt(1, _)));
+        q.add(2, meta("g", 0));
+        assert!(!q.finish(1, Finish::Gone { dead: false }));
+        assert!(matches!(q.take(0), Step::Attempt(2, _)));
+    }
+
+    #[test]
+    fn retried_delivery_comes_back_at_its_due_time() {
+        let mut q = QueueState::default();
+        q.add(1, meta("g", 0));
+        assert!(matches!(q.take(0), Step::Attempt(1, _)));
+        assert!(!q.finish(1, Finish::Retry(meta("g", 500))));
+        assert_eq!(q.take(100), Step::WaitUntil(500));
+        assert!(matches!(q.take(500), Step::Attempt(1, _)));
+    }
+
+    #[test]
+    fn deliveries_without_a_group_are_never_superseded() {
+        let mut q = QueueState::default();
+        assert!(q.add(1, meta("", 0)).is_empty());
+        assert!(q.add(2, meta("", 0)).is_empty());
+        assert!(matches!(q.take(0), Step::Attempt(1, _)));
+        assert!(matches!(q.take(0), Step::Attempt(2, _)), "no group: both may fly at once");
+        assert!(!q.finish(1, Finish::Retry(meta("", 5))));
+        assert_eq!(q.pending(), 2);
+    }
+
+    #[test]
+    fn clear_forgets_everything_but_dead_letters() {
+        let mut q = QueueState::default();
+        q.add(1, meta("g", 0));
+        q.add(2, meta("h", 0));
+        q.count_dead(true);
+        let mut ids = q.clear();
+        ids.sort_unstable();
+        assert_eq!(ids, [1, 2]);
+        assert_eq!((q.pending(), q.dead()), (0, 1));
+        assert_eq!(q.take(0), Step::Idle);
+        q.count_dead(false);
+        q.count_dead(false);
+        assert_eq!(q.dead(), 0);
+    }
+}

@@ -1,0 +1,257 @@
+//! Diagnosis: Send Test Message and explain. Both answer, besides what they
+//! did, whether real alerts would reach a receiver and what would stop them,
+//! so that "the test works but no alerts arrive" is explained in one answer.
+
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use crate::alert::{Alert, LabelSet, Notification, Status};
+use crate::conditions::Operator;
+use crate::config::Receiver;
+use crate::delivery::sender::Target;
+use crate::retry::Outcome;
+use crate::route::{fates, verdict, Fate};
+
+/// What a test message carries beyond the built-in test alert.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestAlert {
+    /// Labels added to (or overriding) the test alert's own.
+    #[serde(default)]
+    pub labels: LabelSet,
+    #[serde(default)]
+    pub annotations: LabelSet,
+    /// `resolved` tests what `send_resolved` does.
+    #[serde(default)]
+    pub status: Option<Status>,
+}
+
+/// The condition that stopped an alert, as configured.
+#[derive(Debug, Serialize)]
+pub struct ConditionRef {
+    pub index: usize,
+    pub label: String,
+    pub operator: Operator,
+    pub values: Option<Vec<String>>,
+}
+
+/// The setting that stops an alert at a receiver, in words and as data.
+#[derive(Debug, Serialize)]
+pub struct StopReason {
+    /// `enabled`, `conditions`, `send_resolved` or `max_alerts`.
+    pub setting: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub condition: Option<ConditionRef>,
+    /// The label's value the condition saw (null: missing).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<Option<String>>,
+    pub detail: String,
+}
+
+/// The answer of Send Test Message.
+#[derive(Debug, Serialize)]
+pub struct TestReport {
+    pub receiver: String,
+    pub delivered: bool,
+    pub status: Option<u16>,
+    pub latency_ms: f64,
+    pub error: Option<String>,
+    pub enabled: bool,
+    pub conditions_pass: bool,
+    pub would_deliver: bool,
+    pub stopped_by: Option<StopReason>,
+    pub labels: LabelSet,
+    pub explanation: String,
+}
+
+/// One alert at one receiver.
+#[derive(Debug, Serialize)]
+pub struct AlertFate {
+    pub index: usize,
+    pub delivered: bool,
+    pub stopped_by: Option<StopReason>,
+}
+
+/// One receiver's verdict on a notification.
+#[derive(Debug, Serialize)]
+pub struct ReceiverFate {
+    pub receiver: String,
+    pub enabled: bool,
+    pub delivered: bool,
+    pub alerts: Vec<AlertFate>,
+}
+
+/// The answer of explain.
+#[derive(Debug, Serialize)]
+pub struct Explanation {
+    pub receivers: Vec<ReceiverFate>,
+}
+
+/// What explain is asked about.
+pub enum ExplainInput {
+    /// A whole webhook payload.
+    Payload(Notification),
+    /// One alert's labels (and status).
+    Labels { labels: LabelSet, status: Option<Status> },
+}
+
+/// A synthetic Alertmanager v4 notification with one alert.
+pub fn test_notification(receiver: &str, test: &TestAlert) -> Notification {
+    let mut labels: LabelSet =
+        [("alertname".to_string(), "AlertRelayTestMessage".to_string()), ("severity".to_string(), "info".to_string())]
+            .into();
+    labels.extend(test.labels.clone());
+    let mut annotations: LabelSet = [
+        ("summary".to_string(), "Test message from alert-relay".to_string()),
+        ("description".to_string(), "Sent by Send Test Message; no alert is firing.".to_string()),
+    ]
+    .into();
+    annotations.extend(test.annotations.clone());
+    let status = test.status.unwrap_or(Status::Firing);
+    let now = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+    let ends = if status == Status::Resolved { now.clone() } else { "0001-01-01T00:00:00Z".to_string() };
+    let alert = Alert::new(
+        status,
+        labels.clone(),
+        annotations.clone(),
+        object(json!({
+            "startsAt": now,
+            "endsAt": ends,
+            "generatorURL": "",
+            "fingerprint": format!("{:016x}", fastrand::u64(..)),
+        })),
+    );
+    Notification {
+        status,
+        alerts: vec![alert],
+        common_labels: labels,
+        common_annotations: annotations,
+        truncated_alerts: 0,
+        group_key: "{}:{alertname=\"AlertRelayTestMessage\"}".into(),
+        extra: object(json!({
+            "receiver": receiver,
+            "groupLabels": { "alertname": "AlertRelayTestMessage" },
+            "externalURL": "",
+            "version": "4",
+        })),
+    }
+}
+
+fn object(value: Value) -> Map<String, Value> {
+    match value {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    }
+}
+
+/// What stopped an alert, if anything.
+pub fn stop_reason(receiver: &Receiver, labels: &LabelSet, fate: Fate) -> Option<StopReason> {
+    let plain = |setting, detail: String| StopReason { setting, condition: None, value: None, detail };
+    match fate {
+        Fate::Forwarded => None,
+        Fate::Disabled => {
+            Some(plain("enabled", "the receiver is disabled: no alert is delivered until it is enabled".into()))
+        }
+        Fate::Resolved => Some(plain("send_resolved", "the alert is resolved and send_resolved is false".into())),
+        Fate::MaxAlerts => Some(plain(
+            "max_alerts",
+            format!("more than max_alerts ({}) alerts passed; this one was cut", receiver.max_alerts),
+        )),
+        Fate::Condition(i) => {
+            let condition = &receiver.conditions[i];
+            let spec = condition.spec();
+            let value = labels.get(&spec.label).cloned();
+            let seen = match &value {
+                Some(v) => format!("label {} is {v:?}", spec.label),
+                None => format!("label {} is missing", spec.label),
+            };
+            Some(StopReason {
+                setting: "conditions",
+                condition: Some(ConditionRef {
+                    index: i,
+                    label: spec.label.clone(),
+                    operator: spec.operator,
+                    values: spec.values.clone(),
+                }),
+                value: Some(value),
+                detail: format!("condition {i} ({condition}) fails: {seen}"),
+            })
+        }
+    }
+}
+
+/// Sends a test message through `target` now, and says whether real alerts
+/// with the same labels would arrive.
+pub async fn send_test(target: &Target, test: &TestAlert) -> TestReport {
+    let receiver = &target.receiver;
+    let notification = test_notification(&receiver.name, test);
+    let alert = &notification.alerts[0];
+    let fate = verdict(receiver, alert);
+    let body = serde_json::to_vec(&notification).unwrap_or_default();
+    let key = format!("test-{:016x}", fastrand::u64(..));
+    let attempt = target.send(&key, body).await;
+    let delivered = attempt.outcome == Outcome::Delivered;
+    let would_deliver = fate == Fate::Forwarded;
+    let stopped_by = stop_reason(receiver, &alert.labels, fate);
+    let explanation = match &stopped_by {
+        None => "Real alerts with these labels would be delivered to this receiver.".to_string(),
+        Some(stop) => format!(
+            "The test message bypasses the receiver's settings, but real alerts with these labels would NOT be \
+             delivered: {}.",
+            stop.detail
+        ),
+    };
+    log::info!(
+        "test message to receiver {}: {}",
+        receiver.name,
+        attempt.error.as_deref().unwrap_or(if delivered { "delivered" } else { "failed" })
+    );
+    TestReport {
+        receiver: receiver.name.clone(),
+        delivered,
+        status: attempt.status,
+        latency_ms: (attempt.latency.as_secs_f64() * 1000.0 * 10.0).round() / 10.0,
+        error: attempt.error,
+        enabled: receiver.enabled,
+        conditions_pass: !matches!(fate, Fate::Condition(_)),
+        would_deliver,
+        stopped_by,
+        labels: alert.labels.clone(),
+        explanation,
+    }
+}
+
+/// Every receiver's verdict on every alert of the input.
+pub fn explain(input: ExplainInput, receivers: &[std::sync::Arc<Receiver>]) -> Explanation {
+    let notification = match input {
+        ExplainInput::Payload(n) => n,
+        ExplainInput::Labels { labels, status } => {
+            let test = TestAlert { labels: LabelSet::new(), annotations: LabelSet::new(), status };
+            let mut n = test_notification("explain", &test);
+            let alert = &n.alerts[0];
+            n.alerts[0] = Alert::new(alert.status, labels, alert.annotations.clone(), Map::new());
+            n
+        }
+    };
+    let receivers = receivers
+        .iter()
+        .map(|r| {
+            let alerts: Vec<AlertFate> = notification
+                .alerts
+                .iter()
+                .zip(fates(&notification, r))
+                .enumerate()
+                .map(|(index, (alert, fate))| AlertFate {
+                    index,
+                    delivered: fate == Fate::Forwarded,
+                    stopped_by: stop_reason(r, &alert.labels, fate),
+                })
+                .collect();
+            let delivered = alerts.iter().any(|a| a.delivered);
+            ReceiverFate { receiver: r.name.clone(), enabled: r.enabled, delivered, alerts }
+        })
+        .collect();
+    Explanation { receivers }
+}
