@@ -1,0 +1,434 @@
+//! Configuration: the YAML file plus `ALERT_RELAY__…` environment overrides,
+//! parsed once into validated types. Nothing past this module re-checks it.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+mod file;
+mod receiver;
+mod secret;
+
+use file::*;
+pub use file::{AuthSpec, AuthType, ReceiverSpec, RetrySpec, TlsSpec};
+use receiver::*;
+pub use receiver::{validate_receiver, Receiver};
+use secret::*;
+pub use secret::{redact_url, Auth, Secret, REDACTED};
+
+/// Where the config file is looked for when none is named.
+pub const DEFAULT_PATH: &str = "config/alert-relay.yaml";
+/// The shipped `config/alert-relay.yaml`, used when that file is not on disk.
+pub const EMBEDDED: &str = include_str!("../../config/alert-relay.yaml");
+const ENV_PREFIX: &str = "ALERT_RELAY";
+
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub listen: String,
+    pub max_body_bytes: usize,
+    /// The expected `Authorization` header value on `/webhook`.
+    pub webhook_auth: Option<Secret>,
+    pub request_head_timeout: Duration,
+    pub request_body_timeout: Duration,
+    pub max_connections: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Admin {
+    /// The `Authorization` header value the admin API expects, if enabled.
+    pub authorization: Option<Secret>,
+    /// Where API-managed receivers may read files from (canonical), if anywhere.
+    pub secret_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Spool {
+    pub dir: PathBuf,
+    pub max_pending: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: Server,
+    pub admin: Admin,
+    pub spool: Spool,
+    pub delivery: DeliveryDefaults,
+    /// The receivers of the file (provisioned).
+    pub receivers: Vec<Arc<Receiver>>,
+}
+
+/// Every problem found, each naming where it is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.join("\n"))
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Where to read the configuration from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    File(PathBuf),
+    Embedded,
+}
+
+impl Source {
+    /// The named path, else the default path if it exists, else the embedded copy.
+    pub fn resolve(path: Option<PathBuf>) -> Source {
+        match path {
+            Some(p) => Source::File(p),
+            None if Path::new(DEFAULT_PATH).exists() => Source::File(PathBuf::from(DEFAULT_PATH)),
+            None => Source::Embedded,
+        }
+    }
+}
+
+impl Config {
+    /// Reads the source, applies the process environment's overrides, validates.
+    pub fn load(source: &Source) -> Result<Config, ConfigErrors> {
+        Config::load_with_env(source, None)
+    }
+
+    /// As `load`, with the environment given instead of read from the process.
+    pub fn load_with_env(
+        source: &Source,
+        env: Option<std::collections::HashMap<String, String>>,
+    ) -> Result<Config, ConfigErrors> {
+        let text = match source {
+            Source::File(path) => {
+                std::fs::read_to_string(path).map_err(|e| ConfigErrors(vec![format!("{}: {e}", path.display())]))?
+            }
+            Source::Embedded => EMBEDDED.to_string(),
+        };
+        if text.trim().is_empty() {
+            let name = match source {
+                Source::File(path) => path.display().to_string(),
+                Source::Embedded => "the embedded configuration".into(),
+            };
+            return Err(ConfigErrors(vec![format!(
+                "{name} is empty: refusing it (it would turn authentication off and remove every receiver); \
+                 write the whole file again"
+            )]));
+        }
+        let file = config::File::from_str(&text, config::FileFormat::Yaml);
+        let environment = config::Environment::with_prefix(ENV_PREFIX)
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true)
+            .source(env.map(|m| m.into_iter().collect()));
+        let raw: RawConfig = config::Config::builder()
+            .add_source(file)
+            .add_source(environment)
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| ConfigErrors(vec![e.to_string()]))?;
+        validate(raw)
+    }
+
+    /// Parses YAML text with no environment overrides (tests, examples).
+    pub fn from_yaml(text: &str) -> Result<Config, ConfigErrors> {
+        let raw: RawConfig = config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Yaml))
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| ConfigErrors(vec![e.to_string()]))?;
+        validate(raw)
+    }
+}
+
+/// Collects errors under a path prefix such as `receivers[2] (ops)`.
+struct Errors<'a> {
+    list: &'a mut Vec<String>,
+    prefix: String,
+}
+
+impl Errors<'_> {
+    fn push(&mut self, field: &str, message: impl fmt::Display) {
+        if self.prefix.is_empty() {
+            self.list.push(format!("{field}: {message}"));
+        } else if field.is_empty() {
+            self.list.push(format!("{}: {message}", self.prefix));
+        } else {
+            self.list.push(format!("{}.{field}: {message}", self.prefix));
+        }
+    }
+
+    fn sub(&mut self, prefix: &str) -> Errors<'_> {
+        Errors { list: self.list, prefix: format!("{}.{prefix}", self.prefix) }
+    }
+}
+
+fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
+    let mut list = Vec::new();
+
+    let server = {
+        let mut errors = Errors { list: &mut list, prefix: "server".into() };
+        let listen = raw.server.listen.unwrap_or_else(|| "0.0.0.0:9097".into());
+        if listen.parse::<SocketAddr>().is_err() && !looks_like_host_port(&listen) {
+            errors.push("listen", format!("{listen:?} is not host:port"));
+        }
+        let max_body_bytes = raw.server.max_body_bytes.unwrap_or(4 * 1024 * 1024);
+        if max_body_bytes == 0 {
+            errors.push("max_body_bytes", "must be more than 0");
+        }
+        if max_body_bytes > MAX_BODY_BYTES {
+            errors.push("max_body_bytes", format!("{max_body_bytes} is more than the most allowed, {MAX_BODY_BYTES}"));
+        }
+        let webhook_auth = match raw.server.webhook_auth {
+            Some(spec) => auth(&spec, &mut errors.sub("webhook_auth")).header_value(),
+            None => None,
+        };
+        let request_head_timeout =
+            bounded_duration(raw.server.request_head_timeout.as_deref(), "5s", "request_head_timeout", &mut errors);
+        let request_body_timeout =
+            bounded_duration(raw.server.request_body_timeout.as_deref(), "10s", "request_body_timeout", &mut errors);
+        let max_connections = raw.server.max_connections.unwrap_or(1024);
+        if !(1..=MAX_CONNECTIONS).contains(&max_connections) {
+            errors.push("max_connections", format!("{max_connections} is not between 1 and {MAX_CONNECTIONS}"));
+        }
+        Server {
+            listen,
+            max_body_bytes: usize::try_from(max_body_bytes).unwrap_or(usize::MAX),
+            webhook_auth,
+            request_head_timeout,
+            request_body_timeout,
+            max_connections: usize::try_from(max_connections).unwrap_or(1),
+        }
+    };
+
+    let admin = {
+        let mut errors = Errors { list: &mut list, prefix: "admin".into() };
+        let token = secret(raw.admin.token, raw.admin.token_file, "token", &mut errors);
+        if token.as_ref().is_some_and(|t| t.expose().is_empty()) {
+            errors.push("token", "is empty");
+        }
+        let secret_dir = raw.admin.secret_dir.and_then(|dir| match dir.canonicalize() {
+            Ok(canonical) if canonical.is_dir() => Some(canonical),
+            Ok(_) => {
+                errors.push("secret_dir", format!("{} is not a directory", dir.display()));
+                None
+            }
+            Err(e) => {
+                errors.push("secret_dir", format!("{}: {e}", dir.display()));
+                None
+            }
+        });
+        Admin { authorization: token.and_then(|t| Auth::Bearer(t).header_value()), secret_dir }
+    };
+
+    let spool = {
+        let mut errors = Errors { list: &mut list, prefix: "spool".into() };
+        let max_pending = raw.spool.max_pending.unwrap_or(100_000);
+        if max_pending == 0 {
+            errors.push("max_pending", "must be more than 0");
+        }
+        Spool {
+            dir: raw.spool.dir.unwrap_or_else(|| PathBuf::from("data")),
+            max_pending: usize::try_from(max_pending).unwrap_or(usize::MAX),
+        }
+    };
+
+    let defaults = {
+        let mut errors = Errors { list: &mut list, prefix: "delivery".into() };
+        let timeout = raw.delivery.timeout.unwrap_or_else(|| "10s".into());
+        if let Err(e) = duration(&timeout) {
+            errors.push("timeout", e);
+        }
+        if let Ok(t) = duration(&timeout) {
+            check_timeout(t, &mut errors);
+        }
+        let concurrency = raw.delivery.concurrency.unwrap_or(4);
+        check_concurrency(concurrency, &mut errors);
+        let retry = raw.delivery.retry.unwrap_or_default().or(&RetrySpec::builtin());
+        if let Err(e) = retry_policy(&retry) {
+            errors.push("retry", e);
+        }
+        DeliveryDefaults { timeout, concurrency, retry }
+    };
+
+    let mut receivers = Vec::new();
+    let mut names = HashSet::new();
+    for (i, spec) in raw.receivers.iter().enumerate() {
+        let mut errors = Errors { list: &mut list, prefix: format!("receivers[{i}] ({})", spec.name) };
+        if !names.insert(spec.name.clone()) {
+            errors.push("name", format!("duplicate receiver name {:?}", spec.name));
+        }
+        if let Some(r) = receiver(spec, &defaults, &FileAccess::Any, &mut errors) {
+            receivers.push(Arc::new(r));
+        }
+    }
+
+    if list.is_empty() {
+        Ok(Config { server, admin, spool, delivery: defaults, receivers })
+    } else {
+        Err(ConfigErrors(list))
+    }
+}
+
+/// The `delivery` section, which a receiver's own settings override.
+#[derive(Debug, Clone)]
+pub struct DeliveryDefaults {
+    timeout: String,
+    concurrency: u64,
+    retry: RetrySpec,
+}
+
+fn looks_like_host_port(s: &str) -> bool {
+    match s.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok(),
+        None => false,
+    }
+}
+
+/// Parses `500ms`, `10s`, `1m`, `1h`, `1h30m`.
+pub fn duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("invalid duration {text:?}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+    use std::io::Write;
+
+    fn errors_of(yaml: &str) -> Vec<String> {
+        Config::from_yaml(yaml).unwrap_err().0
+    }
+
+    #[test]
+    fn shipped_config_is_valid() {
+        let c = Config::from_yaml(EMBEDDED).unwrap();
+        assert_eq!(c.spool.dir, PathBuf::from("data"));
+        assert_eq!(c.server.listen, "0.0.0.0:9097");
+    }
+
+    #[test]
+    fn annotated_example_is_valid() {
+        let c = Config::from_yaml(include_str!("../../config/example-full.yaml")).unwrap();
+        assert_eq!(c.receivers.len(), 2);
+        assert_eq!(c.receivers[0].conditions.len(), 3);
+    }
+
+    #[test]
+    fn defaults_apply_and_receivers_override_them() {
+        let c = Config::from_yaml(
+            "delivery: { timeout: 3s, concurrency: 2, retry: { initial_interval: 1s, max_elapsed: 2h } }\n\
+             receivers:\n\
+             - { name: a, url: 'http://127.0.0.1:1/x' }\n\
+             - { name: b, url: 'http://127.0.0.1:1/y', timeout: 1s, concurrency: 9, retry: { max_elapsed: 1h } }\n",
+        )
+        .unwrap();
+        let (a, b) = (&c.receivers[0], &c.receivers[1]);
+        assert_eq!((a.timeout, a.concurrency), (Duration::from_secs(3), 2));
+        assert_eq!((b.timeout, b.concurrency), (Duration::from_secs(1), 9));
+        assert_eq!(a.retry.max_elapsed(), Duration::from_secs(7200));
+        assert_eq!(b.retry.max_elapsed(), Duration::from_secs(3600));
+        assert_eq!(b.retry.delay(1, 0.5), Duration::from_secs(1), "initial_interval inherited");
+        assert!(a.enabled && a.send_resolved);
+        assert_eq!(c.server.max_body_bytes, 4 * 1024 * 1024);
+        assert_eq!(c.spool.max_pending, 100_000);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let e = errors_of("server: { listn: ':1' }");
+        assert!(e[0].contains("unknown field `listn`"), "{e:?}");
+        let e = errors_of("receivers: [{ name: a, url: 'http://x', colour: red }]");
+        assert!(e[0].contains("unknown field `colour`"), "{e:?}");
+    }
+
+    #[test]
+    fn every_error_is_reported_with_receiver_and_field() {
+        let e = errors_of(
+            r#"
+delivery: { timeout: 10 parsecs }
+receivers:
+  - name: ops
+    url: 'ftp://x'
+    timeout: 5x
+    conditions:
+      - { label: severity, operator: Matches, values: ['(bad'] }
+      - { label: ns, operator: Exists, values: [a] }
+  - { name: ops, url: 'http://x', auth: { type: bearer } }
+  - { name: 'bad name', url: 'http://x', tls: { ca_file: /nonexistent/ca.pem } }
+"#,
+        );
+        let has = |needle: &str| assert!(e.iter().any(|l| l.contains(needle)), "{needle:?} not in {e:#?}");
+        has("delivery.timeout: invalid duration \"10 parsecs\"");
+        has("receivers[0] (ops).url: \"ftp://x\"");
+        has("receivers[0] (ops).timeout: invalid duration \"5x\"");
+        has("receivers[0] (ops).conditions[0]: severity Matches: values[0]: invalid regex \"(bad\"");
+        has("receivers[0] (ops).conditions[1]: ns Exists: values: operator Exists takes no values");
+        has("receivers[1] (ops).name: duplicate receiver name \"ops\"");
+        has("receivers[1] (ops).auth.token: bearer auth needs token or token_file");
+        has("receivers[2] (bad name).name: \"bad name\" must match");
+        has("receivers[2] (bad name).tls.ca_file: cannot read /nonexistent/ca.pem");
+    }
+
+    #[test]
+    fn secrets_come_from_files_and_are_never_printed() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        writeln!(f, "hunter2").unwrap();
+        let c = Config::from_yaml(&format!(
+            "server: {{ webhook_auth: {{ type: bearer, token_file: {} }} }}\n\
+             receivers: [{{ name: a, url: 'http://x', auth: {{ type: basic, username: u, password: pw-secret }} }}]",
+            f.path().display()
+        ))
+        .unwrap();
+        assert_eq!(c.server.webhook_auth.as_ref().unwrap().expose(), "Bearer hunter2");
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("hunter2") && !shown.contains("pw-secret"), "{shown}");
+        assert_eq!(errors_of("admin: { token: '' }"), ["admin.token: is empty"]);
+        let missing = errors_of("admin: { token_file: /nonexistent/token }");
+        assert!(missing[0].starts_with("admin.token_file: cannot read /nonexistent/token"), "{missing:?}");
+    }
+
+    #[test]
+    fn redaction_hides_secrets_and_a_put_back_keeps_them() {
+        let yaml = "receivers: [{ name: a, url: 'http://x', proxy_url: 'http://u:proxy-pw@proxy:3128', auth: { type: bearer, token: tok } }]";
+        let stored = Config::from_yaml(yaml).unwrap().receivers[0].spec.clone();
+        let shown = stored.redacted();
+        let text = serde_json::to_string(&shown).unwrap();
+        assert!(!text.contains("proxy-pw") && !text.contains("tok\""), "{text}");
+        let mut back = shown.clone();
+        back.keep_secrets_of(&stored).unwrap();
+        assert_eq!(back, stored);
+        let e = errors_of("receivers: [{ name: a, url: 'http://x', proxy_url: 'ftp://u:pw-in-url@p' }]");
+        assert!(e[0].starts_with("receivers[0] (a).proxy_url:") && !e[0].contains("pw-in-url"), "{e:?}");
+    }
+
+    #[test]
+    fn secret_comparison() {
+        let s = Secret::new("abc".into());
+        assert!(s.matches(b"abc"));
+        assert!(!s.matches(b"abd") && !s.matches(b"ab") && !s.matches(b"abcd") && !s.matches(b""));
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(&path, "server: { listen: '127.0.0.1:1' }\nspool: { max_pending: 5 }\n").unwrap();
+        let env = HashMap::from([
+            ("ALERT_RELAY__SERVER__LISTEN".to_string(), "0.0.0.0:9097".to_string()),
+            ("ALERT_RELAY__SPOOL__MAX_PENDING".to_string(), "7".to_string()),
+            ("ALERT_RELAY__DELIVERY__TIMEOUT".to_string(), "2s".to_string()),
+        ]);
+        let c = Config::load_with_env(&Source::File(path), Some(env)).unwrap();
+        assert_eq!(c.server.listen, "0.0.0.0:9097");
+        assert_eq!(c.spool.max_pending, 7);
+    }
+
+    #[test]
+    fn missing_file_is_an_error() {
+        let e = Config::load_with_env(&Source::File("/nonexistent/x.yaml".into()), Some(HashMap::new())).unwrap_err();
+        assert!(e.0[0].contains("/nonexistent/x.yaml"), "{e}");
+    }
+}

@@ -1,0 +1,229 @@
+//! Secrets: the type that never prints them, auth built from them, reading
+//! them from files, and redaction for API answers (with the rule for when a
+//! `<redacted>` sent back keeps the stored secret).
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+
+use super::*;
+
+// ---------------------------------------------------------------------------
+// Validated configuration.
+
+/// A secret string: never printed, never serialized.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Secret {
+        Secret(value)
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Compares in time independent of where the inputs differ.
+    pub fn matches(&self, given: &[u8]) -> bool {
+        let expected = self.0.as_bytes();
+        let mut diff = expected.len() ^ given.len();
+        for (i, b) in given.iter().enumerate() {
+            diff |= usize::from(expected.get(i).copied().unwrap_or(0) ^ b);
+        }
+        diff == 0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Auth {
+    None,
+    Bearer(Secret),
+    Basic { username: String, password: Secret },
+}
+
+impl Auth {
+    /// The whole `Authorization` header value this auth sends, if any.
+    pub fn header_value(&self) -> Option<Secret> {
+        match self {
+            Auth::None => None,
+            Auth::Bearer(token) => Some(Secret(format!("Bearer {}", token.expose()))),
+            Auth::Basic { username, password } => {
+                let raw = format!("{username}:{}", password.expose());
+                let encoded = base64::engine::general_purpose::STANDARD.encode(raw);
+                Some(Secret(format!("Basic {encoded}")))
+            }
+        }
+    }
+}
+
+pub(super) fn read_file(path: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
+/// An inline secret or one read from a file (trailing newline dropped).
+pub(super) fn secret(
+    inline: Option<String>,
+    file: Option<PathBuf>,
+    field: &str,
+    errors: &mut Errors<'_>,
+) -> Option<Secret> {
+    match (inline, file) {
+        (Some(_), Some(_)) => {
+            errors.push(field, format!("set either {field} or {field}_file, not both"));
+            None
+        }
+        (Some(v), None) => Some(Secret(v)),
+        (None, Some(path)) => match read_file(&path) {
+            Ok(bytes) => match String::from_utf8(bytes) {
+                Ok(text) => Some(Secret(text.trim_end_matches(['\r', '\n']).to_string())),
+                Err(_) => {
+                    errors.push(&format!("{field}_file"), format!("{} is not UTF-8 text", path.display()));
+                    None
+                }
+            },
+            Err(e) => {
+                errors.push(&format!("{field}_file"), e);
+                None
+            }
+        },
+        (None, None) => None,
+    }
+}
+
+pub(super) fn auth(spec: &AuthSpec, errors: &mut Errors<'_>) -> Auth {
+    let forbid = |errors: &mut Errors<'_>, present: bool, field: &str| {
+        if present {
+            errors.push(field, format!("not used with type {:?}", spec.kind));
+        }
+    };
+    match spec.kind {
+        AuthType::None => {
+            forbid(errors, spec.token.is_some() || spec.token_file.is_some(), "token");
+            forbid(errors, spec.username.is_some(), "username");
+            forbid(errors, spec.password.is_some() || spec.password_file.is_some(), "password");
+            Auth::None
+        }
+        AuthType::Bearer => {
+            forbid(errors, spec.username.is_some(), "username");
+            forbid(errors, spec.password.is_some() || spec.password_file.is_some(), "password");
+            match secret(spec.token.clone(), spec.token_file.clone(), "token", errors) {
+                Some(t) if !t.expose().is_empty() => Auth::Bearer(t),
+                Some(_) => {
+                    errors.push("token", "is empty");
+                    Auth::None
+                }
+                None => {
+                    if spec.token.is_none() && spec.token_file.is_none() {
+                        errors.push("token", "bearer auth needs token or token_file");
+                    }
+                    Auth::None
+                }
+            }
+        }
+        AuthType::Basic => {
+            forbid(errors, spec.token.is_some() || spec.token_file.is_some(), "token");
+            let username = spec.username.clone().unwrap_or_default();
+            if username.is_empty() {
+                errors.push("username", "basic auth needs a username");
+            } else if username.contains(':') {
+                errors.push("username", "must not contain ':'");
+            }
+            let password = secret(spec.password.clone(), spec.password_file.clone(), "password", errors);
+            if password.is_none() && spec.password.is_none() && spec.password_file.is_none() {
+                errors.push("password", "basic auth needs password or password_file");
+            }
+            Auth::Basic { username, password: password.unwrap_or(Secret(String::new())) }
+        }
+    }
+}
+
+/// Stands in for a secret in API answers; sent back in a `PUT`, it keeps the
+/// stored secret.
+pub const REDACTED: &str = "<redacted>";
+
+impl ReceiverSpec {
+    /// A copy fit to show: inline secrets, URL passwords and URL query values
+    /// replaced by `REDACTED`.
+    pub fn redacted(&self) -> ReceiverSpec {
+        let mut spec = self.clone();
+        let hide = |v: &mut Option<String>| {
+            if v.is_some() {
+                *v = Some(REDACTED.into());
+            }
+        };
+        hide(&mut spec.auth.token);
+        hide(&mut spec.auth.password);
+        spec.url = redact_url(&self.url);
+        if spec.proxy_url.as_deref().and_then(|u| reqwest::Url::parse(u).ok()).is_some_and(|u| u.password().is_some()) {
+            spec.proxy_url = Some(REDACTED.into());
+        }
+        spec
+    }
+
+    /// Puts back the secrets of `stored` where this spec holds `REDACTED`, but
+    /// only while the URL's scheme, host and port are those of `stored`: a
+    /// redacted secret never follows a receiver to another server.
+    pub fn keep_secrets_of(&mut self, stored: &ReceiverSpec) -> Result<(), Vec<String>> {
+        if self.url == redact_url(&stored.url) {
+            self.url.clone_from(&stored.url);
+        }
+        let same_origin = origin(&self.url).is_some() && origin(&self.url) == origin(&stored.url);
+        let mut errors = Vec::new();
+        let mut keep = |field: &str, v: &mut Option<String>, old: &Option<String>| {
+            if v.as_deref() != Some(REDACTED) {
+                return;
+            }
+            if same_origin && old.is_some() {
+                v.clone_from(old);
+            } else {
+                errors.push(format!(
+                    "{field}: the stored secret is kept only while the URL's scheme, host and port stay the same; \
+                     give it again"
+                ));
+            }
+        };
+        keep("auth.token", &mut self.auth.token, &stored.auth.token);
+        keep("auth.password", &mut self.auth.password, &stored.auth.password);
+        keep("proxy_url", &mut self.proxy_url, &stored.proxy_url);
+        if self.url.contains(REDACTED) || self.url.contains("%3Credacted%3E") {
+            errors.push("url: holds <redacted>; write the URL's password and query values out again".into());
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+/// A URL with its password and query values replaced by `REDACTED`.
+pub fn redact_url(text: &str) -> String {
+    const MARK: &str = "REDACTEDxMARK";
+    let Ok(mut url) = reqwest::Url::parse(text) else { return text.to_string() };
+    if url.password().is_some() && url.set_password(Some(MARK)).is_err() {
+        return REDACTED.into();
+    }
+    if url.query().is_some() {
+        let pairs: Vec<(String, bool)> = url.query_pairs().map(|(k, v)| (k.into_owned(), !v.is_empty())).collect();
+        let mut query = url.query_pairs_mut();
+        query.clear();
+        for (key, has_value) in pairs {
+            query.append_pair(&key, if has_value { MARK } else { "" });
+        }
+    }
+    url.to_string().replace(MARK, REDACTED)
+}
+
+/// Scheme, host and port (the scheme's default when not written).
+pub(super) fn origin(text: &str) -> Option<(String, String, u16)> {
+    let url = reqwest::Url::parse(text).ok()?;
+    Some((url.scheme().to_string(), url.host_str()?.to_string(), url.port_or_known_default()?))
+}
