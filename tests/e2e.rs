@@ -124,6 +124,9 @@ fn alert_names(n: &Value) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alertmanager_notifications_reach_exactly_the_selected_targets_firing_then_resolved() {
+    if !needs(&["prometheus-alertmanager"]) {
+        return;
+    }
     let (crit, all, quiet) = (MockServer::start().await, MockServer::start().await, MockServer::start().await);
     let relay = TestRelay::start(&format!(
         r#"
@@ -205,6 +208,9 @@ receivers:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_spool_makes_alertmanager_retry_and_nothing_is_lost() {
+    if !needs(&["prometheus-alertmanager"]) {
+        return;
+    }
     let target = MockServer::start().await;
     Mock::given(method("POST")).respond_with(ResponseTemplate::new(503)).mount(&target).await;
     let relay = TestRelay::start(&format!(
@@ -301,6 +307,9 @@ fn numbers(answer: &Value) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_scrapes_the_relay_and_every_dashboard_and_rule_expression_runs() {
+    if !needs(&["prometheus"]) {
+        return;
+    }
     let flaky = MockServer::start().await;
     Mock::given(method("POST"))
         .respond_with(ResponseTemplate::new(500))

@@ -705,6 +705,9 @@ async fn shutdown_finishes_attempts_in_flight_and_refuses_new_work() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_pass_promtool_check_metrics() {
+    if !needs(&["promtool"]) {
+        return;
+    }
     let t = target(500).await;
     let relay = TestRelay::start(&format!(
         "receivers:\n  - {{ name: r, url: '{}', {GIVE_UP_SOON} }}\n  - {{ name: off, url: '{}', enabled: false }}\n",

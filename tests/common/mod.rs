@@ -446,6 +446,28 @@ pub fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
 
+/// Whether the external tools a test needs are here. Under the test command
+/// (`ALERT_RELAY_FULL_TESTS=1`, set by scripts/test) a missing one fails the
+/// test; under a plain `cargo test` the test says what it needs and returns
+/// without running.
+pub fn needs(tools: &[&str]) -> bool {
+    let found = |tool: &str| {
+        let path = Path::new(tool);
+        if path.is_absolute() {
+            return path.exists();
+        }
+        std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(tool).is_file()))
+    };
+    let missing: Vec<&str> = tools.iter().copied().filter(|t| !found(t)).collect();
+    if missing.is_empty() {
+        return true;
+    }
+    let message = format!("needs {} (scripts/test installs it)", missing.join(", "));
+    assert!(std::env::var_os("ALERT_RELAY_FULL_TESTS").is_none(), "{message}");
+    eprintln!("SKIPPED: {message}");
+    false
+}
+
 /// Runs a tool to completion; panics with its output unless it succeeds.
 pub fn run_ok(program: &str, args: &[&str], dir: &Path) -> String {
     let out = std::process::Command::new(program)
