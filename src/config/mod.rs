@@ -415,7 +415,11 @@ receivers:
     fn environment_overrides_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.yaml");
-        std::fs::write(&path, "server: { listen: '127.0.0.1:1' }\nspool: { max_pending: 5 }\n").unwrap();
+        std::fs::write(
+            &path,
+            "server: { listen: '127.0.0.1:1' }\nspool: { max_pending: 5 }\nreceivers: [{ name: r, url: 'http://x' }]\n",
+        )
+        .unwrap();
         let env = HashMap::from([
             ("ALERT_RELAY__SERVER__LISTEN".to_string(), "0.0.0.0:9097".to_string()),
             ("ALERT_RELAY__SPOOL__MAX_PENDING".to_string(), "7".to_string()),
@@ -424,6 +428,7 @@ receivers:
         let c = Config::load_with_env(&Source::File(path), Some(env)).unwrap();
         assert_eq!(c.server.listen, "0.0.0.0:9097");
         assert_eq!(c.spool.max_pending, 7);
+        assert_eq!(c.receivers[0].timeout, Duration::from_secs(2), "delivery.timeout from the environment");
     }
 
     #[test]
