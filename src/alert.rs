@@ -131,11 +131,55 @@ pub struct Notification {
     pub common_annotations: LabelSet,
     #[serde(rename = "truncatedAlerts")]
     pub truncated_alerts: u64,
-    #[serde(rename = "groupKey")]
-    pub group_key: String,
+    /// Absent on input, absent on output.
+    #[serde(rename = "groupKey", skip_serializing_if = "Option::is_none")]
+    pub group_key: Option<String>,
     /// version, receiver, groupLabels, externalURL and anything newer.
     #[serde(flatten)]
-    pub extra: Map<String, Value>,
+    pub extra: Extra,
+}
+
+/// The fields the relay does not read, in the order they came, each kept as
+/// its exact JSON text: numbers of any size or spelling (`1.50`, `1E+2`,
+/// `1e400`), escapes and nesting reach the target byte for byte.
+#[derive(Debug, Clone, Default)]
+pub struct Extra(Vec<(String, Box<RawValue>)>);
+
+impl Extra {
+    /// A field's JSON text.
+    pub fn get(&self, key: &str) -> Option<&RawValue> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_ref())
+    }
+
+    /// Adds (or replaces) a field made here, for synthetic notifications.
+    pub fn set(&mut self, key: &str, value: &Value) {
+        let raw = RawValue::from_string(value.to_string()).unwrap_or_else(|_| empty_object());
+        match self.0.iter_mut().find(|(k, _)| k == key) {
+            Some(slot) => slot.1 = raw,
+            None => self.0.push((key.to_string(), raw)),
+        }
+    }
+
+    /// Fields made here from a JSON object.
+    pub fn from_object(object: Map<String, Value>) -> Extra {
+        let mut extra = Extra::default();
+        for (key, value) in &object {
+            extra.set(key, value);
+        }
+        extra
+    }
+}
+
+impl PartialEq for Extra {
+    fn eq(&self, other: &Extra) -> bool {
+        self.0.len() == other.0.len() && self.0.iter().zip(&other.0).all(|(a, b)| a.0 == b.0 && a.1.get() == b.1.get())
+    }
+}
+
+impl Serialize for Extra {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(k, v)| (k, v)))
+    }
 }
 
 /// By hand rather than derived: a derived `flatten` buffers the whole payload,
@@ -163,8 +207,8 @@ impl<'de> Visitor<'de> for NotificationVisitor {
             common_labels: LabelSet::new(),
             common_annotations: LabelSet::new(),
             truncated_alerts: 0,
-            group_key: String::new(),
-            extra: Map::new(),
+            group_key: None,
+            extra: Extra::default(),
         };
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
             match key.as_ref() {
@@ -173,10 +217,10 @@ impl<'de> Visitor<'de> for NotificationVisitor {
                 "commonLabels" => n.common_labels = map.next_value::<UniqueKeys>()?.0,
                 "commonAnnotations" => n.common_annotations = map.next_value::<UniqueKeys>()?.0,
                 "truncatedAlerts" => n.truncated_alerts = map.next_value()?,
-                "groupKey" => n.group_key = map.next_value()?,
+                "groupKey" => n.group_key = Some(map.next_value()?),
                 _ => {
-                    let value = map.next_value()?;
-                    n.extra.insert(key.into_owned(), value);
+                    let value: Box<RawValue> = map.next_value()?;
+                    n.extra.0.push((key.into_owned(), value));
                 }
             }
         }
@@ -200,7 +244,7 @@ struct PayloadShape {
     #[serde(rename = "truncatedAlerts", default)]
     truncated_alerts: u64,
     #[serde(rename = "groupKey", default)]
-    group_key: String,
+    group_key: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -266,12 +310,13 @@ impl Notification {
             return Err(PayloadError::TooDeep);
         }
         let notification: Notification = serde_json::from_slice(body).map_err(|e| locate(body, &e))?;
-        match notification.extra.get("version") {
-            None => {}
-            // Alertmanager's, and Grafana Alerting's (the same shape, more fields).
-            Some(Value::String(v)) if v == "4" || v == "1" => {}
-            Some(Value::String(v)) => return Err(PayloadError::Version(format!("{v:?}"))),
-            Some(other) => return Err(PayloadError::Version(format!("{other} (not a string)"))),
+        if let Some(raw) = notification.extra.get("version") {
+            match serde_json::from_str::<Value>(raw.get()) {
+                // Alertmanager's, and Grafana Alerting's (the same shape, more fields).
+                Ok(Value::String(v)) if v == "4" || v == "1" => {}
+                Ok(Value::String(v)) => return Err(PayloadError::Version(format!("{v:?}"))),
+                _ => return Err(PayloadError::Version(format!("{} (not a string)", raw.get()))),
+            }
         }
         Ok(notification)
     }
@@ -368,13 +413,32 @@ mod tests {
     }
 
     #[test]
+    fn unknown_fields_pass_byte_for_byte_and_absent_ones_stay_absent() {
+        let body = r#"{"status":"firing","alerts":[],"big":12345678901234567890123,"dec":1.50,"exp":1E+2,"esc":"\u00e9","huge":1e400,"nested":{"a":[1,{"b":null}],"c":"d"}}"#;
+        let n = Notification::parse(body.as_bytes()).unwrap();
+        assert_eq!(n.group_key, None);
+        let out = String::from_utf8(serde_json::to_vec(&n).unwrap()).unwrap();
+        for field in [
+            r#""big":12345678901234567890123"#,
+            r#""dec":1.50"#,
+            r#""exp":1E+2"#,
+            r#""esc":"\u00e9""#,
+            r#""huge":1e400"#,
+            r#""nested":{"a":[1,{"b":null}],"c":"d"}"#,
+        ] {
+            assert!(out.contains(field), "{field} not in {out}");
+        }
+        assert!(!out.contains("groupKey"), "{out}");
+    }
+
+    #[test]
     fn fixture_round_trips_with_unknown_fields() {
         let mut raw: Value = serde_json::from_str(FIRING).unwrap();
         raw["futureField"] = serde_json::json!({"x": [1, 2]});
         raw["alerts"][0]["futureAlertField"] = serde_json::json!("kept");
         let n = Notification::parse(raw.to_string().as_bytes()).unwrap();
         assert_eq!(n.alerts.len(), 2);
-        assert_eq!(n.group_key, "{}:{alertname=\"HighLatency\", namespace=\"prod\"}");
+        assert_eq!(n.group_key.as_deref(), Some("{}:{alertname=\"HighLatency\", namespace=\"prod\"}"));
         let back = serde_json::to_value(&n).unwrap();
         assert_eq!(back, raw);
     }

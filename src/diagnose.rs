@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use crate::alert::{Alert, LabelSet, Notification, Status};
+use crate::alert::{Alert, Extra, LabelSet, Notification, Status};
 use crate::conditions::Operator;
 use crate::config::Receiver;
 use crate::delivery::sender::Target;
@@ -129,13 +129,13 @@ pub fn test_notification(receiver: &str, test: &TestAlert) -> Notification {
         common_labels: labels,
         common_annotations: annotations,
         truncated_alerts: 0,
-        group_key: "{}:{alertname=\"AlertRelayTestMessage\"}".into(),
-        extra: object(json!({
+        group_key: Some("{}:{alertname=\"AlertRelayTestMessage\"}".into()),
+        extra: Extra::from_object(object(json!({
             "receiver": receiver,
             "groupLabels": { "alertname": "AlertRelayTestMessage" },
             "externalURL": "",
             "version": "4",
-        })),
+        }))),
     }
 }
 

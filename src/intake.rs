@@ -59,7 +59,7 @@ pub async fn accept(
             });
         }
     }
-    dispatcher.accept(&notification.group_key, deliveries).await.map_err(|e| {
+    dispatcher.accept(notification.group_key.as_deref().unwrap_or_default(), deliveries).await.map_err(|e| {
         log::error!("webhook: {e}; answered 503 so that Alertmanager retries");
         IntakeError::Storage(Some(e))
     })

@@ -5,9 +5,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::Serialize;
-use serde_json::{Map, Value};
 
-use crate::alert::{Alert, LabelSet, Notification, Status};
+use crate::alert::{Alert, Extra, LabelSet, Notification, Status};
 use crate::conditions::first_failing;
 use crate::config::Receiver;
 
@@ -90,10 +89,10 @@ struct Forward<'a> {
     common_annotations: BTreeMap<&'a str, &'a str>,
     #[serde(rename = "truncatedAlerts")]
     truncated_alerts: u64,
-    #[serde(rename = "groupKey")]
-    group_key: &'a str,
+    #[serde(rename = "groupKey", skip_serializing_if = "Option::is_none")]
+    group_key: Option<&'a str>,
     #[serde(flatten)]
-    extra: &'a Map<String, Value>,
+    extra: &'a Extra,
 }
 
 pub fn route(notification: &Notification, receivers: &[Arc<Receiver>]) -> Vec<Routed> {
@@ -117,7 +116,7 @@ fn route_one(notification: &Notification, receiver: &Arc<Receiver>) -> Routed {
             common_labels: common(kept.iter().map(|a| &a.labels)),
             common_annotations: common(kept.iter().map(|a| &a.annotations)),
             truncated_alerts: notification.truncated_alerts + truncated as u64,
-            group_key: &notification.group_key,
+            group_key: notification.group_key.as_deref(),
             extra: &notification.extra,
             alerts: kept,
         };
@@ -147,6 +146,7 @@ fn common<'a>(mut sets: impl Iterator<Item = &'a LabelSet>) -> BTreeMap<&'a str,
 mod tests {
     use super::*;
     use crate::config::Config;
+    use serde_json::Value;
 
     const MIXED: &str = include_str!("../tests/fixtures/alertmanager-0.25/mixed-resolved.json");
 
@@ -176,7 +176,7 @@ mod tests {
         assert_eq!(crit["alerts"].as_array().unwrap().len(), 1);
         assert_eq!(crit["commonLabels"]["service"], "api");
         assert_eq!(crit["commonAnnotations"]["summary"], "p99 latency above 1s");
-        assert_eq!(crit["groupKey"], n.group_key);
+        assert_eq!(crit["groupKey"].as_str(), n.group_key.as_deref());
         assert_eq!(crit["externalURL"], "http://vm:19093", "pass-through field");
         assert_eq!(out[0].filtered, [1, 0, 0, 0]);
 

@@ -1,5 +1,8 @@
 //! The rustls client configuration of a receiver: trust roots, client
 //! certificate, a pinned server name, or no verification at all when asked.
+//! A self-signed server certificate given as `ca_file` is trusted as exactly
+//! that certificate (how most internal webhook servers are pinned, and what
+//! Go's client, so Alertmanager, accepts).
 
 use std::sync::Arc;
 
@@ -46,30 +49,29 @@ pub fn client_config(material: &TlsMaterial) -> Result<Arc<ClientConfig>, TlsErr
         Arc::new(AcceptAnyCertificate { provider: provider.clone() })
     } else {
         let mut roots = RootCertStore::empty();
+        let mut pinned = Vec::new();
         match &material.ca_pem {
             Some(pem) => {
-                let mut count = 0;
                 for cert in CertificateDer::pem_slice_iter(pem) {
                     let cert = cert.map_err(|e| TlsError::Ca(format!("not a PEM certificate: {e}")))?;
-                    roots.add(cert).map_err(|e| TlsError::Ca(e.to_string()))?;
-                    count += 1;
+                    roots.add(cert.clone()).map_err(|e| TlsError::Ca(e.to_string()))?;
+                    pinned.push(cert);
                 }
-                if count == 0 {
+                if pinned.is_empty() {
                     return Err(TlsError::Ca("holds no PEM certificate".into()));
                 }
             }
             None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
         }
-        let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
             .build()
             .map_err(|e| TlsError::Rustls(e.to_string()))?;
-        match &material.server_name {
-            Some(name) => {
-                let name = ServerName::try_from(name.clone()).map_err(|_| TlsError::ServerName(name.clone()))?;
-                Arc::new(PinnedServerName { inner: webpki, name })
-            }
-            None => webpki,
-        }
+        let name = match &material.server_name {
+            Some(name) => Some(ServerName::try_from(name.clone()).map_err(|_| TlsError::ServerName(name.clone()))?),
+            None => None,
+        };
+        let trusted = if material.ca_pem.is_some() { "a CA in ca_file" } else { "a trusted CA" };
+        Arc::new(Verifier { inner, pinned, name, trusted })
     };
     let builder = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -95,23 +97,38 @@ pub fn client_config(material: &TlsMaterial) -> Result<Arc<ClientConfig>, TlsErr
     Ok(Arc::new(config))
 }
 
-/// Checks the certificate against a configured name, whatever host the URL names.
+/// The WebPKI verifier, with a configured name instead of the URL's host when
+/// given, certificates of `ca_file` also trusted as exact pins, and errors an
+/// operator can read.
 #[derive(Debug)]
-struct PinnedServerName {
+struct Verifier {
     inner: Arc<WebPkiServerVerifier>,
-    name: ServerName<'static>,
+    /// The certificates of `ca_file`: a server presenting one of them exactly
+    /// (a self-signed leaf) is trusted, for the names it carries.
+    pinned: Vec<CertificateDer<'static>>,
+    name: Option<ServerName<'static>>,
+    trusted: &'static str,
 }
 
-impl ServerCertVerifier for PinnedServerName {
+impl ServerCertVerifier for Verifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
+        server_name: &ServerName<'_>,
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        self.inner.verify_server_cert(end_entity, intermediates, &self.name, ocsp_response, now)
+        let name = self.name.as_ref().map_or(server_name, |n| n);
+        match self.inner.verify_server_cert(end_entity, intermediates, name, ocsp_response, now) {
+            Ok(verified) => Ok(verified),
+            Err(e) if self.pinned.iter().any(|p| p.as_ref() == end_entity.as_ref()) => {
+                let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
+                rustls::client::verify_server_name(&parsed, name).map_err(|_| readable(e, name, self.trusted))?;
+                Ok(ServerCertVerified::assertion())
+            }
+            Err(e) => Err(readable(e, name, self.trusted)),
+        }
     }
 
     fn verify_tls12_signature(
@@ -135,6 +152,32 @@ impl ServerCertVerifier for PinnedServerName {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.inner.supported_verify_schemes()
     }
+}
+
+/// A certificate error in words, instead of `Other(OtherError(...))`.
+fn readable(e: rustls::Error, name: &ServerName<'_>, trusted: &str) -> rustls::Error {
+    use rustls::CertificateError as C;
+    let name = name.to_str();
+    let text = match &e {
+        rustls::Error::InvalidCertificate(c) => match c {
+            C::Other(o) if !format!("{o:?}").contains("CaUsedAsEndEntity") => {
+                format!("the server's certificate was refused: {o}")
+            }
+            C::UnknownIssuer | C::BadSignature | C::Other(_) => format!(
+                "the server's certificate is not issued by {trusted} (and is not itself one of the certificates \
+                 in ca_file)"
+            ),
+            C::NotValidForName | C::NotValidForNameContext { .. } => {
+                format!("the server's certificate is not valid for the name {name}")
+            }
+            C::Expired | C::ExpiredContext { .. } => "the server's certificate has expired".into(),
+            C::NotValidYet | C::NotValidYetContext { .. } => "the server's certificate is not valid yet".into(),
+            C::Revoked => "the server's certificate is revoked".into(),
+            other => format!("the server's certificate was refused: {other:?}"),
+        },
+        _ => return e,
+    };
+    rustls::Error::General(text)
 }
 
 /// `insecure_skip_verify`: any certificate is accepted, but the handshake

@@ -29,6 +29,27 @@ async fn fixtures_forward_with_unknown_fields_intact() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_fields_reach_the_target_byte_for_byte() {
+    let t = target(200).await;
+    let relay = TestRelay::start(&format!("receivers: [{{ name: r, url: '{}' }}]", t.uri())).await;
+    let body = r#"{"version":"4","status":"firing","alerts":[{"status":"firing","labels":{"a":"b"},"x":1.50}],"big":12345678901234567890123,"exp":1E+2,"esc":"\u00e9","huge":1e400,"nested":{"k":[{"v":null}]}}"#;
+    assert_eq!(relay.post(body.as_bytes().to_vec()).await.0, 200);
+    eventually("delivery", || async { count(&t).await == 1 }).await;
+    let sent = String::from_utf8(t.received_requests().await.unwrap()[0].body.clone()).unwrap();
+    for field in [
+        r#""big":12345678901234567890123"#,
+        r#""exp":1E+2"#,
+        r#""esc":"\u00e9""#,
+        r#""huge":1e400"#,
+        r#""nested":{"k":[{"v":null}]}"#,
+        r#""x":1.50"#,
+    ] {
+        assert!(sent.contains(field), "{field} not in {sent}");
+    }
+    assert!(!sent.contains("groupKey"), "an absent groupKey stays absent: {sent}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_target_gets_exactly_its_alerts_with_its_auth() {
     let (bearer, basic, none) = (target(200).await, target(204).await, target(202).await);
     let relay = TestRelay::start(&format!(
@@ -629,6 +650,42 @@ receivers:
         assert!(failures >= 1.0, "{name}: handshake failures are connection failures");
     }
     assert_eq!((target.hits(), named.hits()), (2, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_self_signed_server_certificate_given_as_ca_file_is_pinned() {
+    let dir = tempfile::tempdir().unwrap();
+    let own = Leaf::self_signed(&["localhost"]);
+    let other = Leaf::self_signed(&["localhost"]);
+    let target = TlsTarget::start(&own, None).await;
+    let own_file = write(dir.path(), "own.pem", &own.cert_pem);
+    let other_file = write(dir.path(), "other.pem", &other.cert_pem);
+    let url = format!("https://localhost:{}/hook", target.addr.port());
+    let relay = TestRelay::start(&format!(
+        r#"
+{ADMIN_CONFIG}receivers:
+  - {{ name: pinned, url: '{url}', tls: {{ ca_file: '{}' }} }}
+  - {{ name: other, url: '{url}', tls: {{ ca_file: '{}' }}, {GIVE_UP_SOON} }}
+  - {{ name: wrong-name, url: '{url}', tls: {{ ca_file: '{}', server_name: elsewhere.test }}, {GIVE_UP_SOON} }}
+"#,
+        own_file.display(),
+        other_file.display(),
+        own_file.display()
+    ))
+    .await;
+    assert_eq!(relay.post(FIRING).await.0, 200);
+    eventually("the pinned receiver delivered", || delivered(&relay, "pinned")).await;
+    for (name, words) in [
+        ("other", "the server's certificate is not issued by a CA in ca_file"),
+        ("wrong-name", "the server's certificate is not valid for the name elsewhere.test"),
+    ] {
+        eventually(&format!("{name} to give up"), || expired(&relay, name)).await;
+        let (_, dead) = relay.admin("GET", &format!("/api/v1/deliveries?receiver={name}&state=dead"), None).await;
+        let error = dead["deliveries"][0]["last_error"].as_str().unwrap().to_string();
+        assert!(error.contains(words), "{name}: {error}");
+        assert!(!error.contains("OtherError"), "{error}");
+    }
+    assert_eq!(target.hits(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -132,5 +132,7 @@ fn describe(e: reqwest::Error) -> String {
         }
         source = cause.source();
     }
-    text
+    // rustls shows our readable certificate errors (`tls::readable`) as
+    // "unexpected error: ..."; they are not unexpected.
+    text.replace("unexpected error: the server's certificate", "TLS: the server's certificate")
 }

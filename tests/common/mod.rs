@@ -306,6 +306,18 @@ impl Ca {
     }
 }
 
+impl Leaf {
+    /// A self-signed server certificate for `names`, as internal webhook
+    /// servers often have.
+    pub fn self_signed(names: &[&str]) -> Leaf {
+        let params =
+            rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).expect("params");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params.self_signed(&key).expect("self-signed");
+        Leaf { cert_pem: cert.pem(), key_pem: key.serialize_pem() }
+    }
+}
+
 pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, text).expect("write file");
