@@ -25,6 +25,20 @@ impl fmt::Display for Operator {
     }
 }
 
+impl Operator {
+    /// How the console (and KubeSphere's settings page) says it.
+    pub fn wording(self) -> &'static str {
+        match self {
+            Operator::In => "Includes values",
+            Operator::NotIn => "Does not include values",
+            Operator::Exists => "Exists",
+            Operator::DoesNotExist => "Does not exist",
+            Operator::Matches => "Regex match",
+            Operator::NotMatches => "Regex does not match",
+        }
+    }
+}
+
 /// A condition as written in the config file or sent to the admin API.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -116,7 +130,8 @@ impl Condition {
                 }
             }
             Operator::Exists | Operator::DoesNotExist => {
-                if spec.values.is_some() {
+                // `values: []` as Kubernetes label selectors accept it.
+                if !values.is_empty() {
                     return Err(ConditionError::UnexpectedValues(op));
                 }
                 if op == Operator::Exists {
@@ -162,19 +177,25 @@ impl Condition {
     }
 }
 
+/// In the console's words: `severity Includes values critical, warning`.
 impl fmt::Display for Condition {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}", self.spec.label, self.spec.operator)?;
-        if let Some(values) = &self.spec.values {
-            write!(f, " {values:?}")?;
+        write!(f, "{} {}", self.spec.label, self.spec.operator.wording())?;
+        match self.spec.values.as_deref() {
+            Some(values) if !values.is_empty() => write!(f, " {}", values.join(", ")),
+            _ => Ok(()),
         }
-        Ok(())
     }
 }
 
 /// Index of the first condition the labels fail, if any (conditions are ANDed).
 pub fn first_failing(conditions: &[Condition], labels: &LabelSet) -> Option<usize> {
     conditions.iter().position(|c| !c.matches(labels))
+}
+
+/// Indexes of every condition the labels fail.
+pub fn failing(conditions: &[Condition], labels: &LabelSet) -> Vec<usize> {
+    conditions.iter().enumerate().filter(|(_, c)| !c.matches(labels)).map(|(i, _)| i).collect()
 }
 
 #[cfg(test)]
@@ -259,6 +280,11 @@ mod tests {
             Condition::try_new(spec(Operator::Exists, Some(vec!["x"]))).unwrap_err(),
             ConditionError::UnexpectedValues(Operator::Exists)
         );
+        // An empty list is no values, as Kubernetes' label selectors take it.
+        assert!(Condition::try_new(spec(Operator::Exists, Some(vec![]))).is_ok());
+        assert!(Condition::try_new(spec(Operator::DoesNotExist, Some(vec![]))).is_ok());
+        let shown = Condition::try_new(spec(Operator::In, Some(vec!["a", "b"]))).unwrap().to_string();
+        assert_eq!(shown, "l Includes values a, b");
         assert_eq!(
             Condition::try_new(spec(Operator::Matches, Some(vec!["a", "b"]))).unwrap_err(),
             ConditionError::OneRegex(Operator::Matches, 2)

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::alert::{Alert, Extra, LabelSet, Notification, Status};
+use crate::conditions::failing;
 use crate::conditions::Operator;
 use crate::config::Receiver;
 use crate::delivery::sender::Target;
@@ -31,7 +32,12 @@ pub struct TestAlert {
 /// The condition that stopped an alert, as configured.
 #[derive(Debug, Serialize)]
 pub struct ConditionRef {
+    /// Position in the receiver's list, from 0 (as in the config file).
     pub index: usize,
+    /// As the console numbers it: condition 1 is the first.
+    pub number: usize,
+    /// The console's wording of the operator ("Includes values").
+    pub wording: &'static str,
     pub label: String,
     pub operator: Operator,
     pub values: Option<Vec<String>>,
@@ -61,7 +67,11 @@ pub struct TestReport {
     pub enabled: bool,
     pub conditions_pass: bool,
     pub would_deliver: bool,
+    /// The first setting that stops real alerts with these labels.
     pub stopped_by: Option<StopReason>,
+    /// Every setting that does: a disabled receiver whose conditions also fail
+    /// names both.
+    pub blocked_by: Vec<StopReason>,
     pub labels: LabelSet,
     pub explanation: String,
 }
@@ -159,27 +169,46 @@ pub fn stop_reason(receiver: &Receiver, labels: &LabelSet, fate: Fate) -> Option
             "max_alerts",
             format!("more than max_alerts ({}) alerts passed; this one was cut", receiver.max_alerts),
         )),
-        Fate::Condition(i) => {
-            let condition = &receiver.conditions[i];
-            let spec = condition.spec();
-            let value = labels.get(&spec.label).cloned();
-            let seen = match &value {
-                Some(v) => format!("label {} is {v:?}", spec.label),
-                None => format!("label {} is missing", spec.label),
-            };
-            Some(StopReason {
-                setting: "conditions",
-                condition: Some(ConditionRef {
-                    index: i,
-                    label: spec.label.clone(),
-                    operator: spec.operator,
-                    values: spec.values.clone(),
-                }),
-                value: Some(value),
-                detail: format!("condition {i} ({condition}) fails: {seen}"),
-            })
-        }
+        Fate::Condition(i) => Some(condition_stop(receiver, labels, i)),
     }
+}
+
+fn condition_stop(receiver: &Receiver, labels: &LabelSet, i: usize) -> StopReason {
+    let condition = &receiver.conditions[i];
+    let spec = condition.spec();
+    let value = labels.get(&spec.label).cloned();
+    let seen = match &value {
+        Some(v) => format!("label {} is {v:?}", spec.label),
+        None => format!("label {} is missing", spec.label),
+    };
+    StopReason {
+        setting: "conditions",
+        condition: Some(ConditionRef {
+            index: i,
+            number: i + 1,
+            wording: spec.operator.wording(),
+            label: spec.label.clone(),
+            operator: spec.operator,
+            values: spec.values.clone(),
+        }),
+        value: Some(value),
+        detail: format!("condition {} ({condition}) fails: {seen}", i + 1),
+    }
+}
+
+/// Every setting that stops `alert` at `receiver`, not only the first.
+pub fn every_stop(receiver: &Receiver, alert: &Alert) -> Vec<StopReason> {
+    let mut stops = Vec::new();
+    if !receiver.enabled {
+        stops.extend(stop_reason(receiver, &alert.labels, Fate::Disabled));
+    }
+    for i in failing(&receiver.conditions, &alert.labels) {
+        stops.push(condition_stop(receiver, &alert.labels, i));
+    }
+    if alert.status == Status::Resolved && !receiver.send_resolved {
+        stops.extend(stop_reason(receiver, &alert.labels, Fate::Resolved));
+    }
+    stops
 }
 
 /// Sends a test message through `target` now, and says whether real alerts
@@ -195,13 +224,16 @@ pub async fn send_test(target: &Target, test: &TestAlert) -> TestReport {
     let delivered = attempt.outcome == Outcome::Delivered;
     let would_deliver = fate == Fate::Forwarded;
     let stopped_by = stop_reason(receiver, &alert.labels, fate);
-    let explanation = match &stopped_by {
-        None => "Real alerts with these labels would be delivered to this receiver.".to_string(),
-        Some(stop) => format!(
+    let blocked_by = every_stop(receiver, alert);
+    let explanation = if blocked_by.is_empty() {
+        "Real alerts with these labels would be delivered to this receiver.".to_string()
+    } else {
+        let details: Vec<&str> = blocked_by.iter().map(|s| s.detail.as_str()).collect();
+        format!(
             "The test message bypasses the receiver's settings, but real alerts with these labels would NOT be \
              delivered: {}.",
-            stop.detail
-        ),
+            details.join("; and ")
+        )
     };
     log::info!(
         "test message to receiver {}: {}",
@@ -215,9 +247,10 @@ pub async fn send_test(target: &Target, test: &TestAlert) -> TestReport {
         latency_ms: (attempt.latency.as_secs_f64() * 1000.0 * 10.0).round() / 10.0,
         error: attempt.error,
         enabled: receiver.enabled,
-        conditions_pass: !matches!(fate, Fate::Condition(_)),
+        conditions_pass: !blocked_by.iter().any(|s| s.setting == "conditions"),
         would_deliver,
         stopped_by,
+        blocked_by,
         labels: alert.labels.clone(),
         explanation,
     }

@@ -190,10 +190,12 @@ receivers:
   - {{ name: failing, url: '{}' }}
   - {{ name: bad-tls, url: 'https://{}/' }}
   - {{ name: off, url: '{}', enabled: false }}
+  - {{ name: off-and-picky, url: '{}', enabled: false, send_resolved: false, conditions: [{{ label: team, operator: Exists }}, {{ label: severity, operator: NotIn, values: [info] }}] }}
 "#,
         ok.uri(),
         failing.uri(),
         tls.addr,
+        ok.uri(),
         ok.uri()
     ))
     .await;
@@ -209,6 +211,8 @@ receivers:
     assert_eq!(answer["conditions_pass"], false, "the test alert is severity=info");
     assert_eq!(answer["would_deliver"], false);
     assert_eq!(answer["stopped_by"]["condition"]["index"], 0);
+    assert_eq!(answer["stopped_by"]["condition"]["number"], 1, "numbered as the console numbers it");
+    assert_eq!(answer["stopped_by"]["condition"]["wording"], "Includes values");
     assert_eq!(answer["stopped_by"]["condition"]["label"], "severity");
     assert!(answer["explanation"].as_str().unwrap().contains("would NOT be delivered"), "{answer}");
     assert!(answer["stopped_by"]["detail"].as_str().unwrap().contains(r#"label severity is "info""#), "{answer}");
@@ -234,6 +238,21 @@ receivers:
     assert_eq!(answer["delivered"], true, "the test bypasses the toggle");
     assert_eq!(answer["enabled"], false);
     assert_eq!(answer["stopped_by"]["setting"], "enabled");
+    assert_eq!(answer["conditions_pass"], true);
+
+    // Disabled, and both conditions fail, and the alert is resolved: every one is named.
+    let (_, answer) =
+        relay.admin("POST", "/api/v1/receivers/off-and-picky/test", Some(json!({"status": "resolved"}))).await;
+    assert_eq!(answer["conditions_pass"], false, "{answer}");
+    let blocked: Vec<&str> =
+        answer["blocked_by"].as_array().unwrap().iter().map(|b| b["detail"].as_str().unwrap()).collect();
+    assert_eq!(blocked.len(), 4, "{blocked:?}");
+    assert!(blocked[0].starts_with("the receiver is disabled"), "{blocked:?}");
+    assert_eq!(blocked[1], "condition 1 (team Exists) fails: label team is missing");
+    assert_eq!(blocked[2], r#"condition 2 (severity Does not include values info) fails: label severity is "info""#);
+    assert!(blocked[3].contains("send_resolved is false"), "{blocked:?}");
+    let explanation = answer["explanation"].as_str().unwrap();
+    assert!(explanation.contains("disabled") && explanation.contains("condition 2"), "{explanation}");
 
     assert_eq!(relay.admin("POST", "/api/v1/receivers/nobody/test", None).await.0, 404);
     // Nothing of this went through the spool.
@@ -290,7 +309,13 @@ receivers:
         .admin("POST", "/api/v1/explain", Some(json!({"labels": {"severity": "warning"}, "status": "resolved"})))
         .await;
     let crit = by_name(&answer, "crit-prod");
-    assert!(crit["alerts"][0]["stopped_by"]["detail"].as_str().unwrap().contains("condition 0"), "{crit}");
+    assert!(
+        crit["alerts"][0]["stopped_by"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("condition 1 (severity Includes values critical)"),
+        "{crit}"
+    );
     assert_eq!(by_name(&answer, "quiet")["alerts"][0]["stopped_by"]["setting"], "send_resolved");
 
     // A whole payload: per alert.

@@ -161,7 +161,7 @@ test('the settings page, from sign-in to a retried dead letter', async () => {
   // Send Test Message: it arrives, and the answer says real info alerts would not.
   await page.getByRole('button', { name: 'Send Test Message' }).click();
   await page.locator('#test-result .test-answer').filter({ hasText: 'Delivered: the target answered HTTP 200' }).waitFor();
-  assert.match(await page.locator('#test-result .test-verdict').textContent(), /would NOT be delivered: condition 0 \(severity In/);
+  assert.match(await page.locator('#test-result .test-verdict').textContent(), /would NOT be delivered: condition 1 \(severity Includes values/);
   await waitFor('the test message at the target', () => target.received.length === 1);
   const test = target.received[0];
   assert.equal(test.path, '/ops');
@@ -222,7 +222,7 @@ test('the settings page, from sign-in to a retried dead letter', async () => {
   await page.getByRole('button', { name: 'Explain' }).click();
   const ops = page.locator('#explain-result > li[data-receiver="ops"]');
   await ops.waitFor();
-  assert.match(await ops.textContent(), /would not receive it.*condition 0 \(severity In/);
+  assert.match(await ops.textContent(), /would not receive it.*condition 1 \(severity Includes values/);
   await page.getByLabel(/Alert labels, one/).fill('severity=warning\nnamespace=prod');
   await page.getByRole('button', { name: 'Explain' }).click();
   await page.locator('#explain-result > li[data-receiver="ops"]').filter({ hasText: 'would receive it' }).waitFor();
