@@ -103,8 +103,9 @@ pub struct Explanation {
 pub enum ExplainInput {
     /// A whole webhook payload.
     Payload(Notification),
-    /// One alert's labels (and status).
-    Labels { labels: LabelSet, status: Option<Status> },
+    /// Alerts by their labels (and status): one given by hand, or the list
+    /// Alertmanager's API v2 answers (`amtool alert query -o json`).
+    Alerts(Vec<(LabelSet, Option<Status>)>),
 }
 
 /// A synthetic Alertmanager v4 notification with one alert.
@@ -260,11 +261,14 @@ pub async fn send_test(target: &Target, test: &TestAlert) -> TestReport {
 pub fn explain(input: ExplainInput, receivers: &[std::sync::Arc<Receiver>]) -> Explanation {
     let notification = match input {
         ExplainInput::Payload(n) => n,
-        ExplainInput::Labels { labels, status } => {
-            let test = TestAlert { labels: LabelSet::new(), annotations: LabelSet::new(), status };
-            let mut n = test_notification("explain", &test);
-            let alert = &n.alerts[0];
-            n.alerts[0] = Alert::new(alert.status, labels, alert.annotations.clone(), Map::new());
+        ExplainInput::Alerts(alerts) => {
+            let mut n = test_notification("explain", &TestAlert::default());
+            n.alerts = alerts
+                .into_iter()
+                .map(|(labels, status)| {
+                    Alert::new(status.unwrap_or(Status::Firing), labels, LabelSet::new(), Map::new())
+                })
+                .collect();
             n
         }
     };

@@ -433,3 +433,61 @@ scrape_configs:
     .await;
     traffic.abort();
 }
+
+/// The README's troubleshooting pipeline, exactly as written there, against a
+/// real Alertmanager holding real alerts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_explain_pipeline_runs_as_written() {
+    if !needs(&["prometheus-alertmanager", "amtool", "curl"]) {
+        return;
+    }
+    let readme = std::fs::read_to_string(repo("README.md")).unwrap();
+    let start = readme.find("amtool alert query -o json").expect("the pipeline in the README");
+    let block_start = readme[..start].rfind("```sh\n").unwrap() + "```sh\n".len();
+    let block_end = block_start + readme[block_start..].find("```").unwrap();
+    let command: String = readme[block_start..block_end].lines().map(str::trim_start).collect::<Vec<_>>().join("\n");
+
+    let relay = TestRelay::start(&format!(
+        "{ADMIN_CONFIG}server: {{ listen: '127.0.0.1:0', webhook_auth: {{ type: bearer, token: {WEBHOOK_TOKEN} }} }}\n\
+         receivers: [{{ name: ops, url: 'http://127.0.0.1:{}/', conditions: [{{ label: severity, operator: In, values: [critical] }}] }}]\n",
+        closed_port()
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (_am, am) = alertmanager(dir.path(), &relay.base).await;
+    fire(
+        &am,
+        &[&[("alertname", "Disk"), ("severity", "info")], &[("alertname", "Cpu"), ("severity", "critical")]],
+        false,
+    )
+    .await;
+    eventually("Alertmanager to list both alerts", || async {
+        let text = client().get(format!("{am}/api/v2/alerts")).send().await.unwrap().text().await.unwrap();
+        let list: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        list.as_array().is_some_and(|a| a.len() == 2)
+    })
+    .await;
+    let out = std::process::Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &command])
+        .env("AM", &am)
+        .env("RELAY", &relay.base)
+        .env("ADMIN_TOKEN", ADMIN_TOKEN)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let answer: Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    let ops = &answer["receivers"][0];
+    assert_eq!(ops["receiver"], "ops");
+    let alerts = ops["alerts"].as_array().unwrap();
+    assert_eq!(alerts.len(), 2, "{answer}");
+    assert_eq!(alerts.iter().filter(|a| a["delivered"] == true).count(), 1, "the critical one");
+    let stopped = alerts.iter().find(|a| a["delivered"] == false).unwrap();
+    assert!(
+        stopped["stopped_by"]["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("condition 1 (severity Includes values critical)"),
+        "{stopped}"
+    );
+}

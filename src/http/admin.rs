@@ -207,15 +207,27 @@ struct ExplainLabels {
     status: Option<Status>,
 }
 
+/// One alert of Alertmanager's API v2 list (`amtool alert query -o json`):
+/// only its labels matter here; every alert it lists is active (firing).
+#[derive(Deserialize)]
+struct ListedAlert {
+    labels: LabelSet,
+}
+
+/// Explain takes a webhook payload (an object with `alerts`), one alert's
+/// `labels` (and `status`), or Alertmanager's API v2 alert list (an array).
 pub async fn explain(_: Admin, shared: web::Data<Shared>, body: web::Bytes) -> Result<HttpResponse, ApiError> {
     let value: Value = parse(&body)?;
-    let input = if value.get("alerts").is_some() {
+    let input = if value.is_array() {
+        let listed: Vec<ListedAlert> = parse(&body)?;
+        ExplainInput::Alerts(listed.into_iter().map(|a| (a.labels, None)).collect())
+    } else if value.get("alerts").is_some() {
         let n = Notification::parse(&body)
             .map_err(|e| bad_request(format!("invalid payload: {e}"), vec![e.field().into()]))?;
         ExplainInput::Payload(n)
     } else {
         let given: ExplainLabels = parse(&body)?;
-        ExplainInput::Labels { labels: given.labels, status: given.status }
+        ExplainInput::Alerts(vec![(given.labels, given.status)])
     };
     Ok(HttpResponse::Ok().json(shared.control.explain(input)))
 }
