@@ -73,6 +73,10 @@ pub struct ReceiverView {
     pub dead_letters: usize,
     pub delivered: u64,
     pub failed: u64,
+    /// While disabled: alerts dropped for it since it was turned off (they
+    /// are not kept for later). Absent while enabled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skipped_while_disabled: Option<u64>,
 }
 
 /// Which deliveries to list.
@@ -193,6 +197,7 @@ impl Control {
             dead_letters,
             delivered,
             failed,
+            skipped_while_disabled: self.dispatcher.skipped_while_disabled(name),
         }
     }
 

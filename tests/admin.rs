@@ -360,8 +360,13 @@ async fn disable_pauses_pending_deliveries_and_enable_resumes_them() {
     let (s, answer) = relay.post(FIRING).await;
     assert_eq!((s, answer["deliveries"].clone()), (200, json!(0)), "no new deliveries while disabled");
     assert_eq!(relay.metric(r#"alert_relay_alerts_filtered_total{reason="disabled",receiver="r"}"#).await, 2.0);
+    // Off means dropped: the API says how many since it was turned off.
+    let (_, r) = relay.admin("GET", "/api/v1/receivers/r", None).await;
+    assert_eq!(r["skipped_while_disabled"], 2, "{r}");
 
-    assert_eq!(relay.admin("POST", "/api/v1/receivers/r/enable", None).await.0, 200);
+    let (status, on) = relay.admin("POST", "/api/v1/receivers/r/enable", None).await;
+    assert_eq!(status, 200);
+    assert!(on.get("skipped_while_disabled").is_none(), "only while off: {on}");
     eventually("the paused delivery", || async { t.hits() == 2 }).await;
     eventually("an empty queue", || async { relay.admin("GET", "/api/v1/receivers/r", None).await.1["pending"] == 0 })
         .await;

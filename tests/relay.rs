@@ -28,6 +28,36 @@ async fn fixtures_forward_with_unknown_fields_intact() {
     assert_eq!(count(&t).await, 2);
 }
 
+/// Grafana Alerting's webhook payload (version "1"), built after the example in
+/// Grafana's documentation: routed like Alertmanager's, its own fields kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grafana_alerting_payloads_are_relayed_with_their_fields() {
+    const GRAFANA: &str = include_str!("fixtures/grafana-11/firing.json");
+    let t = target(200).await;
+    let relay = TestRelay::start(&format!(
+        "receivers: [{{ name: crit, url: '{}', conditions: [{{ label: severity, operator: In, values: [critical] }}] }}]",
+        t.uri()
+    ))
+    .await;
+    let (status, answer) = relay.post(GRAFANA).await;
+    assert_eq!((status, answer["deliveries"].clone()), (200, serde_json::json!(1)));
+    eventually("delivery", || async { count(&t).await == 1 }).await;
+    let sent = &bodies(&t).await[0];
+    assert_eq!(sent["version"], "1");
+    assert_eq!(sent["orgId"], 1);
+    assert_eq!(sent["state"], "alerting");
+    assert_eq!(sent["title"], "[FIRING:2] QueueBacklog payments (payments)");
+    assert!(sent["message"].as_str().unwrap().starts_with("**Firing**"));
+    let alerts = sent["alerts"].as_array().unwrap();
+    assert_eq!(alerts.len(), 1, "only the critical one");
+    assert_eq!(alerts[0]["values"]["A"], 12873.5);
+    assert!(alerts[0]["valueString"].as_str().unwrap().contains("settlement"));
+    for field in ["silenceURL", "dashboardURL", "panelURL", "imageURL"] {
+        assert!(alerts[0].get(field).is_some(), "{field}");
+    }
+    assert_eq!(sent["commonLabels"]["severity"], "critical", "recomputed over what was forwarded");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_fields_reach_the_target_byte_for_byte() {
     let t = target(200).await;

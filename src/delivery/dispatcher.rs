@@ -137,7 +137,7 @@ impl Dispatcher {
             for target in targets {
                 let name = target.receiver.name.clone();
                 match queues.get(&name) {
-                    Some(q) => *write(&q.target) = target,
+                    Some(q) => q.set_target(target),
                     None => {
                         let q = Arc::new(Queue::new(target, self.metrics.receiver(&name)));
                         queues.insert(name.clone(), q.clone());
@@ -267,6 +267,11 @@ impl Dispatcher {
     /// A receiver's metric handles.
     pub fn metrics(&self, name: &str) -> Option<Arc<crate::metrics::ReceiverMetrics>> {
         read(&self.queues).get(name).map(|q| q.metrics.clone())
+    }
+
+    /// Alerts a disabled receiver dropped since it was turned off (None while on).
+    pub fn skipped_while_disabled(&self, name: &str) -> Option<u64> {
+        read(&self.queues).get(name).and_then(|q| q.skipped_while_disabled())
     }
 
     /// Pending deliveries and dead letters of one receiver.

@@ -3,7 +3,7 @@
 //! queue. One worker, one attempt at a time; a receiver has `concurrency` of
 //! them.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -14,9 +14,10 @@ use super::queue::{Finish, QueueState, Step};
 use super::sender::Target;
 use crate::clock::now_ms;
 use crate::metrics::ReceiverMetrics;
+use crate::reasons::FilterReason;
 use crate::retry::{Next, Outcome};
 use crate::spool::{DeliveryMeta, Op, Spool};
-use crate::sync::{lock, read};
+use crate::sync::{lock, read, write};
 
 /// One receiver's pending deliveries, its target and its workers.
 pub struct Queue {
@@ -28,6 +29,9 @@ pub struct Queue {
     /// Set when the receiver leaves: its workers end.
     pub removed: AtomicBool,
     pub metrics: Arc<ReceiverMetrics>,
+    /// The `filtered{reason="disabled"}` count when the receiver was last
+    /// turned off: what it skipped since is the counter minus this.
+    pub disabled_at: AtomicU64,
 }
 
 impl Queue {
@@ -39,7 +43,27 @@ impl Queue {
             workers: Mutex::new(Vec::new()),
             removed: AtomicBool::new(false),
             metrics: Arc::new(metrics),
+            disabled_at: AtomicU64::new(0),
         }
+    }
+
+    /// Puts new settings in force for every attempt from now on.
+    pub fn set_target(&self, target: Arc<Target>) {
+        let was_enabled = self.target().receiver.enabled;
+        if was_enabled && !target.receiver.enabled {
+            let now = self.metrics.alerts_filtered(FilterReason::Disabled).get();
+            self.disabled_at.store(now, Ordering::Relaxed);
+        }
+        *write(&self.target) = target;
+    }
+
+    /// Alerts dropped for this receiver since it was turned off; None while on.
+    pub fn skipped_while_disabled(&self) -> Option<u64> {
+        if self.target().receiver.enabled {
+            return None;
+        }
+        let now = self.metrics.alerts_filtered(FilterReason::Disabled).get();
+        Some(now.saturating_sub(self.disabled_at.load(Ordering::Relaxed)))
     }
 
     /// Shows the state's counts in the receiver's gauges (not once removed).

@@ -115,13 +115,21 @@ function renderReceivers(list) {
   }
   for (const r of list) {
     const why = r.provisioned ? `Provisioned by ${r.source}: change it in that file and reload.` : null;
+    // Off means dropped: alerts arriving meanwhile are not kept for later.
+    const skipped = r.enabled ? null : el('span', {
+      class: 'muted skipped',
+      'data-col': 'skipped',
+      text: `${r.skipped_while_disabled || 0} alerts dropped since turned off`,
+    });
     const toggle = el('button', {
       type: 'button',
       role: 'switch',
       class: 'switch',
       'aria-checked': String(r.enabled),
       'aria-label': `Notifications for ${r.name}`,
-      title: why,
+      title: why || (r.enabled
+        ? 'On: matching alerts are delivered. Turning it off drops alerts that arrive meanwhile.'
+        : 'Off: alerts that arrive are dropped for this receiver, not kept for later.'),
       disabled: r.provisioned,
       'data-name': r.name,
       text: r.enabled ? 'On' : 'Off',
@@ -137,7 +145,7 @@ function renderReceivers(list) {
     body.append(el('tr', { 'data-receiver': r.name },
       el('th', { scope: 'row', text: r.name }),
       el('td', { class: 'url', text: r.url }),
-      el('td', {}, toggle),
+      el('td', {}, toggle, skipped),
       el('td', {}, source),
       el('td', { class: 'num', 'data-col': 'pending', text: String(r.pending) }),
       el('td', { class: 'num', 'data-col': 'dead', text: String(r.dead_letters) }),
