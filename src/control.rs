@@ -34,6 +34,10 @@ pub enum ControlError {
     Conflict(String),
     #[error("invalid receiver")]
     Invalid(Vec<String>),
+    /// `If-Match` named a version that is not the current one (412): someone
+    /// else changed the receiver meanwhile. Holds the receiver as it is now.
+    #[error("receiver {name:?} was changed meanwhile (your version {given}, now {current})")]
+    Stale { name: String, given: String, current: String, now: Option<Box<ReceiverView>> },
     /// The spool cannot be read or written now: nothing changed.
     #[error("storage: {0}")]
     Storage(#[from] SpoolError),
@@ -62,8 +66,11 @@ impl From<DispatchError> for ControlError {
 
 /// A receiver as the admin API shows it: its settings (secrets redacted) and
 /// its state.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct ReceiverView {
+    /// Changes whenever any setting does (the toggle too): the `ETag`, and what
+    /// `If-Match` compares.
+    pub version: String,
     #[serde(flatten)]
     pub spec: ReceiverSpec,
     pub provisioned: bool,
@@ -190,6 +197,7 @@ impl Control {
         let (delivered, failed) =
             self.dispatcher.metrics(name).map_or((0, 0), |m| (m.delivered.get(), m.failed_total()));
         ReceiverView {
+            version: version_of(&receiver.spec),
             spec: receiver.spec.redacted(),
             provisioned,
             source: if provisioned { self.source_name() } else { "api".into() },
@@ -270,6 +278,27 @@ impl Control {
         Ok(count)
     }
 
+    /// Refuses a change made against another version than the current one.
+    fn check_version(&self, name: &str, expected: Option<&str>) -> Result<(), ControlError> {
+        let Some(given) = expected else { return Ok(()) };
+        let current = self.in_force(name);
+        let now = current.as_ref().map(|r| version_of(&r.spec));
+        let matches = match (given, &now) {
+            ("*", Some(_)) => true,
+            (given, Some(now)) => given == now,
+            (_, None) => false,
+        };
+        if matches {
+            return Ok(());
+        }
+        Err(ControlError::Stale {
+            name: name.into(),
+            given: given.into(),
+            current: now.unwrap_or_else(|| "none (it does not exist)".into()),
+            now: current.map(|r| Box::new(self.view(&r))),
+        })
+    }
+
     fn refuse_provisioned(&self, name: &str) -> Result<(), ControlError> {
         if self.is_provisioned(name) {
             return Err(ControlError::Provisioned { name: name.into(), file: self.source_name() });
@@ -278,10 +307,16 @@ impl Control {
     }
 
     /// Creates or replaces an API-managed receiver; true when created.
-    pub async fn put(&self, mut spec: ReceiverSpec) -> Result<(bool, ReceiverView), ControlError> {
+    /// `expected`: the version the change was made against (`If-Match`).
+    pub async fn put(
+        &self,
+        mut spec: ReceiverSpec,
+        expected: Option<&str>,
+    ) -> Result<(bool, ReceiverView), ControlError> {
         let _guard = self.changes.lock().await;
         let name = spec.name.clone();
         self.refuse_provisioned(&name)?;
+        self.check_version(&name, expected)?;
         let stored = lock(&self.api).get(&name).cloned();
         if let Some(old) = &stored {
             spec.keep_secrets_of(old).map_err(ControlError::Invalid)?;
@@ -292,9 +327,10 @@ impl Control {
     }
 
     /// Deletes an API-managed receiver and what it still had in the spool.
-    pub async fn delete(&self, name: &str) -> Result<Dropped, ControlError> {
+    pub async fn delete(&self, name: &str, expected: Option<&str>) -> Result<Dropped, ControlError> {
         let _guard = self.changes.lock().await;
         self.refuse_provisioned(name)?;
+        self.check_version(name, expected)?;
         if !lock(&self.api).contains_key(name) {
             return Err(ControlError::NotFound(name.into()));
         }
@@ -303,9 +339,15 @@ impl Control {
     }
 
     /// The console's toggle, for API-managed receivers.
-    pub async fn set_enabled(&self, name: &str, enabled: bool) -> Result<ReceiverView, ControlError> {
+    pub async fn set_enabled(
+        &self,
+        name: &str,
+        enabled: bool,
+        expected: Option<&str>,
+    ) -> Result<ReceiverView, ControlError> {
         let _guard = self.changes.lock().await;
         self.refuse_provisioned(name)?;
+        self.check_version(name, expected)?;
         let mut spec = lock(&self.api).get(name).cloned().ok_or_else(|| ControlError::NotFound(name.into()))?;
         spec.enabled = enabled;
         let receiver = check(&spec, &self.config())?;
@@ -467,6 +509,15 @@ fn effective(config: &Config, api: &BTreeMap<String, ReceiverSpec>) -> (Vec<Arc<
         }
     }
     (receivers, errors)
+}
+
+/// A receiver's version: a digest of its stored settings (secrets included,
+/// so that a changed secret is a new version, though never shown).
+fn version_of(spec: &ReceiverSpec) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    serde_json::to_string(spec).unwrap_or_default().hash(&mut hasher);
+    format!("{:016x}", hasher.finish())
 }
 
 fn rfc3339(ms: u64) -> String {

@@ -153,6 +153,59 @@ async fn receivers_are_created_validated_redacted_and_deleted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn if_match_refuses_changes_made_against_a_stale_version() {
+    let relay = TestRelay::start(&format!("{ADMIN_CONFIG}receivers: []")).await;
+    let call = |method: &'static str, path: &'static str, if_match: Option<String>, body: Option<Value>| {
+        let base = relay.base.clone();
+        async move {
+            let mut req = client()
+                .request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), format!("{base}{path}"))
+                .header("authorization", format!("Bearer {ADMIN_TOKEN}"));
+            if let Some(v) = if_match {
+                req = req.header("if-match", v);
+            }
+            if let Some(b) = body {
+                req = req.header("content-type", "application/json").body(serde_json::to_vec(&b).unwrap());
+            }
+            let resp = req.send().await.unwrap();
+            let status = resp.status().as_u16();
+            let etag = resp.headers().get("etag").map(|v| v.to_str().unwrap().to_string());
+            let body: Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap_or(Value::Null);
+            (status, etag, body)
+        }
+    };
+    let spec = json!({"url": "http://127.0.0.1:9/", "enabled": false});
+    // Created disabled, with If-Match naming nothing that exists: refused.
+    let (status, _, _) = call("PUT", "/api/v1/receivers/r", Some("\"0000\"".into()), Some(spec.clone())).await;
+    assert_eq!(status, 412, "If-Match on a receiver that does not exist");
+    let (status, etag, created) = call("PUT", "/api/v1/receivers/r", None, Some(spec.clone())).await;
+    assert_eq!((status, created["enabled"].clone()), (201, json!(false)), "a receiver can be created disabled");
+    let v1 = etag.unwrap();
+    assert_eq!(v1, format!("\"{}\"", created["version"].as_str().unwrap()));
+    let (_, got, listed) = call("GET", "/api/v1/receivers/r", None, None).await;
+    assert_eq!(got.as_deref(), Some(v1.as_str()));
+    assert_eq!(listed["version"], created["version"]);
+
+    // Someone turns it on (with the version they saw)...
+    let (status, v2, _) = call("POST", "/api/v1/receivers/r/enable", Some(v1.clone()), None).await;
+    assert_eq!(status, 200);
+    assert_ne!(v2.as_deref(), Some(v1.as_str()), "the toggle is a change");
+    // ...so a form opened before that cannot silently turn it off again.
+    let mut stale = spec.clone();
+    stale["send_resolved"] = json!(false);
+    let (status, _, conflict) = call("PUT", "/api/v1/receivers/r", Some(v1.clone()), Some(stale.clone())).await;
+    assert_eq!(status, 412, "{conflict}");
+    assert_eq!(conflict["current"]["enabled"], true, "the answer holds the receiver as it is now: {conflict}");
+    assert!(conflict["error"].as_str().unwrap().contains("was changed meanwhile"), "{conflict}");
+    assert_eq!(call("POST", "/api/v1/receivers/r/disable", Some(v1.clone()), None).await.0, 412);
+    assert_eq!(call("DELETE", "/api/v1/receivers/r", Some(v1.clone()), None).await.0, 412);
+    // With the current version (or *), the change goes through; a GET body sent back as is, too.
+    let (status, _, now) = call("PUT", "/api/v1/receivers/r", v2.clone(), Some(listed.clone())).await;
+    assert_eq!(status, 200, "{now}");
+    assert_eq!(call("DELETE", "/api/v1/receivers/r", Some("*".into()), None).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_receiver_reports_and_counts_what_it_dropped() {
     let relay = TestRelay::start(&format!("{ADMIN_CONFIG}receivers: []")).await;
     let spec = json!({"url": format!("http://127.0.0.1:{}/", closed_port()), "retry": {"initial_interval": "1h", "max_interval": "1h"}});

@@ -58,11 +58,16 @@ impl From<ControlError> for ApiError {
         let status = match &e {
             ControlError::NotFound(_) | ControlError::NoDelivery(_) => StatusCode::NOT_FOUND,
             ControlError::Provisioned { .. } | ControlError::Conflict(_) => StatusCode::CONFLICT,
+            ControlError::Stale { .. } => StatusCode::PRECONDITION_FAILED,
             ControlError::Invalid(_) => StatusCode::BAD_REQUEST,
             ControlError::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         match e {
             ControlError::Invalid(list) => ApiError::new(status, "invalid receiver").with_details(list),
+            ControlError::Stale { ref now, .. } => {
+                let current = now.as_ref().map(|v| serde_json::to_value(v).unwrap_or_default());
+                ApiError::new(status, e.to_string()).with_current(current.unwrap_or(Value::Null))
+            }
             ControlError::Storage(inner) => {
                 log::error!("admin API: {inner}");
                 ApiError::new(
@@ -100,19 +105,38 @@ pub async fn list_receivers(_: Admin, shared: web::Data<Shared>) -> HttpResponse
     HttpResponse::Ok().json(json!({ "receivers": shared.control.receivers(), "orphaned": shared.control.orphans() }))
 }
 
+/// The receiver as JSON with its version as `ETag`.
+fn with_etag(mut response: actix_web::HttpResponseBuilder, view: &crate::control::ReceiverView) -> HttpResponse {
+    response.insert_header((actix_web::http::header::ETAG, format!("\"{}\"", view.version))).json(view)
+}
+
+/// The version an `If-Match` header names (quotes and a weak `W/` dropped).
+fn if_match(req: &HttpRequest) -> Option<String> {
+    let value = req.headers().get(actix_web::http::header::IF_MATCH)?.to_str().ok()?.trim();
+    Some(value.trim_start_matches("W/").trim_matches('"').to_string())
+}
+
 pub async fn get_receiver(
     _: Admin,
     shared: web::Data<Shared>,
     name: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(shared.control.receiver(&name)?))
+    Ok(with_etag(HttpResponse::Ok(), &shared.control.receiver(&name)?))
 }
+
+/// What `GET` adds to a receiver's settings: a receiver fetched, edited and
+/// sent back is accepted as it is.
+const VIEW_ONLY: [&str; 8] =
+    ["version", "provisioned", "source", "pending", "dead_letters", "delivered", "failed", "skipped_while_disabled"];
 
 /// A receiver spec from a body whose `name`, if given, must match `name`.
 fn spec_from(name: &str, mut value: Value) -> Result<ReceiverSpec, ApiError> {
     let Value::Object(map) = &mut value else {
         return Err(bad_request("invalid body: expected a JSON object", vec!["body".into()]));
     };
+    for key in VIEW_ONLY {
+        map.remove(key);
+    }
     match map.get("name") {
         None => {
             map.insert("name".into(), json!(name));
@@ -130,23 +154,25 @@ fn spec_from(name: &str, mut value: Value) -> Result<ReceiverSpec, ApiError> {
 
 pub async fn put_receiver(
     _: Admin,
+    req: HttpRequest,
     shared: web::Data<Shared>,
     name: web::Path<String>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let spec = spec_from(&name, parse(&body)?)?;
-    let (created, view) = shared.control.put(spec).await?;
+    let (created, view) = shared.control.put(spec, if_match(&req).as_deref()).await?;
     log::info!("admin API: receiver {name} {}", if created { "created" } else { "replaced" });
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
-    Ok(HttpResponse::build(status).json(view))
+    Ok(with_etag(HttpResponse::build(status), &view))
 }
 
 pub async fn delete_receiver(
     _: Admin,
+    req: HttpRequest,
     shared: web::Data<Shared>,
     name: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let dropped = shared.control.delete(&name).await?;
+    let dropped = shared.control.delete(&name, if_match(&req).as_deref()).await?;
     log::info!("admin API: receiver {name} deleted");
     Ok(HttpResponse::Ok().json(json!({
         "deleted": name.as_str(),
@@ -155,12 +181,27 @@ pub async fn delete_receiver(
     })))
 }
 
-pub async fn enable(_: Admin, shared: web::Data<Shared>, name: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(shared.control.set_enabled(&name, true).await?))
+async fn toggle(req: &HttpRequest, shared: &Shared, name: &str, on: bool) -> Result<HttpResponse, ApiError> {
+    let view = shared.control.set_enabled(name, on, if_match(req).as_deref()).await?;
+    Ok(with_etag(HttpResponse::Ok(), &view))
 }
 
-pub async fn disable(_: Admin, shared: web::Data<Shared>, name: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(shared.control.set_enabled(&name, false).await?))
+pub async fn enable(
+    _: Admin,
+    req: HttpRequest,
+    shared: web::Data<Shared>,
+    name: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    toggle(&req, &shared, &name, true).await
+}
+
+pub async fn disable(
+    _: Admin,
+    req: HttpRequest,
+    shared: web::Data<Shared>,
+    name: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    toggle(&req, &shared, &name, false).await
 }
 
 // ---------------------------------------------------------------------------

@@ -201,6 +201,25 @@ test('the settings page, from sign-in to a retried dead letter', async () => {
   await waitFor('the toggle on', async () => (await row.getByRole('switch').getAttribute('aria-checked')) === 'true');
   await page.screenshot({ path: path.join(SHOTS, 'console-receivers.png') });
 
+  // Safe edits: the form is open, someone turns the receiver off in the list;
+  // OK does not silently turn it back on but reports the conflict.
+  await row.getByRole('button', { name: 'Edit ops' }).click();
+  assert.equal(await page.locator('#f-enabled').isChecked(), true);
+  await row.getByRole('switch').click();
+  await waitFor('the toggle off', async () => (await row.getByRole('switch').getAttribute('aria-checked')) === 'false');
+  await page.getByRole('button', { name: 'OK' }).click();
+  const conflict = page.locator('#form-conflict');
+  await conflict.filter({ hasText: 'changed by someone else' }).waitFor();
+  assert.match(await conflict.textContent(), /Changed meanwhile: enabled/);
+  assert.equal(await page.locator('#form-view').isVisible(), true, 'not saved, the form stays');
+  await page.getByRole('button', { name: 'Reload their version' }).click();
+  assert.equal(await page.locator('#f-enabled').isChecked(), false, 'their version: off');
+  await page.keyboard.press('Escape');
+  assert.equal(await row.getByRole('switch').getAttribute('aria-checked'), 'false', 'still off');
+  assert.match(await row.textContent(), /alerts dropped since turned off/);
+  await row.getByRole('switch').click();
+  await waitFor('the toggle on again', async () => (await row.getByRole('switch').getAttribute('aria-checked')) === 'true');
+
   // A dead letter, retried from the console.
   target.status = 400;
   assert.equal(await postAlert(relay.base, 'g3', { alertname: 'Dead', severity: 'warning', namespace: 'prod' }), 1);

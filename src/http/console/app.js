@@ -33,9 +33,11 @@ let receivers = [];
 let editing = null; // the receiver being edited, or null for a new one
 let refreshTimer = null;
 
-async function api(method, path, body) {
+async function api(method, path, body, ifMatch) {
   const headers = { Authorization: `Bearer ${token}` };
   if (body !== undefined) headers['Content-Type'] = 'application/json';
+  // The version this change was made against: a stale one answers 412.
+  if (ifMatch) headers['If-Match'] = `"${ifMatch}"`;
   let response;
   try {
     response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
@@ -133,7 +135,7 @@ function renderReceivers(list) {
       disabled: r.provisioned,
       'data-name': r.name,
       text: r.enabled ? 'On' : 'Off',
-      onclick: () => setEnabled(r.name, !r.enabled),
+      onclick: () => setEnabled(r.name, !r.enabled, r.version),
     });
     const source = r.provisioned
       ? el('span', { class: 'badge', title: why, text: 'Provisioned (read-only)' })
@@ -154,11 +156,13 @@ function renderReceivers(list) {
   }
 }
 
-async function setEnabled(name, enabled) {
-  const r = await api('POST', `/api/v1/receivers/${encodeURIComponent(name)}/${enabled ? 'enable' : 'disable'}`);
+async function setEnabled(name, enabled, version) {
+  const r = await api('POST', `/api/v1/receivers/${encodeURIComponent(name)}/${enabled ? 'enable' : 'disable'}`, undefined, version);
   $('#list-status').textContent = r.ok
     ? `Notifications for ${name} turned ${enabled ? 'on' : 'off'}.`
-    : (r.data && r.data.error) || `Failed (${r.status}).`;
+    : r.status === 412
+      ? `${name} was changed by someone else meanwhile; the list now shows it as it is. Try again if you still want to.`
+      : (r.data && r.data.error) || `Failed (${r.status}).`;
   await refresh();
   const button = $(`#receivers button[role=switch][data-name="${CSS.escape(name)}"]`);
   if (button) button.focus();
@@ -278,6 +282,9 @@ function openForm(receiver) {
   $('#f-key').value = tls.key_file || '';
   for (const c of r.conditions || []) addCondition(c);
   $('#f-send-resolved').checked = r.send_resolved !== false;
+  $('#f-enabled').checked = r.enabled !== false;
+  $('#form-conflict').hidden = true;
+  $('#form-conflict').replaceChildren();
   $('#f-max-alerts').value = r.max_alerts || 0;
   $('#f-timeout').value = r.timeout || '';
   const retry = r.retry || {};
@@ -310,7 +317,7 @@ function collectSpec() {
   const spec = {
     name: $('#f-name').value.trim(),
     url: $('#f-url').value.trim(),
-    enabled: editing ? editing.enabled : true,
+    enabled: $('#f-enabled').checked,
     send_resolved: $('#f-send-resolved').checked,
     max_alerts: Number($('#f-max-alerts').value || 0),
     timeout: optional($('#f-timeout').value),
@@ -359,11 +366,17 @@ async function save(event) {
     $('#f-name').focus();
     return;
   }
-  const r = await api('PUT', `/api/v1/receivers/${encodeURIComponent(spec.name)}`, spec);
+  const version = overwrite ? '*' : editing && editing.version;
+  overwrite = false;
+  const r = await api('PUT', `/api/v1/receivers/${encodeURIComponent(spec.name)}`, spec, version);
   if (r.ok) {
     $('#list-status').textContent = `Saved ${spec.name}.`;
     closeForm();
     await refresh();
+    return;
+  }
+  if (r.status === 412) {
+    showConflict(spec.name, r.data && r.data.current);
     return;
   }
   const details = (r.data && r.data.details) || [];
@@ -373,6 +386,31 @@ async function save(event) {
   showErrors(details);
   const first = $('#receiver-form [aria-invalid=true]');
   if (first) first.focus();
+}
+
+// Set by "Overwrite": the next OK replaces whatever version is stored.
+let overwrite = false;
+
+/// Someone else changed the receiver since the form was opened: say what
+/// changed, and offer to load their version or to overwrite it with this one.
+function showConflict(name, current) {
+  const box = $('#form-conflict');
+  const changed = [];
+  if (current && editing) {
+    for (const key of ['enabled', 'url', 'send_resolved', 'max_alerts', 'timeout']) {
+      if (JSON.stringify(current[key]) !== JSON.stringify(editing[key])) changed.push(key);
+    }
+    if (JSON.stringify(current.conditions) !== JSON.stringify(editing.conditions)) changed.push('conditions');
+  }
+  const what = current
+    ? (changed.length ? `Changed meanwhile: ${changed.join(', ')}.` : 'Its settings changed meanwhile.')
+    : 'It was deleted meanwhile.';
+  box.replaceChildren(
+    el('p', { text: `Not saved: ${name} was changed by someone else since you opened this form. ${what}` }),
+    current ? el('button', { type: 'button', id: 'conflict-reload', text: 'Reload their version', onclick: () => openForm(current) }) : null,
+    el('button', { type: 'button', id: 'conflict-overwrite', class: 'danger', text: 'Overwrite with mine', onclick: () => { overwrite = true; $('#receiver-form').requestSubmit(); } }));
+  box.hidden = false;
+  $('#conflict-reload, #conflict-overwrite').focus();
 }
 
 function parseLabels(text) {
