@@ -18,6 +18,7 @@ use crate::delivery::{DeadLetterError, DispatchError, Dispatcher, Dropped};
 use crate::diagnose::{self, ExplainInput, Explanation, TestAlert, TestReport};
 use crate::intake::{self, IntakeError};
 use crate::metrics::Metrics;
+use crate::notify_log::NotifyLog;
 use crate::spool::{DeliveryMeta, Op, Spool, SpoolError};
 use crate::sync::{lock, read, write};
 
@@ -131,6 +132,7 @@ pub struct Control {
     dispatcher: Arc<Dispatcher>,
     spool: Arc<Spool>,
     metrics: Arc<Metrics>,
+    notify_log: NotifyLog,
 }
 
 impl Control {
@@ -156,6 +158,8 @@ impl Control {
             log::error!("API receiver ignored: {e}");
         }
         let dispatcher = Dispatcher::start(spool.clone(), metrics.clone(), receivers).await?;
+        let (notify_log, expired) = NotifyLog::load(spool.notified()?, crate::clock::now_ms());
+        spool.commit_later(expired);
         metrics.reload_successful.set(1);
         metrics.reload_timestamp.set(unix_secs());
         Ok(Arc::new(Control {
@@ -166,6 +170,7 @@ impl Control {
             dispatcher,
             spool,
             metrics,
+            notify_log,
         }))
     }
 
@@ -237,7 +242,7 @@ impl Control {
     /// Accepts one webhook body (see `intake`).
     pub async fn accept(&self, body: &[u8]) -> Result<usize, IntakeError> {
         let max_pending = self.config().spool.max_pending;
-        intake::accept(body, max_pending, &self.spool, &self.dispatcher, &self.metrics).await
+        intake::accept(body, max_pending, &self.spool, &self.dispatcher, &self.metrics, &self.notify_log).await
     }
 
     /// Re-reads the configuration source. On any error the running

@@ -2,11 +2,17 @@
 //! (spool healthy and not full), parsing, counting, routing, committing. The
 //! HTTP layer only reads the request and maps `IntakeError` to a status.
 
+use std::collections::BTreeSet;
+
 use crate::alert::{Notification, PayloadError, Status};
+use crate::clock::now_ms;
+use crate::conditions::first_failing;
 use crate::delivery::{Dispatcher, NewDelivery};
 use crate::metrics::Metrics;
-use crate::route::route;
-use crate::spool::{Spool, SpoolError};
+use crate::notify_log::{alert_hash, NotifyLog, Seen};
+use crate::reasons::FilterReason;
+use crate::route::{route, Routed};
+use crate::spool::{Op, Spool, SpoolError};
 
 /// Why a payload was not accepted.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +35,7 @@ pub async fn accept(
     spool: &Spool,
     dispatcher: &Dispatcher,
     metrics: &Metrics,
+    log: &NotifyLog,
 ) -> Result<usize, IntakeError> {
     if spool.problem().is_some() {
         return Err(IntakeError::Storage(None));
@@ -42,12 +49,14 @@ pub async fn accept(
     received.with_label_values(&[Status::Firing.as_str()]).inc_by(firing as u64);
     received.with_label_values(&[Status::Resolved.as_str()]).inc_by((notification.alerts.len() - firing) as u64);
     let receivers = dispatcher.receivers();
+    let mut routed = route(&notification, &receivers);
+    let logged = withhold_repeats(&notification, &mut routed, log);
     let mut deliveries = Vec::new();
-    for routed in route(&notification, &receivers) {
+    for routed in routed {
         let name = routed.receiver.name.as_str();
         if let Some(m) = dispatcher.metrics(name) {
             m.alerts_matched.inc_by(routed.matched as u64);
-            for reason in crate::reasons::FilterReason::ALL {
+            for reason in FilterReason::ALL {
                 m.alerts_filtered(reason).inc_by(routed.filtered[reason as usize] as u64);
             }
         }
@@ -59,8 +68,54 @@ pub async fn accept(
             });
         }
     }
-    dispatcher.accept(notification.group_key.as_deref().unwrap_or_default(), deliveries).await.map_err(|e| {
+    dispatcher.accept(notification.group_key.as_deref().unwrap_or_default(), deliveries, logged).await.map_err(|e| {
         log::error!("webhook: {e}; answered 503 so that Alertmanager retries");
         IntakeError::Storage(Some(e))
     })
+}
+
+/// For `send_resolved: false` receivers, withholds what Alertmanager's own
+/// notification log would not send again (see `notify_log`): their alerts are
+/// counted as filtered for `resolved`. Returns the log's updates, to be
+/// committed with the deliveries.
+fn withhold_repeats(notification: &Notification, routed: &mut [Routed], log: &NotifyLog) -> Vec<Op> {
+    let Some(group_key) = notification.group_key.as_deref().filter(|k| !k.is_empty()) else {
+        return Vec::new();
+    };
+    let mut seen = Vec::new();
+    let mut which = Vec::new();
+    for (i, r) in routed.iter().enumerate() {
+        let receiver = &r.receiver;
+        if receiver.send_resolved || !receiver.enabled {
+            continue;
+        }
+        let selected = notification.alerts.iter().filter(|a| first_failing(&receiver.conditions, &a.labels).is_none());
+        let (mut firing, mut resolved) = (BTreeSet::new(), false);
+        for alert in selected {
+            match alert.status {
+                Status::Firing => {
+                    firing.insert(alert_hash(&alert.labels));
+                }
+                Status::Resolved => resolved = true,
+            }
+        }
+        seen.push(Seen { receiver: &receiver.name, firing, resolved });
+        which.push(i);
+    }
+    if seen.is_empty() {
+        return Vec::new();
+    }
+    let group_firing =
+        notification.alerts.iter().filter(|a| a.status == Status::Firing).map(|a| alert_hash(&a.labels)).collect();
+    let (decisions, ops) = log.decide(group_key, group_firing, &seen, now_ms());
+    for (i, send) in which.into_iter().zip(decisions) {
+        let r = &mut routed[i];
+        if !send && r.body.is_some() {
+            log::debug!("receiver {}: nothing new for send_resolved: false; not sent again", r.receiver.name);
+            r.body = None;
+            r.filtered[FilterReason::Resolved as usize] += r.matched;
+            r.matched = 0;
+        }
+    }
+    ops
 }

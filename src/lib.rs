@@ -16,6 +16,7 @@ pub mod diagnose;
 pub mod http;
 pub mod intake;
 pub mod metrics;
+pub mod notify_log;
 pub mod reasons;
 pub mod retry;
 pub mod route;

@@ -21,6 +21,8 @@ const DELIVERIES: TableDefinition<u64, &[u8]> = TableDefinition::new("deliveries
 const PAYLOADS: TableDefinition<u64, &[u8]> = TableDefinition::new("payloads");
 /// Receivers created through the admin API: name → JSON spec.
 const RECEIVERS: TableDefinition<&str, &[u8]> = TableDefinition::new("receivers");
+/// What `send_resolved: false` receivers were last sent, per group (notify_log).
+const NOTIFIED: TableDefinition<&str, &[u8]> = TableDefinition::new("notified");
 
 const NEXT_ID: &str = "next_id";
 const INSTANCE: &str = "instance";
@@ -85,6 +87,14 @@ pub enum Op {
     },
     DeleteReceiver {
         name: String,
+    },
+    /// Stores a notification-log entry (JSON).
+    Notified {
+        key: String,
+        entry: Vec<u8>,
+    },
+    ForgetNotified {
+        key: String,
     },
 }
 
@@ -375,6 +385,19 @@ impl Spool {
         })
     }
 
+    /// The notification log's entries (JSON), by key.
+    pub fn notified(&self) -> Result<Vec<(String, Vec<u8>)>, SpoolError> {
+        self.read(|txn| {
+            let table = txn.open_table(NOTIFIED).map_err(|e| e.to_string())?;
+            let mut out = Vec::new();
+            for row in table.iter().map_err(|e| e.to_string())? {
+                let (key, entry) = row.map_err(|e| e.to_string())?;
+                out.push((key.value().to_string(), entry.value().to_vec()));
+            }
+            Ok(out)
+        })
+    }
+
     pub fn payload(&self, id: u64) -> Result<Option<Vec<u8>>, SpoolError> {
         self.read(|txn| {
             let table = txn.open_table(PAYLOADS).map_err(|e| e.to_string())?;
@@ -392,6 +415,7 @@ fn open_db(path: &Path) -> Result<Database, String> {
         txn.open_table(DELIVERIES).map_err(|e| e.to_string())?;
         txn.open_table(PAYLOADS).map_err(|e| e.to_string())?;
         txn.open_table(RECEIVERS).map_err(|e| e.to_string())?;
+        txn.open_table(NOTIFIED).map_err(|e| e.to_string())?;
     }
     txn.commit().map_err(|e| e.to_string())?;
     Ok(db)
@@ -573,6 +597,7 @@ fn apply(db: &Database, batches: &[Batch]) -> Result<Vec<Vec<u64>>, String> {
         let mut deliveries = txn.open_table(DELIVERIES).map_err(|e| s(&e))?;
         let mut payloads = txn.open_table(PAYLOADS).map_err(|e| s(&e))?;
         let mut receivers = txn.open_table(RECEIVERS).map_err(|e| s(&e))?;
+        let mut notified = txn.open_table(NOTIFIED).map_err(|e| s(&e))?;
         let mut next_id = match meta.get(NEXT_ID).map_err(|e| s(&e))? {
             Some(v) => u64::from_le_bytes(v.value().try_into().map_err(|_| "corrupt next_id".to_string())?),
             None => 1,
@@ -604,6 +629,12 @@ fn apply(db: &Database, batches: &[Batch]) -> Result<Vec<Vec<u64>>, String> {
                     }
                     Op::DeleteReceiver { name } => {
                         receivers.remove(name.as_str()).map_err(|e| s(&e))?;
+                    }
+                    Op::Notified { key, entry } => {
+                        notified.insert(key.as_str(), entry.as_slice()).map_err(|e| s(&e))?;
+                    }
+                    Op::ForgetNotified { key } => {
+                        notified.remove(key.as_str()).map_err(|e| s(&e))?;
                     }
                 }
             }

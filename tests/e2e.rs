@@ -491,3 +491,127 @@ async fn the_readme_explain_pipeline_runs_as_written() {
         "{stopped}"
     );
 }
+
+/// Alertmanager with two receivers for every alert: the relay (send_resolved:
+/// true, as the README says) and a recorder of its own with send_resolved:
+/// false, the reference for what a send_resolved: false receiver should get.
+async fn alertmanager_beside(dir: &Path, relay: &str, recorder: &str) -> (Child, String) {
+    let port = closed_port();
+    let config = write(
+        dir,
+        "alertmanager.yml",
+        &format!(
+            r#"
+route:
+  receiver: relay
+  group_by: [alertname]
+  group_wait: 1s
+  group_interval: 1s
+  repeat_interval: 1h
+  routes:
+    - {{ receiver: relay, continue: true }}
+    - {{ receiver: direct }}
+receivers:
+  - name: relay
+    webhook_configs: [{{ url: '{relay}/webhook', send_resolved: true }}]
+  - name: direct
+    webhook_configs: [{{ url: '{recorder}', send_resolved: false }}]
+"#
+        ),
+    );
+    let args = vec![
+        format!("--config.file={}", config.display()),
+        format!("--storage.path={}", dir.join("am-data").display()),
+        format!("--web.listen-address=127.0.0.1:{port}"),
+        "--cluster.listen-address=".to_string(),
+    ];
+    let child = spawn("prometheus-alertmanager", &args, &dir.join("alertmanager.log"));
+    let base = format!("http://127.0.0.1:{port}");
+    let ready = format!("{base}/-/ready");
+    eventually("Alertmanager to be ready", || async {
+        matches!(client().get(&ready).send().await, Ok(r) if r.status().is_success())
+    })
+    .await;
+    (child, base)
+}
+
+/// Each notification's alerts as "instance/status", sorted.
+async fn sequence(server: &MockServer) -> Vec<Vec<String>> {
+    notifications(server)
+        .await
+        .iter()
+        .map(|n| {
+            let mut a: Vec<String> = n["alerts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| format!("{}/{}", a["labels"]["instance"].as_str().unwrap(), a["status"].as_str().unwrap()))
+                .collect();
+            a.sort();
+            a
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_resolved_false_gets_what_alertmanager_itself_sends_also_across_a_restart() {
+    if !needs(&["prometheus-alertmanager"]) {
+        return;
+    }
+    let (quiet, direct) = (MockServer::start().await, MockServer::start().await);
+    for t in [&quiet, &direct] {
+        Mock::given(method("POST")).respond_with(ResponseTemplate::new(200)).mount(t).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = closed_port();
+    let cfg = config(
+        dir.path(),
+        port,
+        &format!("receivers: [{{ name: quiet, url: '{}', send_resolved: false }}]", quiet.uri()),
+    );
+    let relay = Process::start(dir.path(), &["--config", &cfg], port, &[]).await;
+    let (_am, am) = alertmanager_beside(dir.path(), &relay.base, &direct.uri()).await;
+    let a: &[(&str, &str)] = &[("alertname", "Grp"), ("instance", "a")];
+    let b: &[(&str, &str)] = &[("alertname", "Grp"), ("instance", "b")];
+    let c: &[(&str, &str)] = &[("alertname", "Grp"), ("instance", "c")];
+
+    // A and B fire: both get them.
+    fire(&am, &[a, b], false).await;
+    let both = vec![vec!["a/firing".to_string(), "b/firing".to_string()]];
+    eventually("A and B at both", || async { sequence(&quiet).await == both && sequence(&direct).await == both }).await;
+
+    // A resolves, B still fires: Alertmanager tells the relay (send_resolved:
+    // true there) but sends its own send_resolved: false receiver nothing.
+    fire(&am, &[a], true).await;
+    eventually("the relay to see A resolved", || async {
+        metric(&relay.base, r#"alert_relay_alerts_filtered_total{reason="resolved",receiver="quiet"}"#).await >= 1.0
+    })
+    .await;
+
+    // The relay restarts; its log of what quiet was sent survives.
+    let mut relay = relay;
+    relay.signal("TERM");
+    relay.wait_exit().await;
+    let relay = Process::start(dir.path(), &["--config", &cfg], port, &[]).await;
+
+    // C fires: a new alert, so both get the firing set B, C.
+    fire(&am, &[c], false).await;
+    let then = vec![vec!["b/firing".to_string(), "c/firing".to_string()]];
+    eventually("B and C at the reference", || async { sequence(&direct).await[1..] == then[..] }).await;
+    eventually("B and C at the relay's receiver", || async {
+        let got = sequence(&quiet).await;
+        got.len() >= 2 && got[1..] == then[..]
+    })
+    .await;
+    // B resolves: nothing for either. Once the relay has answered that
+    // notification, no delivery for quiet may have been made of it.
+    fire(&am, &[b], true).await;
+    eventually("the relay to have answered B's resolve", || async {
+        metric(&relay.base, r#"alert_relay_alerts_received_total{status="resolved"}"#).await >= 1.0
+            && metric(&relay.base, r#"alert_relay_webhook_requests_total{code="200"}"#).await >= 2.0
+    })
+    .await;
+    assert_eq!(metric(&relay.base, r#"alert_relay_notifications_total{receiver="quiet"}"#).await, 1.0, "only B, C");
+    assert_eq!(metric(&relay.base, r#"alert_relay_spool_pending{receiver="quiet"}"#).await, 0.0);
+    assert_eq!(sequence(&quiet).await, sequence(&direct).await, "exactly what Alertmanager sent its own receiver");
+}

@@ -288,16 +288,24 @@ impl Dispatcher {
         queued + lock(&self.orphans).values().sum::<usize>()
     }
 
-    /// Makes the deliveries durable, then queues them. Returns once committed.
-    pub async fn accept(&self, group_key: &str, deliveries: Vec<NewDelivery>) -> Result<usize, SpoolError> {
+    /// Makes the deliveries (and `also`, in the same commit) durable, then
+    /// queues them. Returns once committed.
+    pub async fn accept(
+        &self,
+        group_key: &str,
+        deliveries: Vec<NewDelivery>,
+        also: Vec<Op>,
+    ) -> Result<usize, SpoolError> {
         let now = now_ms();
         let mut metas = Vec::with_capacity(deliveries.len());
-        let mut ops = Vec::with_capacity(deliveries.len());
+        let mut ops = Vec::with_capacity(deliveries.len() + also.len());
         for d in deliveries {
             let meta = DeliveryMeta::new(d.receiver, group_key.to_string(), d.alerts, now);
             ops.push(Op::Insert { meta: meta.clone(), body: d.body });
             metas.push(meta);
         }
+        ops.extend(also);
+        // Ids come back for the inserts only, in order.
         let ids = self.spool.commit(ops).await?;
         let count = ids.len();
         let mut stale = Vec::new();
