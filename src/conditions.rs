@@ -53,11 +53,11 @@ pub struct ConditionSpec {
 pub enum ConditionError {
     #[error("label: must not be empty")]
     EmptyLabel,
-    #[error("values: operator {0} needs at least one value")]
+    #[error("values: \"{}\" needs at least one value", .0.wording())]
     NoValues(Operator),
-    #[error("values: operator {0} takes no values")]
+    #[error("values: \"{}\" takes no values", .0.wording())]
     UnexpectedValues(Operator),
-    #[error("values: operator {0} takes exactly one regex, got {1}")]
+    #[error("values: \"{}\" takes exactly one regex, got {}", .0.wording(), .1)]
     OneRegex(Operator, usize),
     #[error("values[0]: invalid regex {pattern:?}: {message}")]
     BadRegex { pattern: String, message: String },
@@ -148,7 +148,7 @@ impl Condition {
                 // Anchored like Alertmanager's matchers.
                 let re = Regex::new(&format!("^(?:{pattern})$")).map_err(|e| ConditionError::BadRegex {
                     pattern: pattern.clone(),
-                    message: e.to_string().lines().last().unwrap_or_default().to_string(),
+                    message: e.to_string().lines().last().unwrap_or_default().trim_start_matches("error: ").to_string(),
                 })?;
                 if op == Operator::Matches {
                     Test::Matches(re)

@@ -88,7 +88,7 @@ async fn receivers_are_created_validated_redacted_and_deleted() {
     let details: Vec<&str> = e["details"].as_array().unwrap().iter().map(|d| d.as_str().unwrap()).collect();
     assert!(details.iter().any(|d| d.starts_with("url: ")), "{details:?}");
     assert!(
-        details.iter().any(|d| d.starts_with("conditions[1]: pod Matches: values[0]: invalid regex")),
+        details.iter().any(|d| d.starts_with("conditions[1]: pod Regex match: values[0]: invalid regex")),
         "{details:?}"
     );
     let (status, e) = relay.admin("PUT", "/api/v1/receivers/bad", Some(json!({"url": "http://x", "colour": 1}))).await;

@@ -182,7 +182,10 @@ fn check_config_prints_every_error_and_fails() {
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 4, "{stderr}");
     assert!(lines[0].starts_with("receivers[0] (a).url:"), "{stderr}");
-    assert!(lines[1].starts_with("receivers[0] (a).conditions[0]: x Matches: values[0]: invalid regex"), "{stderr}");
+    assert!(
+        lines[1].starts_with("receivers[0] (a).conditions[0]: x Regex match: values[0]: invalid regex"),
+        "{stderr}"
+    );
     assert!(lines[2].starts_with("receivers[1] (a).name: duplicate"), "{stderr}");
     assert!(lines[3].starts_with("receivers[1] (a).timeout: invalid duration \"soon\""), "{stderr}");
 
@@ -200,6 +203,24 @@ fn check_config_prints_every_error_and_fails() {
 
     let out = Command::new(BIN).arg("--version").output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("alert-relay {}", env!("CARGO_PKG_VERSION")));
+}
+
+/// The README's check-config example: its bad.yaml, its command, its output.
+#[test]
+fn the_readme_check_config_example_prints_what_the_readme_shows() {
+    let readme = std::fs::read_to_string(repo("README.md")).unwrap();
+    let yaml_at = readme.find("```yaml\n# bad.yaml\n").expect("the bad.yaml block") + "```yaml\n".len();
+    let yaml = &readme[yaml_at..yaml_at + readme[yaml_at..].find("```").unwrap()];
+    let command_at = readme.find("`alert-relay check-config --config bad.yaml`").expect("the command") + 1;
+    let command = &readme[command_at..command_at + readme[command_at..].find('`').unwrap()];
+    let out_at = command_at + readme[command_at..].find("```\n").unwrap() + "```\n".len();
+    let expected = &readme[out_at..out_at + readme[out_at..].find("```").unwrap()];
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("bad.yaml"), yaml).unwrap();
+    let args: Vec<&str> = command.split_whitespace().skip(1).collect();
+    let out = Command::new(BIN).args(&args).current_dir(dir.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), expected);
 }
 
 #[test]

@@ -364,8 +364,8 @@ receivers:
         has("delivery.timeout: invalid duration \"10 parsecs\"");
         has("receivers[0] (ops).url: \"ftp://x\"");
         has("receivers[0] (ops).timeout: invalid duration \"5x\"");
-        has("receivers[0] (ops).conditions[0]: severity Matches: values[0]: invalid regex \"(bad\"");
-        has("receivers[0] (ops).conditions[1]: ns Exists: values: operator Exists takes no values");
+        has("receivers[0] (ops).conditions[0]: severity Regex match: values[0]: invalid regex \"(bad\"");
+        has("receivers[0] (ops).conditions[1]: ns Exists: values: \"Exists\" takes no values");
         has("receivers[1] (ops).name: duplicate receiver name \"ops\"");
         has("receivers[1] (ops).auth.token: bearer auth needs token or token_file");
         has("receivers[2] (bad name).name: \"bad name\" must match");

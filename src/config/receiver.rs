@@ -270,7 +270,7 @@ pub(super) fn receiver(
     for (i, c) in spec.conditions.iter().enumerate() {
         match Condition::try_new(c.clone()) {
             Ok(c) => conditions.push(c),
-            Err(e) => errors.push(&format!("conditions[{i}]"), format!("{} {}: {e}", c.label, c.operator)),
+            Err(e) => errors.push(&format!("conditions[{i}]"), format!("{} {}: {e}", c.label, c.operator.wording())),
         }
     }
     let retry = match retry_policy(&spec.retry.clone().unwrap_or_default().or(&defaults.retry)) {

@@ -180,7 +180,8 @@ test('the settings page, from sign-in to a retried dead letter', async () => {
   await page.getByRole('button', { name: 'OK' }).click();
   const regexError = page.locator('#condition-2-error');
   await regexError.filter({ hasText: 'invalid regex' }).waitFor();
-  assert.equal(await page.getByLabel('Label (condition 3)').getAttribute('aria-invalid'), 'true');
+  assert.equal(await page.getByLabel('Values, one per line (condition 3)').getAttribute('aria-invalid'), 'true', 'a bad regex marks Values');
+  assert.equal(await page.getByLabel('Label (condition 3)').getAttribute('aria-invalid'), null);
   assert.equal(await page.locator('#condition-0-error').textContent(), '', 'only the bad row has an error');
   await page.screenshot({ path: path.join(SHOTS, 'console-regex-error.png') });
   await page.getByRole('button', { name: 'Delete condition 3' }).click();
@@ -258,5 +259,87 @@ test('the settings page, from sign-in to a retried dead letter', async () => {
   assert.equal(await page.evaluate(() => document.activeElement.id), 'f-url');
   await page.keyboard.press('Escape');
   assert.equal(await page.locator('#form-view').isVisible(), false);
+  await page.close();
+});
+
+test('keyboard only on a 390 px phone: create, toggle, edit, delete; focus survives refreshes', async () => {
+  const page = await browser.newPage({ viewport: { width: 390, height: 844 } });
+  page.on('dialog', (d) => d.accept());
+  const active = () => page.evaluate(() => {
+    const e = document.activeElement;
+    return e ? (e.getAttribute('aria-label') || e.id || e.tagName) : null;
+  });
+  const press = async (locator, key = 'Enter') => { await locator.focus(); await page.keyboard.press(key); };
+  await page.goto(`${relay.base}/`);
+  await page.getByLabel('Admin token').focus();
+  await page.keyboard.type(TOKEN);
+  await page.keyboard.press('Enter');
+  await page.locator('tr[data-receiver="from-file"]').waitFor();
+
+  // Create, with a condition whose regex is bad: the error marks Values, not Label.
+  await press(page.getByRole('button', { name: 'New receiver' }));
+  assert.equal(await active(), 'f-name');
+  await page.keyboard.type('kb');
+  await page.getByLabel('Webhook URL', { exact: true }).focus();
+  await page.keyboard.type(`${target.url}/kb`);
+  await press(page.getByRole('button', { name: 'Add condition' }));
+  assert.equal(await active(), 'condition-0-label', 'a new condition row takes the focus');
+  assert.equal(await page.locator('#f-conditions-on').isChecked(), true, 'adding a condition ticks the box');
+  await page.keyboard.type('pod');
+  await page.getByLabel('Operator (condition 1)').selectOption({ label: 'Regex match' });
+  await page.getByLabel('Values, one per line (condition 1)').focus();
+  await page.keyboard.type('(bad');
+  // A phone's width: nothing overflows, the operator is not clipped.
+  const overflow = await page.evaluate(() => {
+    const select = document.querySelector('#condition-0-operator').getBoundingClientRect();
+    return { page: document.documentElement.scrollWidth, right: select.right };
+  });
+  assert.ok(overflow.page <= 390 && overflow.right <= 390, JSON.stringify(overflow));
+  await page.screenshot({ path: path.join(SHOTS, 'console-390px-form.png') });
+  await press(page.getByRole('button', { name: 'OK' }));
+  await page.locator('#condition-0-error').filter({ hasText: 'invalid regex' }).waitFor();
+  assert.equal(await page.locator('#condition-0-values').getAttribute('aria-invalid'), 'true');
+  assert.equal(await page.locator('#condition-0-label').getAttribute('aria-invalid'), null);
+  assert.equal(await active(), 'condition-0-values', 'the focus goes to the field in error');
+  await page.keyboard.press('Control+A');
+  await page.keyboard.type('web-.*');
+  // Unticked, the rows stay but do not apply; ticked again, nothing was lost.
+  await press(page.locator('#f-conditions-on'), 'Space');
+  assert.equal(await page.locator('#f-conditions-on').isChecked(), false);
+  assert.equal(await page.locator('#condition-0-label').inputValue(), 'pod');
+  await press(page.locator('#f-conditions-on'), 'Space');
+  await press(page.getByRole('button', { name: 'OK' }));
+  const row = page.locator('tr[data-receiver="kb"]');
+  await row.waitFor();
+  assert.equal(await active(), 'new-receiver');
+
+  // Toggle by keyboard; the list's refresh keeps the focus where it was.
+  const toggle = row.getByRole('switch');
+  await press(toggle, 'Space');
+  await waitFor('kb off', async () => (await row.getByRole('switch').getAttribute('aria-checked')) === 'false');
+  assert.equal(await active(), 'Notifications for kb');
+  await page.evaluate(() => refresh());
+  assert.equal(await active(), 'Notifications for kb', 'a refresh does not drop the focus to <body>');
+  await press(row.getByRole('switch'), 'Space');
+  await waitFor('kb on', async () => (await row.getByRole('switch').getAttribute('aria-checked')) === 'true');
+
+  // Edit: the form opens on the URL; Escape closes it.
+  await press(row.getByRole('button', { name: 'Edit kb' }));
+  assert.equal(await active(), 'f-url');
+  assert.equal(await page.locator('#f-conditions-on').isChecked(), true);
+  await page.keyboard.press('Escape');
+  assert.equal(await page.locator('#form-view').isVisible(), false);
+  await page.evaluate(() => refresh());
+  assert.equal(await active(), 'new-receiver');
+
+  // Delete: the focus goes to the row that took its place.
+  const before = await page.locator('#receivers tbody tr[data-receiver]').evaluateAll((rows) => rows.map((r) => r.dataset.receiver));
+  const at = before.indexOf('kb');
+  await press(row.getByRole('button', { name: 'Delete kb' }));
+  await waitFor('kb gone', async () => (await page.locator('tr[data-receiver="kb"]').count()) === 0);
+  const after = before.filter((n) => n !== 'kb');
+  const expected = after.length ? `${after[Math.min(at, after.length - 1)] === 'from-file' ? 'View' : 'Edit'} ${after[Math.min(at, after.length - 1)]}` : 'new-receiver';
+  assert.equal(await active(), expected);
+  await page.screenshot({ path: path.join(SHOTS, 'console-390px-list.png') });
   await page.close();
 });

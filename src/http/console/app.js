@@ -111,6 +111,9 @@ function ratio(r) {
 function renderReceivers(list) {
   receivers = list;
   const body = $('#receivers tbody');
+  // A refresh rebuilds the rows: whatever had the focus gets it back.
+  const focused = document.activeElement;
+  const focusKey = focused && body.contains(focused) ? focused.getAttribute('aria-label') : null;
   body.replaceChildren();
   if (list.length === 0) {
     body.append(el('tr', {}, el('td', { colspan: 8, class: 'muted', text: 'No receivers yet. Create one with New receiver.' })));
@@ -154,6 +157,10 @@ function renderReceivers(list) {
       el('td', { class: 'num', 'data-col': 'ratio', text: ratio(r) }),
       actions));
   }
+  if (focusKey) {
+    const again = $$('#receivers tbody [aria-label]').find((e) => e.getAttribute('aria-label') === focusKey);
+    if (again) again.focus();
+  }
 }
 
 async function setEnabled(name, enabled, version) {
@@ -170,11 +177,18 @@ async function setEnabled(name, enabled, version) {
 
 async function removeReceiver(name) {
   if (!confirm(`Delete receiver ${name}? Its pending deliveries and dead letters are dropped.`)) return;
+  const index = receivers.findIndex((r) => r.name === name);
   const r = await api('DELETE', `/api/v1/receivers/${encodeURIComponent(name)}`);
   $('#list-status').textContent = r.ok
     ? `Deleted ${name}: ${r.data.dropped_pending} pending deliveries and ${r.data.dropped_dead_letters} dead letters dropped.`
     : (r.data && r.data.error) || `Failed (${r.status}).`;
   await refresh();
+  if (!r.ok) return;
+  // The focus goes to the row that took its place (or the one before), else to New receiver.
+  const rows = $$('#receivers tbody tr[data-receiver]');
+  const next = rows[Math.min(index, rows.length - 1)];
+  const target = next && $('.row-actions button', next);
+  (target || $('#new-receiver')).focus();
 }
 
 // ---------------------------------------------------------------------------
@@ -200,6 +214,13 @@ function addCondition(condition = { label: '', operator: 'In', values: [] }) {
   list.append(row);
   numberConditions();
   return row;
+}
+
+/// Unticked: every alert is sent; the rows stay (greyed) until OK.
+function showConditionsOn() {
+  const on = $('#f-conditions-on').checked;
+  $('#conditions').classList.toggle('off', !on);
+  $$('#conditions input, #conditions select, #conditions textarea').forEach((i) => { i.disabled = !on; });
 }
 
 /// Labels, ids and error slots follow the rows' order.
@@ -252,7 +273,11 @@ function showErrors(details) {
       continue;
     }
     best.textContent = best.textContent ? `${best.textContent} ${message}` : message;
-    const input = best.id && document.querySelector(`[aria-describedby~="${best.id}"]`);
+    const row = best.closest('li.condition');
+    // A condition's error names its part: values (a bad regex, values missing or not allowed) or the label.
+    const input = row
+      ? (/(^|: )values/.test(message) ? $('.c-values', row) : /(^|: )operator/.test(message) ? $('.c-operator', row) : $('.c-label', row))
+      : best.id && document.querySelector(`[aria-describedby~="${best.id}"]`);
     if (input) input.setAttribute('aria-invalid', 'true');
   }
   if (unplaced.length) $('#form-error').textContent = unplaced.join(' ');
@@ -283,6 +308,7 @@ function openForm(receiver) {
   for (const c of r.conditions || []) addCondition(c);
   $('#f-send-resolved').checked = r.send_resolved !== false;
   $('#f-enabled').checked = r.enabled !== false;
+  $('#f-conditions-on').checked = (r.conditions || []).length > 0;
   $('#form-conflict').hidden = true;
   $('#form-conflict').replaceChildren();
   $('#f-max-alerts').value = r.max_alerts || 0;
@@ -297,6 +323,8 @@ function openForm(receiver) {
   $('#form-readonly').textContent = readOnly ? `Provisioned by ${receiver.source}: read-only here. Change it in that file and reload.` : '';
   $$('#receiver-form input, #receiver-form select, #receiver-form textarea').forEach((i) => { i.disabled = readOnly && i.id !== 'test-labels'; });
   $$('#add-condition, #ok, .c-delete').forEach((b) => { b.hidden = readOnly; });
+  if (readOnly) $('#conditions').classList.remove('off');
+  else showConditionsOn();
   $('#form-view').hidden = false;
   $('#dead-view').hidden = true;
   (readOnly ? $('#send-test') : receiver ? $('#f-url') : $('#f-name')).focus();
@@ -321,7 +349,7 @@ function collectSpec() {
     send_resolved: $('#f-send-resolved').checked,
     max_alerts: Number($('#f-max-alerts').value || 0),
     timeout: optional($('#f-timeout').value),
-    conditions: $$('#conditions li').map((row) => {
+    conditions: !$('#f-conditions-on').checked ? [] : $$('#conditions li').map((row) => {
       const operator = $('.c-operator', row).value;
       const condition = { label: $('.c-label', row).value.trim(), operator };
       if (!NO_VALUES.has(operator)) {
@@ -536,7 +564,14 @@ document.addEventListener('DOMContentLoaded', () => {
   });
   $('#sign-out').addEventListener('click', signOut);
   $('#new-receiver').addEventListener('click', () => openForm(null));
-  $('#add-condition').addEventListener('click', () => $('.c-label', addCondition()).focus());
+  $('#add-condition').addEventListener('click', () => {
+    // Adding a condition means conditions apply.
+    $('#f-conditions-on').checked = true;
+    const row = addCondition();
+    showConditionsOn();
+    $('.c-label', row).focus();
+  });
+  $('#f-conditions-on').addEventListener('change', showConditionsOn);
   $$('input[name=auth]').forEach((radio) => radio.addEventListener('change', () => setAuthType(radio.value)));
   $('#receiver-form').addEventListener('submit', save);
   $('#cancel').addEventListener('click', closeForm);
