@@ -615,3 +615,77 @@ async fn send_resolved_false_gets_what_alertmanager_itself_sends_also_across_a_r
     assert_eq!(metric(&relay.base, r#"alert_relay_spool_pending{receiver="quiet"}"#).await, 0.0);
     assert_eq!(sequence(&quiet).await, sequence(&direct).await, "exactly what Alertmanager sent its own receiver");
 }
+
+/// Every shell block of the README's "Admin API" section, in order, exactly as
+/// written, against the real binary and the example webhook the section names
+/// (127.0.0.1:9099, answering 422). Between the Explain and the Deliveries
+/// blocks the test posts one alert, so that there is a dead letter to list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_admin_api_session_runs_as_written() {
+    if !needs(&["curl", "bash", "pidof"]) {
+        return;
+    }
+    let readme = std::fs::read_to_string(repo("README.md")).unwrap();
+    let section = &readme[readme.find("## Admin API").unwrap()..readme.find("## Web console").unwrap()];
+    let blocks: Vec<&str> = section.split("```sh\n").skip(1).map(|b| &b[..b.find("```").unwrap()]).collect();
+    assert!(blocks.len() >= 7, "{} blocks", blocks.len());
+
+    // The example webhook: 422 with a reason, as the section says.
+    let hook = std::net::TcpListener::bind("127.0.0.1:9099").expect("port 9099 free for the README's example webhook");
+    hook.set_nonblocking(true).unwrap();
+    let hook = tokio::net::TcpListener::from_std(hook).unwrap();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut s, _)) = hook.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(b"HTTP/1.1 422 Unprocessable Entity\r\ncontent-length: 11\r\nconnection: close\r\n\r\nbad field x").await;
+            });
+        }
+    });
+
+    let dir = tempfile::tempdir().unwrap();
+    let port = closed_port();
+    let cfg = config(dir.path(), port, &format!("{ADMIN_CONFIG}receivers: []"));
+    let relay = Process::start(dir.path(), &["--config", &cfg], port, &[]).await;
+    let alert = dir.path().join("alert.json");
+    std::fs::write(&alert, payload("g", &[("firing", &[("severity", "critical"), ("namespace", "prod")])])).unwrap();
+    let dead_letter = format!(
+        "curl -s -H 'Content-Type: application/json' -d @{} $R/webhook >/dev/null\n\
+         for i in $(seq 200); do curl -s -H \"$AUTH\" \"$R/api/v1/deliveries?receiver=chat&state=dead\" | grep -q '\"id\"' && break; sleep 0.1; done\n",
+        alert.display()
+    );
+    let mut script = String::new();
+    for block in &blocks {
+        if block.starts_with("curl -s -H \"$AUTH\" \"$R/api/v1/deliveries") {
+            script.push_str(&dead_letter);
+        }
+        script.push_str(block);
+        script.push_str("\necho\n");
+    }
+    let out = std::process::Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &script])
+        .current_dir(repo(""))
+        .env("R", &relay.base)
+        .env("ADMIN_TOKEN", ADMIN_TOKEN)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+    for expected in [
+        r#""name":"chat""#,
+        r#""token":"<redacted>""#,
+        "was changed meanwhile",
+        r#""status":422"#,
+        r#""error":"HTTP 422: bad field x""#,
+        "condition 1 (severity Includes values critical) fails",
+        r#""dead_reason":"clientError""#,
+        r#""requeued":"#,
+        r#""deleted":"chat""#,
+        r#""reloaded":true"#,
+    ] {
+        assert!(stdout.contains(expected), "{expected} not in the session's output:\n{stdout}");
+    }
+    assert!(!stdout.contains("s3cret"), "the token is never shown");
+}
