@@ -15,10 +15,8 @@ const WEBHOOK_TOKEN: &str = "e2e-webhook-token";
 
 /// Alertmanager on loopback, no clustering, notifying the relay at `relay`.
 async fn alertmanager(dir: &Path, relay: &str) -> (Child, String) {
-    let port = closed_port();
-    let config = write(
+    start_alertmanager(
         dir,
-        "alertmanager.yml",
         &format!(
             r#"
 route:
@@ -36,7 +34,14 @@ receivers:
           authorization: {{ type: Bearer, credentials: {WEBHOOK_TOKEN} }}
 "#
         ),
-    );
+    )
+    .await
+}
+
+/// Alertmanager with `config`, on loopback, no clustering; once it is ready.
+async fn start_alertmanager(dir: &Path, config: &str) -> (Child, String) {
+    let port = closed_port();
+    let config = write(dir, "alertmanager.yml", config);
     let args = vec![
         format!("--config.file={}", config.display()),
         format!("--storage.path={}", dir.join("am-data").display()),
@@ -496,10 +501,8 @@ async fn the_readme_explain_pipeline_runs_as_written() {
 /// true, as the README says) and a recorder of its own with send_resolved:
 /// false, the reference for what a send_resolved: false receiver should get.
 async fn alertmanager_beside(dir: &Path, relay: &str, recorder: &str) -> (Child, String) {
-    let port = closed_port();
-    let config = write(
+    start_alertmanager(
         dir,
-        "alertmanager.yml",
         &format!(
             r#"
 route:
@@ -518,21 +521,8 @@ receivers:
     webhook_configs: [{{ url: '{recorder}', send_resolved: false }}]
 "#
         ),
-    );
-    let args = vec![
-        format!("--config.file={}", config.display()),
-        format!("--storage.path={}", dir.join("am-data").display()),
-        format!("--web.listen-address=127.0.0.1:{port}"),
-        "--cluster.listen-address=".to_string(),
-    ];
-    let child = spawn("prometheus-alertmanager", &args, &dir.join("alertmanager.log"));
-    let base = format!("http://127.0.0.1:{port}");
-    let ready = format!("{base}/-/ready");
-    eventually("Alertmanager to be ready", || async {
-        matches!(client().get(&ready).send().await, Ok(r) if r.status().is_success())
-    })
-    .await;
-    (child, base)
+    )
+    .await
 }
 
 /// Each notification's alerts as "instance/status", sorted.
@@ -596,7 +586,7 @@ async fn send_resolved_false_gets_what_alertmanager_itself_sends_also_across_a_r
 
     // C fires: a new alert, so both get the firing set B, C.
     fire(&am, &[c], false).await;
-    let then = vec![vec!["b/firing".to_string(), "c/firing".to_string()]];
+    let then = [vec!["b/firing".to_string(), "c/firing".to_string()]];
     eventually("B and C at the reference", || async { sequence(&direct).await[1..] == then[..] }).await;
     eventually("B and C at the relay's receiver", || async {
         let got = sequence(&quiet).await;
