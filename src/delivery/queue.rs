@@ -235,6 +235,33 @@ mod tests {
     }
 
     #[test]
+    fn an_older_notification_arriving_while_a_newer_one_flies_is_superseded_at_once() {
+        let mut q = QueueState::default();
+        q.add(2, meta("g", 0));
+        assert!(matches!(q.take(0), Step::Attempt(2, _)));
+        assert_eq!(q.add(1, meta("g", 0)), vec![1], "older than the one in flight");
+        assert_eq!(q.take(0), Step::Idle);
+        assert_eq!(q.pending(), 1);
+    }
+
+    #[test]
+    fn the_group_is_kept_while_its_next_delivery_waits() {
+        let mut q = QueueState::default();
+        q.add(1, meta("g", 0));
+        assert!(matches!(q.take(0), Step::Attempt(1, _)));
+        q.add(2, meta("g", 0));
+        // 1 delivered: 2 still waits in the group, which must not be forgotten...
+        assert!(!q.finish(1, Finish::Gone { dead: false }));
+        assert!(matches!(q.take(0), Step::Attempt(2, _)));
+        // ...so a third one waits for 2 instead of flying beside it, and 2,
+        // failing now, is superseded rather than retried.
+        assert!(q.add(3, meta("g", 0)).is_empty());
+        assert_eq!(q.take(0), Step::Idle, "one in flight per group");
+        assert!(q.finish(2, Finish::Retry(meta("g", 0))));
+        assert!(matches!(q.take(0), Step::Attempt(3, _)));
+    }
+
+    #[test]
     fn retried_delivery_comes_back_at_its_due_time() {
         let mut q = QueueState::default();
         q.add(1, meta("g", 0));
