@@ -19,12 +19,6 @@ pub enum Operator {
     NotMatches,
 }
 
-impl fmt::Display for Operator {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(self, f)
-    }
-}
-
 impl Operator {
     /// How the console (and KubeSphere's settings page) says it.
     pub fn wording(self) -> &'static str {
