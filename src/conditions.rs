@@ -275,7 +275,8 @@ mod tests {
             ConditionError::UnexpectedValues(Operator::Exists)
         );
         // An empty list is no values, as Kubernetes' label selectors take it.
-        assert!(Condition::try_new(spec(Operator::Exists, Some(vec![]))).is_ok());
+        let exists = Condition::try_new(spec(Operator::Exists, Some(vec![]))).unwrap();
+        assert_eq!(exists.to_string(), "l Exists", "no values, nothing after the wording");
         assert!(Condition::try_new(spec(Operator::DoesNotExist, Some(vec![]))).is_ok());
         let shown = Condition::try_new(spec(Operator::In, Some(vec!["a", "b"]))).unwrap().to_string();
         assert_eq!(shown, "l Includes values a, b");
