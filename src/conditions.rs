@@ -298,6 +298,11 @@ mod tests {
         assert_eq!(first_failing(&cs, &labels(&[("severity", "critical")])), Some(1));
         assert_eq!(first_failing(&cs, &labels(&[("namespace", "x")])), Some(0));
         assert_eq!(first_failing(&[], &labels(&[])), None);
+        // Every failing one, in order, for the test message's `blocked_by`.
+        assert_eq!(failing(&cs, &labels(&[])), [0, 1]);
+        assert_eq!(failing(&cs, &labels(&[("namespace", "x")])), [0]);
+        assert_eq!(failing(&cs, &labels(&[("severity", "critical")])), [1]);
+        assert!(failing(&cs, &labels(&[("severity", "critical"), ("namespace", "")])).is_empty());
     }
 
     proptest! {
