@@ -516,7 +516,8 @@ impl Writer {
                 last_try = Instant::now();
                 self.recover();
             }
-            if let Some(problem) = self.health.problem() {
+            if !self.health.healthy.load(Ordering::SeqCst) {
+                let problem = self.health.problem().unwrap_or_default();
                 self.fail(batches, &mut carried, &problem);
                 continue;
             }

@@ -69,6 +69,16 @@ pub async fn body_deadline(
     timeout: std::time::Duration,
 ) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
     use actix_web::HttpMessage;
+    // A request that announces no body (GET /metrics, health, console) needs
+    // no timer: its head was bounded by request_head_timeout.
+    use actix_web::http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+    let headers = req.headers();
+    let length = headers.get(CONTENT_LENGTH).map(|v| v.to_str().ok().and_then(|t| t.trim().parse::<u64>().ok()));
+    // No Content-Length and no Transfer-Encoding, or a length of 0: no body.
+    let announces_body = headers.contains_key(TRANSFER_ENCODING) || !matches!(length, None | Some(Some(0)));
+    if !announces_body {
+        return next.call(req).await;
+    }
     let inner = req.take_payload();
     let timed = BodyDeadline { inner, sleep: Box::pin(tokio::time::sleep(timeout)), timeout, expired: false };
     type Boxed =
