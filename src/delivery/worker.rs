@@ -201,9 +201,11 @@ impl Worker {
             dead.as_str(),
             meta.attempts
         );
-        m.failed(dead).inc();
         meta.dead = Some(dead);
         self.record(name, id, &meta).await;
+        // Counted once the dead letter is on disk, so that whoever sees the
+        // counter move also finds the dead letter in the deliveries list.
+        m.failed(dead).inc();
         Finish::Gone { dead: true }
     }
 
