@@ -61,6 +61,8 @@ pub enum StartError {
     Dispatch(#[from] delivery::DispatchError),
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: String, source: std::io::Error },
+    #[error("server.tls: {0}")]
+    Tls(#[from] tls::TlsError),
 }
 
 /// A running relay: HTTP server, dispatcher and spool.
@@ -95,25 +97,44 @@ impl Relay {
         let listen_error = |source| StartError::Listen { addr: listen.clone(), source };
         let listener = std::net::TcpListener::bind(&listen).map_err(listen_error)?;
         let addr = listener.local_addr().map_err(listen_error)?;
+        let tls = config.server.tls.clone().map(tls::server::ListenerTls::load).transpose()?;
+        let rustls_config = tls.as_ref().map(|t| t.server_config()).transpose()?;
+        let gate = tls.as_ref().map(|t| Arc::new(t.files().clone()));
         let control = Control::start(source, config, spool, metrics.clone()).await?;
         Control::watch_file(&control, FILE_CHECK_INTERVAL);
         let receivers = control.receiver_count();
+        let reload_metrics = metrics.clone();
         let shared = web::Data::new(Shared { control, metrics, shutting_down: AtomicBool::new(false) });
         let data = shared.clone();
         let server = HttpServer::new(move || {
+            let gate = gate.clone();
             actix_web::App::new()
                 .app_data(data.clone())
+                .wrap(actix_web::middleware::Condition::new(
+                    gate.as_ref().is_some_and(|g| !g.exempt_paths.is_empty()),
+                    actix_web::middleware::from_fn(move |req, next| {
+                        let files = gate.clone().expect("the gate is on only with server.tls");
+                        http::client_cert_gate(req, next, files)
+                    }),
+                ))
                 .wrap(actix_web::middleware::from_fn(move |req, next| http::body_deadline(req, next, body_timeout)))
                 .configure(http::routes)
         })
         .workers(workers)
         .max_connections(per_worker)
         .client_request_timeout(head_timeout)
+        .on_connect(http::on_connect)
         .disable_signals()
-        .shutdown_timeout(5)
-        .listen(listener)
+        .shutdown_timeout(5);
+        let server = match rustls_config {
+            Some(rustls_config) => server.listen_rustls_0_23(listener, rustls_config),
+            None => server.listen(listener),
+        }
         .map_err(listen_error)?
         .run();
+        if let Some(tls) = tls {
+            watch_listener_tls(tls, reload_metrics);
+        }
         let handle = server.handle();
         let server = tokio::spawn(server);
         log::info!(
@@ -144,4 +165,31 @@ impl Relay {
         }
         log::info!("stopped; {pending} deliveries left pending in the spool");
     }
+}
+
+/// Re-reads the listener's certificate files when they change. A bad new pair
+/// is reported like a bad reload (logged, `alert_relay_tls_last_reload_successful` 0)
+/// and the pair in use stays.
+fn watch_listener_tls(tls: Arc<tls::server::ListenerTls>, metrics: Arc<Metrics>) {
+    let weak = Arc::downgrade(&tls);
+    drop(tls);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(FILE_CHECK_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(tls) = weak.upgrade() else { return };
+            match tls.reload_if_changed() {
+                Ok(false) => {}
+                Ok(true) => {
+                    log::info!("server.tls: certificate files changed; new connections use the new ones");
+                    metrics.tls_reload_successful.set(1);
+                }
+                Err(e) => {
+                    log::error!("server.tls: {e}; keeping the certificate in use");
+                    metrics.tls_reload_successful.set(0);
+                }
+            }
+        }
+    });
 }

@@ -25,6 +25,8 @@ pub struct Metrics {
     pub dead_letters: IntGaugeVec,
     pub spool_commit_duration: Histogram,
     pub reload_successful: IntGauge,
+    /// 1 while the listener's certificate files last read well (or no TLS).
+    pub tls_reload_successful: IntGauge,
     pub reload_timestamp: Gauge,
     pub spool_healthy: IntGauge,
     pub orphaned: IntGauge,
@@ -143,6 +145,15 @@ impl Metrics {
                 )
                 .expect("static metric definition");
                 r.register(Box::new(g.clone())).expect("metric registered once");
+                g
+            },
+            tls_reload_successful: {
+                let g = int_gauge(
+                    &r,
+                    "tls_last_reload_successful",
+                    "Whether the listener's certificate files last read well (1 without server.tls).",
+                );
+                g.set(1);
                 g
             },
             spool_healthy: int_gauge(&r, "spool_healthy", "1 while the spool accepts writes; 0 after a storage error until it recovers."),

@@ -43,6 +43,21 @@ pub(super) struct RawServer {
     pub(super) request_body_timeout: Option<String>,
     /// Open connections at most; past it new ones wait in the listen backlog.
     pub(super) max_connections: Option<u64>,
+    /// Serve HTTPS instead of HTTP.
+    pub(super) tls: Option<RawListenerTls>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawListenerTls {
+    pub(super) cert_file: Option<PathBuf>,
+    pub(super) key_file: Option<PathBuf>,
+    /// Require client certificates issued by a CA in this file (mTLS).
+    pub(super) client_ca_file: Option<PathBuf>,
+    /// Paths served to clients without a certificate when `client_ca_file`
+    /// is set (a presented certificate is still verified).
+    #[serde(default)]
+    pub(super) client_cert_exempt_paths: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -127,6 +142,9 @@ pub enum AuthType {
     None,
     Bearer,
     Basic,
+    /// OAuth 2.0 client credentials grant, as Alertmanager's `oauth2`.
+    #[serde(rename = "oauth2")]
+    OAuth2,
 }
 
 /// `auth` of a receiver, or `server.webhook_auth`.
@@ -145,6 +163,19 @@ pub struct AuthSpec {
     pub password: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_file: Option<PathBuf>,
+    /// `oauth2` only, from here on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub endpoint_params: BTreeMap<String, String>,
 }
 
 impl fmt::Debug for AuthSpec {
@@ -157,6 +188,46 @@ impl fmt::Debug for AuthSpec {
             .field("username", &self.username)
             .field("password", &shown(&self.password))
             .field("password_file", &self.password_file)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &shown(&self.client_secret))
+            .field("client_secret_file", &self.client_secret_file)
+            .field("token_url", &self.token_url)
+            .field("scopes", &self.scopes)
+            .field("endpoint_params", &self.endpoint_params.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// `signing` of a receiver: Standard Webhooks signatures on every attempt.
+#[derive(Default, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SigningSpec {
+    /// `whsec_` and the base64 key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_file: Option<PathBuf>,
+    /// During a rotation: signed with this key too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_secret: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_secret_file: Option<PathBuf>,
+}
+
+impl SigningSpec {
+    pub fn is_empty(&self) -> bool {
+        *self == SigningSpec::default()
+    }
+}
+
+impl fmt::Debug for SigningSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shown = |v: &Option<String>| v.as_ref().map(|_| REDACTED);
+        f.debug_struct("SigningSpec")
+            .field("secret", &shown(&self.secret))
+            .field("secret_file", &self.secret_file)
+            .field("previous_secret", &shown(&self.previous_secret))
+            .field("previous_secret_file", &self.previous_secret_file)
             .finish()
     }
 }
@@ -202,6 +273,8 @@ pub struct ReceiverSpec {
     pub auth: AuthSpec,
     #[serde(default)]
     pub tls: TlsSpec,
+    #[serde(default, skip_serializing_if = "SigningSpec::is_empty")]
+    pub signing: SigningSpec,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy_url: Option<String>,
     #[serde(default)]

@@ -8,16 +8,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use crate::tls::server::ListenerFiles;
+
 mod file;
 mod receiver;
 mod secret;
 
 use file::*;
-pub use file::{AuthSpec, AuthType, ReceiverSpec, RetrySpec, TlsSpec};
+pub use file::{AuthSpec, AuthType, ReceiverSpec, RetrySpec, SigningSpec, TlsSpec};
 use receiver::*;
 pub use receiver::{validate_receiver, Receiver};
 use secret::*;
-pub use secret::{redact_url, Auth, Secret, REDACTED};
+pub use secret::{basic, redact_url, Auth, OAuth2, Secret, SigningKey, REDACTED};
 
 /// Where the config file is looked for when none is named.
 pub const DEFAULT_PATH: &str = "config/alert-relay.yaml";
@@ -34,6 +36,8 @@ pub struct Server {
     pub request_head_timeout: Duration,
     pub request_body_timeout: Duration,
     pub max_connections: usize,
+    /// HTTPS: the files, read and checked once at load.
+    pub tls: Option<ListenerFiles>,
 }
 
 #[derive(Debug, Clone)]
@@ -143,6 +147,36 @@ impl Config {
     }
 }
 
+/// `server.tls`, with its files read and checked so that `check-config` and a
+/// reload report a bad pair.
+fn listener_tls(raw: RawListenerTls, errors: &mut Errors<'_>) -> Option<ListenerFiles> {
+    let (Some(cert_file), Some(key_file)) = (raw.cert_file, raw.key_file) else {
+        errors.push("", "needs both cert_file and key_file");
+        return None;
+    };
+    for path in &raw.client_cert_exempt_paths {
+        if !path.starts_with('/') {
+            errors.push("client_cert_exempt_paths", format!("{path:?} is not a path (starts with /)"));
+        }
+    }
+    if raw.client_ca_file.is_none() && !raw.client_cert_exempt_paths.is_empty() {
+        errors.push("client_cert_exempt_paths", "only used with client_ca_file");
+    }
+    let files = ListenerFiles {
+        cert_file,
+        key_file,
+        client_ca_file: raw.client_ca_file,
+        exempt_paths: raw.client_cert_exempt_paths,
+    };
+    match crate::tls::server::ListenerTls::load(files.clone()) {
+        Ok(_) => Some(files),
+        Err(e) => {
+            errors.push("", e);
+            None
+        }
+    }
+}
+
 /// Collects errors under a path prefix such as `receivers[2] (ops)`.
 struct Errors<'a> {
     list: &'a mut Vec<String>,
@@ -182,6 +216,10 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
             errors.push("max_body_bytes", format!("{max_body_bytes} is more than the most allowed, {MAX_BODY_BYTES}"));
         }
         let webhook_auth = match raw.server.webhook_auth {
+            Some(spec) if spec.kind == AuthType::OAuth2 => {
+                errors.push("webhook_auth.type", "oauth2 is for receivers; Alertmanager sends bearer or basic here");
+                None
+            }
             Some(spec) => auth(&spec, &mut errors.sub("webhook_auth")).header_value(),
             None => None,
         };
@@ -193,7 +231,9 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
         if !(1..=MAX_CONNECTIONS).contains(&max_connections) {
             errors.push("max_connections", format!("{max_connections} is not between 1 and {MAX_CONNECTIONS}"));
         }
+        let tls = raw.server.tls.and_then(|t| listener_tls(t, &mut errors.sub("tls")));
         Server {
+            tls,
             listen,
             max_body_bytes: usize::try_from(max_body_bytes).unwrap_or(usize::MAX),
             webhook_auth,

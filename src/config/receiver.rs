@@ -27,6 +27,8 @@ pub struct Receiver {
     pub concurrency: usize,
     pub headers: HeaderMap,
     pub auth: Auth,
+    /// Standard Webhooks keys: the current one, then the previous one.
+    pub signing: Vec<SigningKey>,
     pub tls: Arc<rustls::ClientConfig>,
     pub proxy: Option<reqwest::Url>,
     pub conditions: Vec<Condition>,
@@ -164,9 +166,12 @@ impl FileAccess {
 
 /// Every file a receiver names, with its field.
 pub(super) fn named_files(spec: &ReceiverSpec) -> Vec<(&'static str, &Path)> {
-    let fields: [(&'static str, &Option<PathBuf>); 5] = [
+    let fields: [(&'static str, &Option<PathBuf>); 8] = [
         ("auth.token_file", &spec.auth.token_file),
         ("auth.password_file", &spec.auth.password_file),
+        ("auth.client_secret_file", &spec.auth.client_secret_file),
+        ("signing.secret_file", &spec.signing.secret_file),
+        ("signing.previous_secret_file", &spec.signing.previous_secret_file),
         ("tls.ca_file", &spec.tls.ca_file),
         ("tls.cert_file", &spec.tls.cert_file),
         ("tls.key_file", &spec.tls.key_file),
@@ -257,6 +262,7 @@ pub(super) fn receiver(
         }
     }
     let auth = auth(&spec.auth, &mut errors.sub("auth"));
+    let signing = signing(&spec.signing, &mut errors.sub("signing"));
     let tls = tls_config(&spec.tls, &mut errors.sub("tls"));
     let proxy = spec.proxy_url.as_ref().and_then(|p| match reqwest::Url::parse(p) {
         Ok(u) if matches!(u.scheme(), "http" | "https" | "socks5") => Some(u),
@@ -294,6 +300,7 @@ pub(super) fn receiver(
         concurrency: usize::try_from(concurrency).unwrap_or(usize::MAX),
         headers,
         auth,
+        signing,
         tls: tls?,
         proxy,
         conditions,

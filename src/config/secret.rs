@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use base64::Engine;
 
@@ -47,6 +48,78 @@ pub enum Auth {
     None,
     Bearer(Secret),
     Basic { username: String, password: Secret },
+    /// A bearer token fetched from `token_url`; see `delivery::oauth`.
+    OAuth2(Arc<OAuth2>),
+}
+
+/// OAuth 2.0 client credentials, as Alertmanager's `oauth2`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OAuth2 {
+    pub client_id: String,
+    pub client_secret: Secret,
+    pub token_url: reqwest::Url,
+    pub scopes: Vec<String>,
+    pub endpoint_params: Vec<(String, String)>,
+}
+
+/// A Standard Webhooks signing key (the bytes after `whsec_`, decoded).
+#[derive(Clone, PartialEq, Eq)]
+pub struct SigningKey(Vec<u8>);
+
+impl SigningKey {
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// The Standard Webhooks specification's recommended key sizes.
+const SIGNING_KEY_BYTES: std::ops::RangeInclusive<usize> = 24..=64;
+
+/// `whsec_` followed by the base64 key, as Standard Webhooks libraries print
+/// and read it. The prefix is required: it tells the value is a signing key
+/// and not, say, a bearer token pasted into the wrong field.
+fn signing_key(secret: &Secret) -> Result<SigningKey, String> {
+    let Some(encoded) = secret.expose().strip_prefix("whsec_") else {
+        return Err("must start with whsec_ followed by the base64 key".into());
+    };
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .map_err(|_| "the part after whsec_ is not base64".to_string())?;
+    if !SIGNING_KEY_BYTES.contains(&key.len()) {
+        return Err(format!(
+            "the key is {} bytes; Standard Webhooks keys are {} to {} bytes",
+            key.len(),
+            SIGNING_KEY_BYTES.start(),
+            SIGNING_KEY_BYTES.end()
+        ));
+    }
+    Ok(SigningKey(key))
+}
+
+/// The keys every attempt is signed with: the current one first, then the
+/// previous one during a rotation. Empty: no signing.
+pub(super) fn signing(spec: &SigningSpec, errors: &mut Errors<'_>) -> Vec<SigningKey> {
+    let mut keys = Vec::new();
+    let current = secret(spec.secret.clone(), spec.secret_file.clone(), "secret", errors);
+    let previous = secret(spec.previous_secret.clone(), spec.previous_secret_file.clone(), "previous_secret", errors);
+    if current.is_none() && previous.is_some() {
+        errors.push("secret", "previous_secret is only used beside secret (or secret_file)");
+    }
+    for (field, value) in [("secret", current), ("previous_secret", previous)] {
+        if let Some(value) = value {
+            match signing_key(&value) {
+                Ok(key) => keys.push(key),
+                Err(e) => errors.push(field, e),
+            }
+        }
+    }
+    keys
 }
 
 impl Auth {
@@ -55,13 +128,17 @@ impl Auth {
         match self {
             Auth::None => None,
             Auth::Bearer(token) => Some(Secret(format!("Bearer {}", token.expose()))),
-            Auth::Basic { username, password } => {
-                let raw = format!("{username}:{}", password.expose());
-                let encoded = base64::engine::general_purpose::STANDARD.encode(raw);
-                Some(Secret(format!("Basic {encoded}")))
-            }
+            Auth::Basic { username, password } => Some(basic(username, password.expose())),
+            // Fetched per attempt, not fixed.
+            Auth::OAuth2(_) => None,
         }
     }
+}
+
+/// An `Authorization: Basic` value.
+pub fn basic(username: &str, password: &str) -> Secret {
+    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
+    Secret(format!("Basic {encoded}"))
 }
 
 pub(super) fn read_file(path: &Path) -> Result<Vec<u8>, String> {
@@ -104,6 +181,13 @@ pub(super) fn auth(spec: &AuthSpec, errors: &mut Errors<'_>) -> Auth {
             errors.push(field, format!("not used with type {:?}", spec.kind));
         }
     };
+    if spec.kind != AuthType::OAuth2 {
+        forbid(errors, spec.client_id.is_some(), "client_id");
+        forbid(errors, spec.client_secret.is_some() || spec.client_secret_file.is_some(), "client_secret");
+        forbid(errors, spec.token_url.is_some(), "token_url");
+        forbid(errors, !spec.scopes.is_empty(), "scopes");
+        forbid(errors, !spec.endpoint_params.is_empty(), "endpoint_params");
+    }
     match spec.kind {
         AuthType::None => {
             forbid(errors, spec.token.is_some() || spec.token_file.is_some(), "token");
@@ -142,6 +226,50 @@ pub(super) fn auth(spec: &AuthSpec, errors: &mut Errors<'_>) -> Auth {
             }
             Auth::Basic { username, password: password.unwrap_or(Secret(String::new())) }
         }
+        AuthType::OAuth2 => {
+            forbid(errors, spec.token.is_some() || spec.token_file.is_some(), "token");
+            forbid(errors, spec.username.is_some(), "username");
+            forbid(errors, spec.password.is_some() || spec.password_file.is_some(), "password");
+            let client_id = spec.client_id.clone().unwrap_or_default();
+            if client_id.is_empty() {
+                errors.push("client_id", "oauth2 needs a client_id");
+            }
+            let client_secret =
+                secret(spec.client_secret.clone(), spec.client_secret_file.clone(), "client_secret", errors);
+            if client_secret.is_none() && spec.client_secret.is_none() && spec.client_secret_file.is_none() {
+                errors.push("client_secret", "oauth2 needs client_secret or client_secret_file");
+            }
+            let token_url = match spec.token_url.as_deref().map(reqwest::Url::parse) {
+                Some(Ok(u)) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Some(u),
+                // Not echoed: a URL may carry credentials.
+                Some(_) => {
+                    errors.push("token_url", "is not an http(s) URL with a host");
+                    None
+                }
+                None => {
+                    errors.push("token_url", "oauth2 needs a token_url");
+                    None
+                }
+            };
+            for reserved in ["grant_type", "client_id", "client_secret", "scope"] {
+                if spec.endpoint_params.contains_key(reserved) {
+                    errors.push(
+                        &format!("endpoint_params.{reserved}"),
+                        "is set by the relay; use client_id, client_secret and scopes",
+                    );
+                }
+            }
+            match (token_url, client_secret) {
+                (Some(token_url), Some(client_secret)) if !client_id.is_empty() => Auth::OAuth2(Arc::new(OAuth2 {
+                    client_id,
+                    client_secret,
+                    token_url,
+                    scopes: spec.scopes.clone(),
+                    endpoint_params: spec.endpoint_params.clone().into_iter().collect(),
+                })),
+                _ => Auth::None,
+            }
+        }
     }
 }
 
@@ -161,6 +289,9 @@ impl ReceiverSpec {
         };
         hide(&mut spec.auth.token);
         hide(&mut spec.auth.password);
+        hide(&mut spec.auth.client_secret);
+        hide(&mut spec.signing.secret);
+        hide(&mut spec.signing.previous_secret);
         spec.url = redact_url(&self.url);
         if spec.proxy_url.as_deref().and_then(|u| reqwest::Url::parse(u).ok()).is_some_and(|u| u.password().is_some()) {
             spec.proxy_url = Some(REDACTED.into());
@@ -192,6 +323,9 @@ impl ReceiverSpec {
         };
         keep("auth.token", &mut self.auth.token, &stored.auth.token);
         keep("auth.password", &mut self.auth.password, &stored.auth.password);
+        keep("auth.client_secret", &mut self.auth.client_secret, &stored.auth.client_secret);
+        keep("signing.secret", &mut self.signing.secret, &stored.signing.secret);
+        keep("signing.previous_secret", &mut self.signing.previous_secret, &stored.signing.previous_secret);
         keep("proxy_url", &mut self.proxy_url, &stored.proxy_url);
         if self.url.contains(REDACTED) || self.url.contains("%3Credacted%3E") {
             errors.push("url: holds <redacted>; write the URL's password and query values out again".into());

@@ -4,6 +4,7 @@
 //! configuration it uses live on the ground floor (`crate::retry`, `crate::tls`).
 
 pub mod dispatcher;
+pub mod oauth;
 pub mod queue;
 pub mod sender;
 mod worker;

@@ -6,8 +6,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
 
-use crate::config::Receiver;
+use crate::config::{Auth, Receiver, Secret, SigningKey};
 use crate::retry::{classify, parse_retry_after, FailureReason, Outcome};
+
+use super::oauth::TokenSource;
 
 const USER_AGENT: &str = concat!("alert-relay/", env!("CARGO_PKG_VERSION"));
 /// How much of an error answer's body is kept for the delivery's last error.
@@ -17,6 +19,8 @@ const ERROR_BODY_BYTES: usize = 512;
 pub struct Target {
     pub receiver: Arc<Receiver>,
     client: reqwest::Client,
+    /// `auth.type: oauth2`: where the bearer token comes from.
+    tokens: Option<TokenSource>,
 }
 
 /// What one attempt came to.
@@ -55,27 +59,92 @@ impl Target {
             value.set_sensitive(true);
             headers.insert(AUTHORIZATION, value);
         }
-        let builder = reqwest::Client::builder()
-            .use_preconfigured_tls((*receiver.tls).clone())
-            .timeout(receiver.timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(USER_AGENT)
-            .default_headers(headers)
-            .pool_max_idle_per_host(receiver.concurrency);
-        let builder = match &receiver.proxy {
-            Some(url) => {
-                builder.proxy(reqwest::Proxy::all(url.clone()).map_err(|e| TargetError::Proxy(e.to_string()))?)
-            }
-            None => builder.no_proxy(),
+        // The token endpoint gets the receiver's TLS settings and proxy, and
+        // none of the headers meant for the target.
+        let client = |headers| -> Result<reqwest::Client, TargetError> {
+            let builder = reqwest::Client::builder()
+                .use_preconfigured_tls((*receiver.tls).clone())
+                .timeout(receiver.timeout)
+                .redirect(reqwest::redirect::Policy::none())
+                .user_agent(USER_AGENT)
+                .default_headers(headers)
+                .pool_max_idle_per_host(receiver.concurrency);
+            let builder = match &receiver.proxy {
+                Some(url) => {
+                    builder.proxy(reqwest::Proxy::all(url.clone()).map_err(|e| TargetError::Proxy(e.to_string()))?)
+                }
+                None => builder.no_proxy(),
+            };
+            builder.build().map_err(|e| TargetError::Client(e.to_string()))
         };
-        let client = builder.build().map_err(|e| TargetError::Client(e.to_string()))?;
-        Ok(Target { receiver, client })
+        let tokens = match &receiver.auth {
+            Auth::OAuth2(settings) => Some(TokenSource::new(settings.clone(), client(Default::default())?)),
+            _ => None,
+        };
+        let client = client(headers)?;
+        Ok(Target { receiver, client, tokens })
     }
 
-    /// Posts `body` once. `key` is the delivery's `Idempotency-Key`.
+    /// Posts `body` once (twice with OAuth 2.0, when the target answers 401 to
+    /// a cached token). `key` is the delivery's `Idempotency-Key` and, when
+    /// signing, its `webhook-id`.
     pub async fn send(&self, key: &str, body: Vec<u8>) -> Attempt {
-        let request = self.client.post(self.receiver.url.clone()).header("Idempotency-Key", key);
         let started = Instant::now();
+        let body = bytes::Bytes::from(body);
+        let mut refreshed = false;
+        loop {
+            let token = match &self.tokens {
+                Some(tokens) => match tokens.header().await {
+                    Ok(token) => Some(token),
+                    Err(e) => {
+                        return Attempt {
+                            outcome: Outcome::Retryable { reason: FailureReason::AuthError, retry_after: None },
+                            status: None,
+                            error: Some(e.to_string()),
+                            latency: started.elapsed(),
+                        }
+                    }
+                },
+                None => None,
+            };
+            let attempt = self.post(key, body.clone(), token.as_ref(), started).await;
+            match (&self.tokens, token) {
+                (Some(tokens), Some(token)) if attempt.status == Some(401) && !refreshed => {
+                    log::info!("receiver {}: target answered 401; fetching a new OAuth 2.0 token", self.receiver.name);
+                    tokens.reject(&token).await;
+                    refreshed = true;
+                }
+                _ => return attempt,
+            }
+        }
+    }
+
+    async fn post(&self, key: &str, body: bytes::Bytes, token: Option<&Secret>, started: Instant) -> Attempt {
+        let mut request = self.client.post(self.receiver.url.clone()).header("Idempotency-Key", key);
+        if let Some(token) = token {
+            match HeaderValue::from_str(token.expose()) {
+                Ok(mut value) => {
+                    value.set_sensitive(true);
+                    request = request.header(AUTHORIZATION, value);
+                }
+                Err(_) => {
+                    return Attempt {
+                        outcome: Outcome::Retryable { reason: FailureReason::AuthError, retry_after: None },
+                        status: None,
+                        error: Some("OAuth 2.0 token endpoint: the token is not valid in a header".into()),
+                        latency: started.elapsed(),
+                    }
+                }
+            }
+        }
+        if !self.receiver.signing.is_empty() {
+            let timestamp = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            let signature = signature(&self.receiver.signing, key, timestamp, &body);
+            request = request
+                .header("webhook-id", key)
+                .header("webhook-timestamp", timestamp.to_string())
+                .header("webhook-signature", signature);
+        }
         match request.body(body).send().await {
             Ok(mut response) => {
                 let status = response.status().as_u16();
@@ -119,8 +188,28 @@ impl Target {
     }
 }
 
+/// The Standard Webhooks `webhook-signature` value: `v1,<base64 HMAC-SHA256
+/// of "{id}.{timestamp}.{body}">` per key, space-separated.
+pub fn signature(keys: &[SigningKey], id: &str, timestamp: u64, body: &[u8]) -> String {
+    use base64::Engine;
+    let signed_prefix = format!("{id}.{timestamp}.");
+    let mut out = String::new();
+    for key in keys {
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key.expose());
+        let mut context = ring::hmac::Context::with_key(&key);
+        context.update(signed_prefix.as_bytes());
+        context.update(body);
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str("v1,");
+        out.push_str(&base64::engine::general_purpose::STANDARD.encode(context.sign().as_ref()));
+    }
+    out
+}
+
 /// The error and its causes, without the URL (it may carry a token).
-fn describe(e: reqwest::Error) -> String {
+pub(super) fn describe(e: reqwest::Error) -> String {
     let e = e.without_url();
     let mut text = e.to_string();
     let mut source = std::error::Error::source(&e);

@@ -60,6 +60,37 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .default_service(web::to(health::not_found));
 }
 
+/// Set on each connection of a TLS listener: whether the client presented a
+/// certificate (verified by the handshake: an invalid one never gets here).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientCert(pub bool);
+
+/// Marks a new connection with `ClientCert`.
+pub fn on_connect(conn: &dyn std::any::Any, data: &mut actix_web::dev::Extensions) {
+    type Tls = actix_tls::accept::rustls_0_23::TlsStream<actix_web::rt::net::TcpStream>;
+    if let Some(stream) = conn.downcast_ref::<Tls>() {
+        data.insert(ClientCert(stream.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty())));
+    }
+}
+
+/// With `server.tls.client_ca_file` and exempt paths, the handshake lets
+/// clients without a certificate in; every other path refuses them here (403).
+pub async fn client_cert_gate(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
+    files: Arc<crate::config::ListenerFiles>,
+) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
+    let presented = req.conn_data::<ClientCert>().is_some_and(|c| c.0);
+    if !presented && files.needs_client_cert(req.path()) {
+        let refused = ApiError::new(
+            actix_web::http::StatusCode::FORBIDDEN,
+            format!("{} needs a client certificate (server.tls.client_ca_file)", req.path()),
+        );
+        return Err(refused.into());
+    }
+    next.call(req).await
+}
+
 /// Gives every request body `timeout` from the moment its head is in: a client
 /// that sends headers and then stalls is answered (408) and its connection
 /// freed, instead of holding a slot for ever.

@@ -4,6 +4,8 @@
 //! that certificate (how most internal webhook servers are pinned, and what
 //! Go's client, so Alertmanager, accepts).
 
+pub mod server;
+
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -39,7 +41,7 @@ pub enum TlsError {
     Rustls(String),
 }
 
-fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
