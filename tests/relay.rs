@@ -843,3 +843,258 @@ async fn proxy_url_sends_deliveries_through_the_proxy() {
     assert_eq!(requests[0].url.path(), "/hook");
     assert_eq!(header(&requests[0], "x-alert-relay-receiver"), "proxied");
 }
+
+// ---------------------------------------------------------------------------
+// OAuth 2.0 client credentials against a loopback token endpoint.
+
+/// A token endpoint answering `tokens` in turn (the last one again after
+/// that), each living `expires_in` seconds.
+async fn token_endpoint(tokens: &[&str], expires_in: u64) -> MockServer {
+    let server = MockServer::start().await;
+    let tokens: Vec<String> = tokens.iter().map(|t| t.to_string()).collect();
+    let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    Mock::given(method("POST"))
+        .respond_with(move |_: &Request| {
+            let n = served.fetch_add(1, std::sync::atomic::Ordering::SeqCst).min(tokens.len() - 1);
+            ResponseTemplate::new(200).set_body_json(serde_json::json!({
+                "access_token": tokens[n], "token_type": "Bearer", "expires_in": expires_in
+            }))
+        })
+        .mount(&server)
+        .await;
+    server
+}
+
+fn oauth_receiver(name: &str, url: &str, token_url: &str) -> String {
+    format!(
+        "{{ name: {name}, url: '{url}', {FAST_RETRY}, auth: {{ type: oauth2, client_id: relay, \
+         client_secret: 's3cret/+', token_url: '{token_url}', scopes: [alerts.write, alerts.read], \
+         endpoint_params: {{ audience: alerts }} }} }}"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oauth2_token_is_fetched_once_and_shared_by_many_deliveries() {
+    let idp = token_endpoint(&["tok-1"], 3600).await;
+    let t = target(200).await;
+    let relay = TestRelay::start(&format!("receivers: [{}]", oauth_receiver("o", &t.uri(), &idp.uri()))).await;
+    for g in 0..5 {
+        assert_eq!(relay.post(payload(&format!("g{g}"), &[("firing", &[("alertname", "A")])])).await.0, 200);
+    }
+    eventually("five deliveries", || async { count(&t).await == 5 }).await;
+    for r in t.received_requests().await.unwrap() {
+        assert_eq!(header(&r, "authorization"), "Bearer tok-1");
+    }
+    let asked = idp.received_requests().await.unwrap();
+    assert_eq!(asked.len(), 1, "one token request for five deliveries");
+    // RFC 6749 4.4.2, with the client authenticated by HTTP Basic (2.3.1:
+    // form-encoded first, so "/" and "+" become %2F and %2B).
+    let basic = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "relay:s3cret%2F%2B");
+    assert_eq!(header(&asked[0], "authorization"), format!("Basic {basic}"));
+    assert_eq!(header(&asked[0], "content-type"), "application/x-www-form-urlencoded");
+    let form = String::from_utf8(asked[0].body.clone()).unwrap();
+    assert_eq!(form, "grant_type=client_credentials&scope=alerts.write+alerts.read&audience=alerts");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oauth2_token_is_renewed_when_it_expires_and_once_on_a_401() {
+    // Expiry: a token that lives 1 s is renewed half way (the unit test of
+    // `renew_at` pins the rule; here the real path is taken).
+    let idp = token_endpoint(&["short-1", "short-2"], 1).await;
+    let t = target(200).await;
+    let relay = TestRelay::start(&format!("receivers: [{}]", oauth_receiver("o", &t.uri(), &idp.uri()))).await;
+    assert_eq!(relay.post(payload("a", &[("firing", &[("alertname", "A")])])).await.0, 200);
+    eventually("the first delivery", || async { count(&t).await == 1 }).await;
+    tokio::time::sleep(Duration::from_millis(600)).await; // past the renewal point, on the relay's clock
+    assert_eq!(relay.post(payload("b", &[("firing", &[("alertname", "A")])])).await.0, 200);
+    eventually("the second delivery", || async { count(&t).await == 2 }).await;
+    let seen: Vec<String> = t.received_requests().await.unwrap().iter().map(|r| header(r, "authorization")).collect();
+    assert_eq!(seen, ["Bearer short-1", "Bearer short-2"]);
+
+    // 401: the cached token is dropped, a new one fetched, the request sent again.
+    let idp = token_endpoint(&["revoked", "fresh"], 3600).await;
+    let t = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(|r: &Request| {
+            ResponseTemplate::new(if header(r, "authorization") == "Bearer fresh" { 204 } else { 401 })
+        })
+        .mount(&t)
+        .await;
+    let relay = TestRelay::start(&format!("receivers: [{}]", oauth_receiver("o", &t.uri(), &idp.uri()))).await;
+    assert_eq!(relay.post(FIRING).await.0, 200);
+    eventually("delivered with the fresh token", || delivered(&relay, "o")).await;
+    assert_eq!(idp.received_requests().await.unwrap().len(), 2);
+    assert_eq!(relay.metric(r#"alert_relay_notification_requests_total{receiver="o"}"#).await, 1.0, "one attempt");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oauth2_endpoint_failures_are_retried_and_counted_and_a_target_401_after_a_fresh_token_dead_letters() {
+    let idp = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(503).set_body_string("idp down"))
+        .up_to_n_times(2)
+        .mount(&idp)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({"access_token": "ok", "expires_in": 60})))
+        .mount(&idp)
+        .await;
+    let t = target(200).await;
+    let relay = TestRelay::start(&format!("receivers: [{}]", oauth_receiver("o", &t.uri(), &idp.uri()))).await;
+    assert_eq!(relay.post(FIRING).await.0, 200);
+    eventually("delivered once the endpoint is back", || delivered(&relay, "o")).await;
+    let auth_errors = r#"alert_relay_notification_requests_failed_total{reason="authError",receiver="o"}"#;
+    assert_eq!(relay.metric(auth_errors).await, 2.0);
+    assert_eq!(count(&t).await, 1, "the target saw only the attempt that had a token");
+
+    // A target that refuses even a freshly fetched token: a permanent auth
+    // error, the token never in what the API shows.
+    let idp = token_endpoint(&["tok-secret-value"], 3600).await;
+    let t = target(401).await;
+    let relay = TestRelay::start(&format!(
+        "{ADMIN_CONFIG}receivers: [{}]",
+        oauth_receiver("o", &format!("{}/", t.uri()), &idp.uri())
+    ))
+    .await;
+    assert_eq!(relay.post(FIRING).await.0, 200);
+    eventually("dead-lettered", || async {
+        relay.metric(r#"alert_relay_notifications_failed_total{reason="authError",receiver="o"}"#).await == 1.0
+    })
+    .await;
+    assert_eq!(idp.received_requests().await.unwrap().len(), 2, "one refresh on the 401, no more");
+    let (_, dead) = relay.admin("GET", "/api/v1/deliveries?receiver=o&state=dead", None).await;
+    let (_, shown) = relay.admin("GET", "/api/v1/receivers/o", None).await;
+    for text in [dead.to_string(), shown.to_string()] {
+        assert!(!text.contains("tok-secret-value") && !text.contains("s3cret"), "{text}");
+    }
+    assert_eq!(shown["auth"]["client_secret"], "<redacted>");
+}
+
+// ---------------------------------------------------------------------------
+// TLS on the relay's own listener.
+
+fn https_base(relay: &TestRelay) -> String {
+    let port = relay.relay.as_ref().unwrap().local_addr().port();
+    format!("https://127.0.0.1:{port}")
+}
+
+async fn status_of(client: &reqwest::Client, url: &str) -> Result<u16, String> {
+    client.get(url).send().await.map(|r| r.status().as_u16()).map_err(|e| format!("{e:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listener_serves_https_and_requires_client_certificates_where_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, clients, rogue) = (Ca::new("listener CA"), Ca::new("client CA"), Ca::new("rogue CA"));
+    let cert = write(dir.path(), "tls.crt", &ca.leaf(&["127.0.0.1"]).cert_pem);
+    let leaf = ca.leaf(&["127.0.0.1"]);
+    std::fs::write(&cert, &leaf.cert_pem).unwrap();
+    let key = write(dir.path(), "tls.key", &leaf.key_pem);
+    let client_ca = write(dir.path(), "ca.crt", &clients.pem());
+    let t = target(200).await;
+
+    // Plain TLS: HTTPS works, plain HTTP on the same port does not.
+    let relay = TestRelay::start(&format!(
+        "server: {{ listen: '127.0.0.1:0', tls: {{ cert_file: '{}', key_file: '{}' }} }}\nreceivers: [{{ name: r, url: '{}' }}]",
+        cert.display(),
+        key.display(),
+        t.uri()
+    ))
+    .await;
+    let base = https_base(&relay);
+    let https = https_client(&ca, None);
+    let answer = https.post(format!("{base}/webhook")).body(FIRING).header("content-type", "application/json");
+    assert_eq!(answer.send().await.unwrap().status(), 200);
+    eventually("delivered", || async { count(&t).await == 1 }).await;
+    assert!(status_of(&client(), &format!("{}/-/healthy", base.replace("https", "http"))).await.is_err());
+
+    // mTLS on every path: no certificate or a rogue one fails the handshake.
+    let relay = TestRelay::start(&format!(
+        "server: {{ listen: '127.0.0.1:0', tls: {{ cert_file: '{}', key_file: '{}', client_ca_file: '{}' }} }}",
+        cert.display(),
+        key.display(),
+        client_ca.display()
+    ))
+    .await;
+    let base = https_base(&relay);
+    let good = clients.leaf(&["alertmanager"]);
+    let bad = rogue.leaf(&["alertmanager"]);
+    assert_eq!(status_of(&https_client(&ca, Some(&good)), &format!("{base}/-/healthy")).await, Ok(200));
+    for (who, client) in [("no certificate", https_client(&ca, None)), ("a rogue certificate", https_client(&ca, Some(&bad)))] {
+        // Refused in the handshake (TLS 1.3 clients learn it on their first read).
+        let answer = status_of(&client, &format!("{base}/-/healthy")).await;
+        assert!(answer.is_err(), "{who}: {answer:?}");
+    }
+
+    // Exempt paths: /metrics and health without a certificate; the rest 403.
+    let relay = TestRelay::start(&format!(
+        "{ADMIN_CONFIG}server: {{ listen: '127.0.0.1:0', tls: {{ cert_file: '{}', key_file: '{}', client_ca_file: '{}', \
+         client_cert_exempt_paths: [/metrics, /-/healthy, /-/ready] }} }}",
+        cert.display(),
+        key.display(),
+        client_ca.display()
+    ))
+    .await;
+    let base = https_base(&relay);
+    let anonymous = https_client(&ca, None);
+    for path in ["/metrics", "/-/healthy", "/-/ready"] {
+        assert_eq!(status_of(&anonymous, &format!("{base}{path}")).await, Ok(200), "{path}");
+    }
+    for path in ["/api/v1/receivers", "/"] {
+        assert_eq!(status_of(&anonymous, &format!("{base}{path}")).await, Ok(403), "{path}");
+    }
+    let refused = anonymous.post(format!("{base}/webhook")).body(FIRING).send().await.unwrap();
+    assert_eq!(refused.status(), 403);
+    assert!(refused.text().await.unwrap().contains("needs a client certificate"));
+    let with_cert = https_client(&ca, Some(&good));
+    let listed = with_cert.get(format!("{base}/api/v1/receivers")).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+    assert_eq!(listed.status(), 200);
+    // A presented certificate is still verified on exempt paths.
+    assert!(status_of(&https_client(&ca, Some(&bad)), &format!("{base}/metrics")).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listener_certificates_are_reread_on_change_and_a_bad_pair_is_kept_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old_ca, new_ca) = (Ca::new("old CA"), Ca::new("new CA"));
+    let old = old_ca.leaf(&["127.0.0.1"]);
+    let cert = write(dir.path(), "tls.crt", &old.cert_pem);
+    let key = write(dir.path(), "tls.key", &old.key_pem);
+    let relay = TestRelay::start(&format!(
+        "server: {{ listen: '127.0.0.1:0', tls: {{ cert_file: '{}', key_file: '{}' }} }}",
+        cert.display(),
+        key.display()
+    ))
+    .await;
+    let base = https_base(&relay);
+    let metrics = format!("{base}/metrics");
+    let (old_client, new_client) = (https_client(&old_ca, None), https_client(&new_ca, None));
+    // A connection opened now, kept alive across the rotation.
+    assert_eq!(status_of(&old_client, &metrics).await, Ok(200));
+
+    // A bad pair (a certificate with the old key) is refused; the old one stays.
+    let new = new_ca.leaf(&["127.0.0.1"]);
+    std::fs::write(&cert, &new.cert_pem).unwrap();
+    let tls_ok = |client: reqwest::Client, url: String| async move {
+        let text = client.get(&url).send().await.unwrap().text().await.unwrap();
+        text.lines().find_map(|l| l.strip_prefix("alert_relay_tls_last_reload_successful ")).map(|v| v.to_string())
+    };
+    eventually("the bad pair to be reported", || {
+        let (client, url) = (old_client.clone(), metrics.clone());
+        async move { tls_ok(client, url).await.as_deref() == Some("0") }
+    })
+    .await;
+    assert_eq!(status_of(&https_client(&old_ca, None), &metrics).await, Ok(200), "new handshakes: the old pair");
+
+    // The matching key arrives: new handshakes get the new certificate; the
+    // connection opened before is not dropped.
+    std::fs::write(&key, &new.key_pem).unwrap();
+    eventually("new handshakes to use the new certificate", || {
+        let (url, fresh) = (metrics.clone(), https_client(&new_ca, None));
+        async move { status_of(&fresh, &url).await == Ok(200) }
+    })
+    .await;
+    assert!(status_of(&https_client(&old_ca, None), &metrics).await.is_err(), "the old certificate is gone");
+    assert_eq!(tls_ok(new_client.clone(), metrics.clone()).await.as_deref(), Some("1"));
+    assert_eq!(status_of(&old_client, &metrics).await, Ok(200), "the kept-alive connection still works");
+}

@@ -88,8 +88,9 @@ fn signing_key(secret: &Secret) -> Result<SigningKey, String> {
     let Some(encoded) = secret.expose().strip_prefix("whsec_") else {
         return Err("must start with whsec_ followed by the base64 key".into());
     };
-    let key = base64::engine::general_purpose::STANDARD
-        .decode(encoded.trim())
+    // Padded or not: Standard Webhooks libraries print either.
+    let key = base64::engine::general_purpose::STANDARD_NO_PAD
+        .decode(encoded.trim().trim_end_matches('='))
         .map_err(|_| "the part after whsec_ is not base64".to_string())?;
     if !SIGNING_KEY_BYTES.contains(&key.len()) {
         return Err(format!(
@@ -360,4 +361,29 @@ pub fn redact_url(text: &str) -> String {
 pub(super) fn origin(text: &str) -> Option<(String, String, u16)> {
     let url = reqwest::Url::parse(text).ok()?;
     Some((url.scheme().to_string(), url.host_str()?.to_string(), url.port_or_known_default()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(text: &str) -> Result<SigningKey, String> {
+        signing_key(&Secret::new(text.into()))
+    }
+
+    #[test]
+    fn signing_keys_are_whsec_base64_of_24_to_64_bytes() {
+        // The Standard Webhooks specification's example key, 24 bytes.
+        assert_eq!(key("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap().expose().len(), 24);
+        let padded = format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode([7u8; 32]));
+        assert!(padded.ends_with('='));
+        assert_eq!(key(&padded).unwrap().expose(), &[7u8; 32]);
+        assert_eq!(key(padded.trim_end_matches('=')).unwrap().expose(), &[7u8; 32]);
+        assert!(key("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap_err().contains("whsec_"));
+        assert!(key("whsec_not base64!").unwrap_err().contains("not base64"));
+        let short = format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode([1u8; 16]));
+        assert!(key(&short).unwrap_err().contains("16 bytes"));
+        let long = format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode([1u8; 65]));
+        assert!(key(&long).unwrap_err().contains("65 bytes"));
+    }
 }

@@ -225,3 +225,32 @@ pub(super) fn describe(e: reqwest::Error) -> String {
     // "unexpected error: ..."; they are not unexpected.
     text.replace("unexpected error: the server's certificate", "TLS: the server's certificate")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(text: &str) -> SigningKey {
+        let config = format!("receivers: [{{ name: r, url: 'http://127.0.0.1:1/', signing: {{ secret: '{text}' }} }}]");
+        crate::config::Config::from_yaml(&config).unwrap().receivers[0].signing[0].clone()
+    }
+
+    #[test]
+    fn signature_matches_the_standard_webhooks_example() {
+        // The example of the Standard Webhooks specification (and what its
+        // Python library's Webhook.sign prints for it).
+        let k = key("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
+        let body = br#"{"test": 2432232314}"#;
+        assert_eq!(
+            signature(std::slice::from_ref(&k), "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body),
+            "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+        );
+        // Two keys during a rotation: both signatures, space-separated, current first.
+        let other = key("whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
+        let both = signature(&[k, other], "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body);
+        let parts: Vec<&str> = both.split(' ').collect();
+        assert_eq!(parts.len(), 2);
+        assert_eq!(parts[0], "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+        assert!(parts[1].starts_with("v1,") && parts[1] != parts[0]);
+    }
+}

@@ -633,3 +633,22 @@ impl GatedTarget {
         self.gate.add_permits(n);
     }
 }
+
+/// An HTTPS client trusting only `ca`, presenting `identity` if given.
+pub fn https_client(ca: &Ca, identity: Option<&Leaf>) -> reqwest::Client {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.issuer.der().clone()).expect("ca");
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots);
+    let config = match identity {
+        Some(leaf) => {
+            let (chain, key) = chain_and_key(leaf);
+            builder.with_client_auth_cert(chain, key).expect("client cert")
+        }
+        None => builder.with_no_client_auth(),
+    };
+    reqwest::Client::builder().no_proxy().use_preconfigured_tls(config).build().expect("https client")
+}
