@@ -679,3 +679,196 @@ async fn the_readme_admin_api_session_runs_as_written() {
     }
     assert!(!stdout.contains("s3cret"), "the token is never shown");
 }
+
+// ---------------------------------------------------------------------------
+// Transport security with real peers.
+
+/// The venv scripts/test makes, with PyPI's `standardwebhooks`.
+fn venv_python() -> std::path::PathBuf {
+    let venv = std::env::var("ALERT_RELAY_VENV").map(std::path::PathBuf::from).unwrap_or_else(|_| {
+        std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/alert-relay/venv")
+    });
+    venv.join("bin/python")
+}
+
+/// The Python target of tests/verifier, verifying with `secret`; its port and
+/// the file it logs every request's verdicts to.
+fn standard_webhooks_target(dir: &Path, secret: &str) -> (Child, u16, std::path::PathBuf) {
+    use std::io::BufRead;
+    let log = dir.join(format!("verdicts-{}.jsonl", &secret[6..12]));
+    let mut child = std::process::Command::new(venv_python())
+        .arg(repo("tests/verifier/standard_webhooks_target.py"))
+        .arg(secret)
+        .arg(&log)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python target starts");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).expect("port line");
+    let port = line.trim().parse().unwrap_or_else(|_| panic!("the Python target printed {line:?}, not a port"));
+    (Child(child), port, log)
+}
+
+fn verdicts(log: &Path) -> Vec<Value> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signatures_verify_with_pypi_standardwebhooks_also_during_a_key_rotation() {
+    if !needs(&[venv_python().to_str().unwrap()]) {
+        return;
+    }
+    use base64::Engine;
+    let key = |b: u8| format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode([b; 32]));
+    let (old, new) = (key(1), key(2));
+    let dir = tempfile::tempdir().unwrap();
+    // The target still knows only the old key; the relay is mid-rotation for
+    // one receiver and already past it for another.
+    let (_python, port, log) = standard_webhooks_target(dir.path(), &old);
+    let url = format!("http://127.0.0.1:{port}/hook");
+    let relay = TestRelay::start(&format!(
+        "{ADMIN_CONFIG}receivers:\n\
+         - {{ name: rotating, url: '{url}', signing: {{ secret: '{new}', previous_secret: '{old}' }} }}\n\
+         - {{ name: old-key, url: '{url}', signing: {{ secret: '{old}' }} }}\n\
+         - {{ name: new-key-only, url: '{url}', signing: {{ secret: '{new}' }} }}\n"
+    ))
+    .await;
+    assert_eq!(relay.post(FIRING).await.0, 200);
+    assert_eq!(relay.post(MIXED).await.0, 200);
+    eventually("six verdicts", || async { verdicts(&log).len() == 6 }).await;
+    for v in verdicts(&log) {
+        let receiver = v["receiver"].as_str().unwrap();
+        let expect_valid = receiver != "new-key-only";
+        assert_eq!(v["valid"], expect_valid, "{v}");
+        assert_eq!(v["tampered_rejected"], true, "a changed body fails: {v}");
+        assert_eq!(v["stale_rejected"], true, "a timestamp 10 minutes old fails: {v}");
+        assert!(v["id"].as_str().unwrap().ends_with(|c: char| c.is_ascii_digit()), "{v}");
+    }
+    // The target's 400 is a client error: the unverifiable deliveries dead-letter.
+    eventually("the new-key-only receiver to dead-letter", || async {
+        relay.metric(r#"alert_relay_notifications_failed_total{reason="clientError",receiver="new-key-only"}"#).await
+            == 2.0
+    })
+    .await;
+    let (_, shown) = relay.admin("GET", "/api/v1/receivers/rotating", None).await;
+    assert_eq!(shown["signing"], json!({"secret": "<redacted>", "previous_secret": "<redacted>"}));
+}
+
+/// The certificate a TLS handshake with `addr` is given, trusting `ca` and
+/// presenting `identity`.
+async fn served_certificate(addr: std::net::SocketAddr, ca: &Ca, identity: &Leaf) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.issuer.der().clone()).unwrap();
+    let chain = vec![rustls::pki_types::CertificateDer::from_pem_slice(identity.cert_pem.as_bytes()).unwrap()];
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(identity.key_pem.as_bytes()).unwrap();
+    let config =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .unwrap();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    match connector.connect(name, tcp).await {
+        Ok(tls) => tls.get_ref().1.peer_certificates().unwrap()[0].to_vec(),
+        Err(e) => panic!("handshake: {e}"),
+    }
+}
+
+fn der(pem: &str) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap().to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alertmanager_posts_over_mutual_tls_and_a_certificate_rotation_refuses_nothing() {
+    if !needs(&["prometheus-alertmanager", "curl"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (server_ca, client_ca) = (Ca::new("relay listener CA"), Ca::new("Alertmanager client CA"));
+    let first = server_ca.leaf(&["127.0.0.1"]);
+    let (cert, key) = (write(d, "tls.crt", &first.cert_pem), write(d, "tls.key", &first.key_pem));
+    let ca_file = write(d, "ca.crt", &server_ca.pem());
+    let clients_file = write(d, "clients.crt", &client_ca.pem());
+    let am_leaf = client_ca.leaf(&["alertmanager"]);
+    let (am_cert, am_key) = (write(d, "am.crt", &am_leaf.cert_pem), write(d, "am.key", &am_leaf.key_pem));
+    let t = target(200).await;
+    let relay = TestRelay::start(&format!(
+        "server: {{ listen: '127.0.0.1:0', tls: {{ cert_file: '{}', key_file: '{}', client_ca_file: '{}' }} }}\n\
+         receivers: [{{ name: chat, url: '{}' }}]",
+        cert.display(),
+        key.display(),
+        clients_file.display(),
+        t.uri()
+    ))
+    .await;
+    let addr = relay.relay.as_ref().unwrap().local_addr();
+    let (_am, am) = start_alertmanager(
+        d,
+        &format!(
+            r#"
+route: {{ receiver: relay, group_by: [alertname], group_wait: 1s, group_interval: 1s, repeat_interval: 1h }}
+receivers:
+  - name: relay
+    webhook_configs:
+      - url: https://127.0.0.1:{port}/webhook
+        http_config:
+          tls_config: {{ ca_file: '{ca}', cert_file: '{c}', key_file: '{k}' }}
+"#,
+            port = addr.port(),
+            ca = ca_file.display(),
+            c = am_cert.display(),
+            k = am_key.display()
+        ),
+    )
+    .await;
+    // A client without a certificate is refused in the handshake.
+    let curl = std::process::Command::new("curl")
+        .args(["-sS", "--cacert", ca_file.to_str().unwrap(), "-X", "POST", "--data", FIRING])
+        .arg(format!("https://127.0.0.1:{}/webhook", addr.port()))
+        .output()
+        .unwrap();
+    assert!(!curl.status.success(), "curl without a certificate got in");
+
+    // Alerts keep coming while the pair is replaced (cert-manager renews with
+    // the same CA): every one of them arrives, none is refused.
+    let second = server_ca.leaf(&["127.0.0.1"]);
+    assert_eq!(served_certificate(addr, &server_ca, &am_leaf).await, der(&first.cert_pem));
+    for i in 0..6 {
+        fire(&am, &[&[("alertname", &format!("Rotation{i}")), ("severity", "warning")]], false).await;
+        if i == 2 {
+            std::fs::write(&key, &second.key_pem).unwrap();
+            std::fs::write(&cert, &second.cert_pem).unwrap();
+            eventually("new handshakes to get the new certificate", || async {
+                served_certificate(addr, &server_ca, &am_leaf).await == der(&second.cert_pem)
+            })
+            .await;
+        }
+        eventually(&format!("alert {i} through the relay"), || async { count(&t).await == i + 1 }).await;
+    }
+    let am_metrics = client().get(format!("{am}/metrics")).send().await.unwrap().text().await.unwrap();
+    let failed: f64 = am_metrics
+        .lines()
+        .filter(|l| l.starts_with("alertmanager_notifications_failed_total{") && l.contains("integration=\"webhook\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(failed, 0.0, "Alertmanager saw a failed notification:\n{am_metrics}");
+    let metrics = https_client(&server_ca, Some(&am_leaf))
+        .get(format!("https://127.0.0.1:{}/metrics", addr.port()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("\nalert_relay_tls_last_reload_successful 1\n"), "{metrics}");
+}

@@ -1098,3 +1098,27 @@ async fn listener_certificates_are_reread_on_change_and_a_bad_pair_is_kept_out()
     assert_eq!(tls_ok(new_client.clone(), metrics.clone()).await.as_deref(), Some("1"));
     assert_eq!(status_of(&old_client, &metrics).await, Ok(200), "the kept-alive connection still works");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_attempt_is_signed_with_its_own_timestamp_and_the_same_webhook_id() {
+    let t = failing_then(503, 1).await;
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    // Attempts more than a second apart: their Unix-second timestamps differ.
+    let relay = TestRelay::start(&format!(
+        "receivers: [{{ name: s, url: '{}', signing: {{ secret: '{secret}' }}, \
+         retry: {{ initial_interval: 1100ms, jitter: 0.0 }} }}]",
+        t.uri()
+    ))
+    .await;
+    assert_eq!(relay.post(FIRING).await.0, 200);
+    eventually("delivered on the second attempt", || delivered(&relay, "s")).await;
+    let attempts = t.received_requests().await.unwrap();
+    assert_eq!(attempts.len(), 2);
+    let (a, b) = (&attempts[0], &attempts[1]);
+    assert_eq!(header(a, "webhook-id"), header(b, "webhook-id"));
+    assert_eq!(header(a, "webhook-id"), header(a, "idempotency-key"));
+    let (ta, tb): (u64, u64) = (header(a, "webhook-timestamp").parse().unwrap(), header(b, "webhook-timestamp").parse().unwrap());
+    assert!(tb > ta, "a fresh timestamp per attempt: {ta} then {tb}");
+    assert_ne!(header(a, "webhook-signature"), header(b, "webhook-signature"));
+    assert_eq!(a.body, b.body, "the same bytes, signed again");
+}

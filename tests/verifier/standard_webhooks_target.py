@@ -10,6 +10,7 @@ For every POST it appends one JSON line to LOG:
   stale_rejected    the same request with webhook-timestamp 10 minutes older
                     fails (the library's tolerance is 5 minutes)
   id, timestamp     the webhook-id and webhook-timestamp headers
+  receiver          the X-Alert-Relay-Receiver header
 and answers 204 when valid, else 400 with the library's message.
 """
 
@@ -51,6 +52,7 @@ class Handler(BaseHTTPRequestHandler):
             "tampered_rejected": not verifies(tampered, headers)[0],
             "stale_rejected": not verifies(body, stale)[0],
             "id": headers.get("webhook-id"),
+            "receiver": headers.get("x-alert-relay-receiver"),
             "timestamp": headers.get("webhook-timestamp"),
         }
         with open(LOG, "a", encoding="utf-8") as log:
