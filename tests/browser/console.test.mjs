@@ -343,3 +343,67 @@ test('keyboard only on a 390 px phone: create, toggle, edit, delete; focus survi
   await page.screenshot({ path: path.join(SHOTS, 'console-390px-list.png') });
   await page.close();
 });
+
+test('OAuth 2.0 and request signing from the form: the test message carries both, secrets come back redacted and are kept', async () => {
+  // A loopback token endpoint for the OAuth 2.0 client credentials grant.
+  const tokenRequests = [];
+  const idp = http.createServer((req, res) => {
+    let body = '';
+    req.on('data', (c) => { body += c; });
+    req.on('end', () => {
+      tokenRequests.push({ headers: req.headers, body });
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ access_token: 'console-issued-token', token_type: 'Bearer', expires_in: 3600 }));
+    });
+  });
+  await new Promise((resolve) => idp.listen(0, '127.0.0.1', resolve));
+  const tokenUrl = `http://127.0.0.1:${idp.address().port}/token`;
+  const secret = `whsec_${Buffer.alloc(32, 9).toString('base64')}`;
+  const page = await browser.newPage({ viewport: { width: 1280, height: 2400 } });
+  await page.goto(`${relay.base}/`);
+  await page.getByLabel('Admin token').fill(TOKEN);
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.getByRole('button', { name: 'New receiver' }).click();
+  await page.getByLabel('Name', { exact: true }).fill('secured');
+  await page.getByLabel('Webhook URL', { exact: true }).fill(`${target.url}/secured`);
+  await page.getByLabel('OAuth 2.0 client credentials').check();
+  await page.getByLabel('Client ID').fill('relay-client');
+  await page.getByLabel('Client secret').fill('client-secret-value');
+  await page.getByLabel('Token URL').fill(tokenUrl);
+  await page.getByLabel('Scopes (space-separated)').fill('alerts.write alerts.read');
+  await page.getByLabel(/Endpoint parameters/).fill('audience=alerts');
+  await page.getByLabel('Signing secret (whsec_…)').fill(secret);
+  const before = target.received.length;
+  await page.getByRole('button', { name: 'Send Test Message' }).click();
+  await page.locator('#test-result .test-answer').filter({ hasText: 'Delivered' }).waitFor();
+  await waitFor('the signed test message', () => target.received.length === before + 1);
+  const got = target.received[before];
+  assert.equal(got.headers.authorization, 'Bearer console-issued-token');
+  assert.match(got.headers['webhook-signature'], /^v1,[A-Za-z0-9+/]+=*$/);
+  assert.equal(got.headers['webhook-id'], got.headers['idempotency-key']);
+  assert.equal(tokenRequests.length, 1);
+  assert.match(tokenRequests[0].body, /grant_type=client_credentials&scope=alerts.write\+alerts.read&audience=alerts/);
+  await page.screenshot({ path: path.join(SHOTS, 'console-oauth-signing.png') });
+  await page.getByRole('button', { name: 'OK' }).click();
+  await page.locator('tr[data-receiver="secured"]').waitFor();
+
+  // The API shows the secrets redacted; the form shows them so, and OK keeps them.
+  const shown = await (await fetch(`${relay.base}/api/v1/receivers/secured`, { headers: { Authorization: `Bearer ${TOKEN}` } })).json();
+  assert.equal(shown.auth.client_secret, '<redacted>');
+  assert.equal(shown.signing.secret, '<redacted>');
+  assert.deepEqual(shown.auth.scopes, ['alerts.write', 'alerts.read']);
+  assert.deepEqual(shown.auth.endpoint_params, { audience: 'alerts' });
+  assert.ok(!JSON.stringify(shown).includes('client-secret-value') && !JSON.stringify(shown).includes(secret));
+  await page.locator('tr[data-receiver="secured"]').getByRole('button', { name: 'Edit secured' }).click();
+  assert.equal(await page.getByLabel('Client secret').inputValue(), '<redacted>');
+  await page.getByLabel('Client ID').fill('relay-client-2');
+  await page.getByRole('button', { name: 'OK' }).click();
+  await waitFor('the edit saved', async () => {
+    const r = await (await fetch(`${relay.base}/api/v1/receivers/secured`, { headers: { Authorization: `Bearer ${TOKEN}` } })).json();
+    return r.auth.client_id === 'relay-client-2' && r.auth.client_secret === '<redacted>' && r.signing.secret === '<redacted>';
+  });
+  const r = await fetch(`${relay.base}/api/v1/receivers/secured/test`, { method: 'POST', headers: { Authorization: `Bearer ${TOKEN}` } });
+  assert.equal(r.status, 200, 'the kept secrets still work');
+  await page.close();
+  idp.close();
+});

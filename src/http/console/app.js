@@ -247,6 +247,7 @@ function setAuthType(type) {
   $(`input[name=auth][value=${type}]`).checked = true;
   $('#auth-bearer').hidden = type !== 'bearer';
   $('#auth-basic').hidden = type !== 'basic';
+  $('#auth-oauth2').hidden = type !== 'oauth2';
 }
 
 function clearErrors() {
@@ -300,6 +301,14 @@ function openForm(receiver) {
   $('#f-token').value = auth.token || '';
   $('#f-username').value = auth.username || '';
   $('#f-password').value = auth.password || '';
+  $('#f-client-id').value = auth.client_id || '';
+  $('#f-client-secret').value = auth.client_secret || '';
+  $('#f-token-url').value = auth.token_url || '';
+  $('#f-scopes').value = (auth.scopes || []).join(' ');
+  $('#f-endpoint-params').value = Object.entries(auth.endpoint_params || {}).map(([k, v]) => `${k}=${v}`).join('\n');
+  const signing = r.signing || {};
+  $('#f-signing-secret').value = signing.secret || '';
+  $('#f-signing-previous').value = signing.previous_secret || '';
   const tls = r.tls || {};
   $('#f-insecure').checked = Boolean(tls.insecure_skip_verify);
   $('#f-ca').value = tls.ca_file || '';
@@ -365,6 +374,28 @@ function collectSpec() {
     spec.auth.username = $('#f-username').value;
     spec.auth.password = $('#f-password').value;
   }
+  if (type === 'oauth2') {
+    spec.auth.client_id = $('#f-client-id').value.trim();
+    spec.auth.token_url = $('#f-token-url').value.trim();
+    spec.auth.scopes = $('#f-scopes').value.split(/\s+/).filter((v) => v !== '');
+    const params = {};
+    for (const line of $('#f-endpoint-params').value.split('\n')) {
+      const at = line.indexOf('=');
+      if (line.trim() !== '') params[(at < 0 ? line : line.slice(0, at)).trim()] = at < 0 ? '' : line.slice(at + 1).trim();
+    }
+    spec.auth.endpoint_params = params;
+    // A secret read from a file (set in the API) stays a file.
+    const stored = (editing && editing.auth) || {};
+    if ($('#f-client-secret').value === '' && stored.client_secret_file) spec.auth.client_secret_file = stored.client_secret_file;
+    else spec.auth.client_secret = $('#f-client-secret').value;
+  }
+  const storedSigning = (editing && editing.signing) || {};
+  spec.signing = {
+    secret: optional($('#f-signing-secret').value),
+    secret_file: $('#f-signing-secret').value === '' ? storedSigning.secret_file : undefined,
+    previous_secret: optional($('#f-signing-previous').value),
+    previous_secret_file: $('#f-signing-previous').value === '' ? storedSigning.previous_secret_file : undefined,
+  };
   const tls = {
     insecure_skip_verify: $('#f-insecure').checked,
     ca_file: optional($('#f-ca').value),
