@@ -150,6 +150,28 @@ async fn receivers_are_created_validated_redacted_and_deleted() {
     let expected =
         format!("Basic {}", base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "bob:basic-pw-secret"));
     assert_eq!(header(requests.last().unwrap(), "authorization"), expected);
+
+    // Signing and OAuth 2.0 secrets: redacted, kept on the same origin only.
+    let whsec = format!("whsec_{}", base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [5u8; 32]));
+    let oauth = |url: String, secret: &str, signing: &str| {
+        json!({"url": url, "signing": {"secret": signing},
+               "auth": {"type": "oauth2", "client_id": "c", "client_secret": secret, "token_url": "http://127.0.0.1:9/token"}})
+    };
+    assert_eq!(relay.admin("PUT", "/api/v1/receivers/signed", Some(oauth(t.uri(), "oauth-secret-value", &whsec))).await.0, 201);
+    let (_, shown) = relay.admin("GET", "/api/v1/receivers/signed", None).await;
+    assert_eq!((shown["auth"]["client_secret"].as_str(), shown["signing"]["secret"].as_str()), (Some("<redacted>"), Some("<redacted>")));
+    assert!(!shown.to_string().contains("oauth-secret-value") && !shown.to_string().contains(&whsec));
+    let moved = oauth("http://127.0.0.2:9/elsewhere".into(), "<redacted>", "<redacted>");
+    let (status, refused) = relay.admin("PUT", "/api/v1/receivers/signed", Some(moved)).await;
+    assert_eq!(status, 400);
+    let details = refused["details"].to_string();
+    assert!(details.contains("auth.client_secret") && details.contains("signing.secret"), "{refused}");
+    let (status, bad) = relay
+        .admin("PUT", "/api/v1/receivers/badkey", Some(json!({"url": t.uri(), "signing": {"secret": "not-a-key"}})))
+        .await;
+    assert_eq!(status, 400);
+    assert!(bad["details"][0].as_str().unwrap().starts_with("signing.secret: must start with whsec_"), "{bad}");
+    assert!(!bad.to_string().contains("not-a-key"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

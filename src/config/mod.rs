@@ -195,7 +195,8 @@ impl Errors<'_> {
     }
 
     fn sub(&mut self, prefix: &str) -> Errors<'_> {
-        Errors { list: self.list, prefix: format!("{}.{prefix}", self.prefix) }
+        let prefix = if self.prefix.is_empty() { prefix.to_string() } else { format!("{}.{prefix}", self.prefix) };
+        Errors { list: self.list, prefix }
     }
 }
 
