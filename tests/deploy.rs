@@ -34,7 +34,9 @@ fn alertmanager_examples_pass_amtool() {
     if !needs(&["amtool"]) {
         return;
     }
-    for file in ["deploy/alertmanager/alertmanager.yml", "deploy/compose/alertmanager.yml"] {
+    for file in
+        ["deploy/alertmanager/alertmanager.yml", "deploy/alertmanager/alertmanager-tls.yml", "deploy/compose/alertmanager.yml"]
+    {
         run_ok("amtool", &["check-config", file], &repo(""));
     }
     let am = yaml_file(&repo("deploy/alertmanager/alertmanager.yml"));
@@ -169,6 +171,67 @@ fn kustomize_base_renders_validates_and_hangs_together() {
     }
     assert_eq!(sts["spec"]["serviceName"], "alert-relay-headless");
     find(&docs, "PrometheusRule", "alert-relay");
+}
+
+#[test]
+fn kustomize_tls_variant_renders_validates_and_hangs_together() {
+    if !needs(&["kubectl", kubernetes_validate().to_str().unwrap_or_default()]) {
+        return;
+    }
+    let rendered = run_ok("kubectl", &["kustomize", "deploy/kubernetes-tls"], &repo(""));
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = write(dir.path(), "rendered.yaml", &rendered);
+    let out = run_ok(kubernetes_validate().to_str().unwrap(), &["--strict", manifests.to_str().unwrap()], dir.path());
+    for kind in ["statefulset/alert-relay", "configmap/alert-relay-config"] {
+        assert!(out.contains(&format!("passed for resource {kind}")), "{out}");
+    }
+    let docs = yaml_docs(&rendered);
+    let sts = find(&docs, "StatefulSet", "alert-relay");
+    let pod = &sts["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    for probe in ["livenessProbe", "readinessProbe"] {
+        assert_eq!(c[probe]["httpGet"]["scheme"], "HTTPS", "{probe}");
+    }
+    let mounts = c["volumeMounts"].as_array().unwrap();
+    let tls_mount = mounts.iter().find(|m| m["name"] == "tls").expect("the pair is mounted");
+    assert!(tls_mount["subPath"].is_null(), "a subPath mount would never see a renewal");
+    let tls_dir = tls_mount["mountPath"].as_str().unwrap();
+    let volume = pod["volumes"].as_array().unwrap().iter().find(|v| v["name"] == "tls").unwrap();
+    let certificate = find(&docs, "Certificate", "alert-relay");
+    assert_eq!(volume["secret"]["secretName"], certificate["spec"]["secretName"]);
+
+    // The ConfigMap's config is valid with a real pair where the mount puts it,
+    // and its exempt paths are the probes' and the scrape's.
+    let text = find(&docs, "ConfigMap", "alert-relay-config")["data"]["alert-relay.yaml"].as_str().unwrap().to_string();
+    let ca = Ca::new("cluster CA");
+    let leaf = ca.leaf(&["alert-relay.monitoring.svc"]);
+    let local_tls = dir.path().join("tls");
+    std::fs::create_dir(&local_tls).unwrap();
+    write(&local_tls, "tls.crt", &leaf.cert_pem);
+    write(&local_tls, "tls.key", &leaf.key_pem);
+    write(&local_tls, "ca.crt", &ca.pem());
+    let local = write(dir.path(), "cm.yaml", &text.replace(&format!("{tls_dir}/"), &format!("{}/", local_tls.display())));
+    let config = check_relay_config(&local, "/etc/alert-relay/secrets/", dir.path());
+    let files = config.server.tls.expect("server.tls");
+    assert!(files.client_ca_file.is_some());
+    let probes: Vec<String> =
+        ["livenessProbe", "readinessProbe"].iter().map(|p| c[*p]["httpGet"]["path"].as_str().unwrap().to_string()).collect();
+    let monitor = find(&docs, "ServiceMonitor", "alert-relay");
+    let endpoint = &monitor["spec"]["endpoints"][0];
+    assert_eq!(endpoint["scheme"], "https");
+    assert_eq!(endpoint["tlsConfig"]["ca"]["secret"]["name"], certificate["spec"]["secretName"]);
+    for path in probes.iter().map(String::as_str).chain([endpoint["path"].as_str().unwrap()]) {
+        assert!(!files.needs_client_cert(path), "{path} needs no client certificate");
+    }
+    assert!(files.needs_client_cert("/webhook") && files.needs_client_cert("/api/v1/receivers"));
+
+    // Alertmanager's TLS example names the Service and a name the certificate carries.
+    let am = yaml_file(&repo("deploy/alertmanager/alertmanager-tls.yml"));
+    let hook = &am["receivers"][0]["webhook_configs"][0];
+    assert!(hook["url"].as_str().unwrap().starts_with("https://alert-relay.monitoring.svc:9097/"));
+    let name = hook["http_config"]["tls_config"]["server_name"].clone();
+    assert!(certificate["spec"]["dnsNames"].as_array().unwrap().contains(&name));
+    assert_eq!(endpoint["tlsConfig"]["serverName"], name);
 }
 
 #[test]
