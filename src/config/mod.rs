@@ -353,8 +353,10 @@ mod tests {
     #[test]
     fn annotated_example_is_valid() {
         let c = Config::from_yaml(include_str!("../../config/example-full.yaml")).unwrap();
-        assert_eq!(c.receivers.len(), 2);
+        assert_eq!(c.receivers.len(), 3);
         assert_eq!(c.receivers[0].conditions.len(), 3);
+        assert_eq!(c.receivers[0].signing.len(), 1);
+        assert!(matches!(c.receivers[2].auth, Auth::OAuth2(_)));
     }
 
     #[test]
@@ -411,6 +413,42 @@ receivers:
         has("receivers[1] (ops).auth.token: bearer auth needs token or token_file");
         has("receivers[2] (bad name).name: \"bad name\" must match");
         has("receivers[2] (bad name).tls.ca_file: cannot read /nonexistent/ca.pem");
+    }
+
+    #[test]
+    fn transport_security_settings_are_checked_with_their_paths() {
+        let e = errors_of(
+            r#"
+server:
+  webhook_auth: { type: oauth2, client_id: x, client_secret: y, token_url: 'http://idp/t' }
+  tls: { cert_file: /nonexistent/tls.crt, client_cert_exempt_paths: [metrics] }
+receivers:
+  - name: o
+    url: 'http://x'
+    auth: { type: oauth2, client_secret: s, token: t, endpoint_params: { grant_type: password } }
+  - { name: b, url: 'http://x', auth: { type: bearer, token: t, client_id: c, scopes: [a] } }
+  - { name: s, url: 'http://x', signing: { previous_secret: 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw' } }
+  - { name: k, url: 'http://x', signing: { secret: 'hunter2-not-a-key', secret_file: /nonexistent/key } }
+"#,
+        );
+        let has = |needle: &str| assert!(e.iter().any(|l| l.contains(needle)), "{needle:?} not in {e:#?}");
+        has("server.webhook_auth.type: oauth2 is for receivers");
+        has("server.tls: needs both cert_file and key_file");
+        has("receivers[0] (o).auth.client_id: oauth2 needs a client_id");
+        has("receivers[0] (o).auth.token_url: oauth2 needs a token_url");
+        has("receivers[0] (o).auth.token: not used with type OAuth2");
+        has("receivers[0] (o).auth.endpoint_params.grant_type: is set by the relay");
+        has("receivers[1] (b).auth.client_id: not used with type Bearer");
+        has("receivers[1] (b).auth.scopes: not used with type Bearer");
+        has("receivers[2] (s).signing.secret: previous_secret is only used beside secret");
+        has("receivers[3] (k).signing.secret: set either secret or secret_file, not both");
+        assert!(!e.iter().any(|l| l.contains("hunter2")), "a secret echoed: {e:#?}");
+
+        let e = errors_of("server: { tls: { cert_file: /nonexistent/c, key_file: /nonexistent/k, client_cert_exempt_paths: [metrics] } }");
+        let has = |needle: &str| assert!(e.iter().any(|l| l.contains(needle)), "{needle:?} not in {e:#?}");
+        has("server.tls.client_cert_exempt_paths: \"metrics\" is not a path");
+        has("server.tls.client_cert_exempt_paths: only used with client_ca_file");
+        has("server.tls: cert_file: cannot read /nonexistent/c");
     }
 
     #[test]
