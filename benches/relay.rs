@@ -6,7 +6,9 @@
 //! - route: filtering, recomputing and serializing per receiver vs serializing
 //!   the whole payload once per receiver;
 //! - spool: a durable redb commit of a batch vs writing the same bytes to a
-//!   file and fsyncing it.
+//!   file and fsyncing it;
+//! - sign: a Standard Webhooks signature of a 10-alert body vs serializing that
+//!   body (what every attempt already costs).
 
 use std::hint::black_box;
 use std::io::Write;
@@ -17,6 +19,7 @@ use serde_json::{json, Value};
 
 use alert_relay::alert::{LabelSet, Notification};
 use alert_relay::config::{Config, Receiver};
+use alert_relay::delivery::sender::signature;
 use alert_relay::route::{route, verdict};
 use alert_relay::spool::{DeliveryMeta, Op, Spool};
 
@@ -155,5 +158,23 @@ fn bench_spool(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_parse, bench_conditions, bench_route, bench_spool);
+fn bench_sign(c: &mut Criterion) {
+    let mut group = c.benchmark_group("sign");
+    let n = Notification::parse(&payload(10)).unwrap();
+    let body = serde_json::to_vec(&n).unwrap();
+    group.throughput(Throughput::Bytes(body.len() as u64));
+    let config = "receivers: [{ name: r, url: 'http://127.0.0.1:1/', signing: { secret: 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw', \
+                  previous_secret: 'whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA' } }]";
+    let keys = Config::from_yaml(config).unwrap().receivers[0].signing.clone();
+    group.bench_function("10-alerts/ours-one-key", |b| {
+        b.iter(|| signature(&keys[..1], black_box("0195f0a4-17"), 1_700_000_000, black_box(&body)))
+    });
+    group.bench_function("10-alerts/ours-two-keys", |b| {
+        b.iter(|| signature(&keys, black_box("0195f0a4-17"), 1_700_000_000, black_box(&body)))
+    });
+    group.bench_function("10-alerts/baseline-serialize", |b| b.iter(|| serde_json::to_vec(black_box(&n)).unwrap()));
+    group.finish();
+}
+
+criterion_group!(benches, bench_parse, bench_conditions, bench_route, bench_spool, bench_sign);
 criterion_main!(benches);
