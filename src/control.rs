@@ -274,8 +274,13 @@ impl Control {
             return Err(ConfigErrors(errors));
         }
         let old = self.config();
-        if old.server.listen != config.server.listen || old.spool.dir != config.spool.dir {
-            log::warn!("server.listen and spool.dir take effect at the next restart");
+        if old.server.listen != config.server.listen
+            || old.server.tls != config.server.tls
+            || old.spool.dir != config.spool.dir
+        {
+            // The listener's certificate files are re-read when they change;
+            // which files, and whether there is TLS at all, is fixed at start.
+            log::warn!("server.listen, server.tls and spool.dir take effect at the next restart");
         }
         let count = receivers.len();
         self.dispatcher.apply(receivers).await.map_err(|e| ConfigErrors(vec![e.to_string()]))?;
