@@ -970,6 +970,42 @@ async fn oauth2_endpoint_failures_are_retried_and_counted_and_a_target_401_after
     assert_eq!(shown["auth"]["client_secret"], "<redacted>");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oauth2_token_endpoint_gets_the_receivers_tls_settings() {
+    // Both the token endpoint and the target present certificates of a CA
+    // only the receiver's ca_file knows (not the built-in roots).
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("private CA");
+    let ca_file = write(dir.path(), "ca.pem", &ca.pem());
+    let idp = TlsTarget::answering(
+        &ca.leaf(&["127.0.0.1"]),
+        None,
+        r#"{"access_token":"over-tls","token_type":"bearer","expires_in":3600}"#,
+    )
+    .await;
+    let t = TlsTarget::start(&ca.leaf(&["127.0.0.1"]), None).await;
+    let receiver = |name: &str, tls: &str| {
+        format!(
+            "{{ name: {name}, url: 'https://{}/hook', {GIVE_UP_SOON}, tls: {tls}, auth: {{ type: oauth2, client_id: c, \
+             client_secret: s, token_url: 'https://{}/token' }} }}",
+            t.addr, idp.addr
+        )
+    };
+    let relay = TestRelay::start(&format!(
+        "{ADMIN_CONFIG}receivers:\n  - {}\n  - {}\n",
+        receiver("pinned", &format!("{{ ca_file: '{}' }}", ca_file.display())),
+        receiver("default-roots", "{}")
+    ))
+    .await;
+    assert_eq!(relay.post(FIRING).await.0, 200);
+    eventually("delivered through the TLS token endpoint", || delivered(&relay, "pinned")).await;
+    eventually("the receiver without the CA to give up", || expired(&relay, "default-roots")).await;
+    let (_, dead) = relay.admin("GET", "/api/v1/deliveries?receiver=default-roots&state=dead", None).await;
+    let error = dead["deliveries"][0]["last_error"].as_str().unwrap().to_string();
+    assert!(error.starts_with("OAuth 2.0 token endpoint:") && error.contains("certificate"), "{error}");
+    assert_eq!((idp.hits(), t.hits()), (1, 1));
+}
+
 // ---------------------------------------------------------------------------
 // TLS on the relay's own listener.
 

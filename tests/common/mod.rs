@@ -344,6 +344,11 @@ pub struct TlsTarget {
 
 impl TlsTarget {
     pub async fn start(server: &Leaf, client_ca: Option<&Ca>) -> TlsTarget {
+        TlsTarget::answering(server, client_ca, "").await
+    }
+
+    /// As `start`, answering `body` as JSON.
+    pub async fn answering(server: &Leaf, client_ca: Option<&Ca>, body: &'static str) -> TlsTarget {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
@@ -376,8 +381,11 @@ impl TlsTarget {
                     };
                     if read_request(&mut tls).await {
                         counter.fetch_add(1, Ordering::SeqCst);
-                        let _ =
-                            tls.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
+                        let answer = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                            body.len()
+                        );
+                        let _ = tls.write_all(answer.as_bytes()).await;
                         let _ = tls.shutdown().await;
                     }
                 });
