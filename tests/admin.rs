@@ -157,9 +157,15 @@ async fn receivers_are_created_validated_redacted_and_deleted() {
         json!({"url": url, "signing": {"secret": signing},
                "auth": {"type": "oauth2", "client_id": "c", "client_secret": secret, "token_url": "http://127.0.0.1:9/token"}})
     };
-    assert_eq!(relay.admin("PUT", "/api/v1/receivers/signed", Some(oauth(t.uri(), "oauth-secret-value", &whsec))).await.0, 201);
+    assert_eq!(
+        relay.admin("PUT", "/api/v1/receivers/signed", Some(oauth(t.uri(), "oauth-secret-value", &whsec))).await.0,
+        201
+    );
     let (_, shown) = relay.admin("GET", "/api/v1/receivers/signed", None).await;
-    assert_eq!((shown["auth"]["client_secret"].as_str(), shown["signing"]["secret"].as_str()), (Some("<redacted>"), Some("<redacted>")));
+    assert_eq!(
+        (shown["auth"]["client_secret"].as_str(), shown["signing"]["secret"].as_str()),
+        (Some("<redacted>"), Some("<redacted>"))
+    );
     assert!(!shown.to_string().contains("oauth-secret-value") && !shown.to_string().contains(&whsec));
     let moved = oauth("http://127.0.0.2:9/elsewhere".into(), "<redacted>", "<redacted>");
     let (status, refused) = relay.admin("PUT", "/api/v1/receivers/signed", Some(moved)).await;

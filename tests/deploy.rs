@@ -34,9 +34,11 @@ fn alertmanager_examples_pass_amtool() {
     if !needs(&["amtool"]) {
         return;
     }
-    for file in
-        ["deploy/alertmanager/alertmanager.yml", "deploy/alertmanager/alertmanager-tls.yml", "deploy/compose/alertmanager.yml"]
-    {
+    for file in [
+        "deploy/alertmanager/alertmanager.yml",
+        "deploy/alertmanager/alertmanager-tls.yml",
+        "deploy/compose/alertmanager.yml",
+    ] {
         run_ok("amtool", &["check-config", file], &repo(""));
     }
     let am = yaml_file(&repo("deploy/alertmanager/alertmanager.yml"));
@@ -210,12 +212,15 @@ fn kustomize_tls_variant_renders_validates_and_hangs_together() {
     write(&local_tls, "tls.crt", &leaf.cert_pem);
     write(&local_tls, "tls.key", &leaf.key_pem);
     write(&local_tls, "ca.crt", &ca.pem());
-    let local = write(dir.path(), "cm.yaml", &text.replace(&format!("{tls_dir}/"), &format!("{}/", local_tls.display())));
+    let local =
+        write(dir.path(), "cm.yaml", &text.replace(&format!("{tls_dir}/"), &format!("{}/", local_tls.display())));
     let config = check_relay_config(&local, "/etc/alert-relay/secrets/", dir.path());
     let files = config.server.tls.expect("server.tls");
     assert!(files.client_ca_file.is_some());
-    let probes: Vec<String> =
-        ["livenessProbe", "readinessProbe"].iter().map(|p| c[*p]["httpGet"]["path"].as_str().unwrap().to_string()).collect();
+    let probes: Vec<String> = ["livenessProbe", "readinessProbe"]
+        .iter()
+        .map(|p| c[*p]["httpGet"]["path"].as_str().unwrap().to_string())
+        .collect();
     let monitor = find(&docs, "ServiceMonitor", "alert-relay");
     let endpoint = &monitor["spec"]["endpoints"][0];
     assert_eq!(endpoint["scheme"], "https");

@@ -936,7 +936,9 @@ async fn oauth2_endpoint_failures_are_retried_and_counted_and_a_target_401_after
         .mount(&idp)
         .await;
     Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({"access_token": "ok", "expires_in": 60})))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(serde_json::json!({"access_token": "ok", "expires_in": 60})),
+        )
         .mount(&idp)
         .await;
     let t = target(200).await;
@@ -1056,7 +1058,9 @@ async fn the_listener_serves_https_and_requires_client_certificates_where_config
     let good = clients.leaf(&["alertmanager"]);
     let bad = rogue.leaf(&["alertmanager"]);
     assert_eq!(status_of(&https_client(&ca, Some(&good)), &format!("{base}/-/healthy")).await, Ok(200));
-    for (who, client) in [("no certificate", https_client(&ca, None)), ("a rogue certificate", https_client(&ca, Some(&bad)))] {
+    for (who, client) in
+        [("no certificate", https_client(&ca, None)), ("a rogue certificate", https_client(&ca, Some(&bad)))]
+    {
         // Refused in the handshake (TLS 1.3 clients learn it on their first read).
         let answer = status_of(&client, &format!("{base}/-/healthy")).await;
         assert!(answer.is_err(), "{who}: {answer:?}");
@@ -1153,7 +1157,8 @@ async fn every_attempt_is_signed_with_its_own_timestamp_and_the_same_webhook_id(
     let (a, b) = (&attempts[0], &attempts[1]);
     assert_eq!(header(a, "webhook-id"), header(b, "webhook-id"));
     assert_eq!(header(a, "webhook-id"), header(a, "idempotency-key"));
-    let (ta, tb): (u64, u64) = (header(a, "webhook-timestamp").parse().unwrap(), header(b, "webhook-timestamp").parse().unwrap());
+    let (ta, tb): (u64, u64) =
+        (header(a, "webhook-timestamp").parse().unwrap(), header(b, "webhook-timestamp").parse().unwrap());
     assert!(tb > ta, "a fresh timestamp per attempt: {ta} then {tb}");
     assert_ne!(header(a, "webhook-signature"), header(b, "webhook-signature"));
     assert_eq!(a.body, b.body, "the same bytes, signed again");

@@ -47,7 +47,10 @@ impl fmt::Debug for Secret {
 pub enum Auth {
     None,
     Bearer(Secret),
-    Basic { username: String, password: Secret },
+    Basic {
+        username: String,
+        password: Secret,
+    },
     /// A bearer token fetched from `token_url`; see `delivery::oauth`.
     OAuth2(Arc<OAuth2>),
 }

@@ -129,7 +129,10 @@ impl TokenSource {
             return Err(TokenError("the answer's access_token is empty".into()));
         }
         let expires_in = answer.expires_in.filter(|s| s.is_finite() && *s > 0.0).map(Duration::from_secs_f64);
-        Ok(Cached { header: Secret::new(format!("Bearer {}", answer.access_token)), renew_at: renew_at(fetched, expires_in) })
+        Ok(Cached {
+            header: Secret::new(format!("Bearer {}", answer.access_token)),
+            renew_at: renew_at(fetched, expires_in),
+        })
     }
 }
 

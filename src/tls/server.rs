@@ -177,10 +177,7 @@ struct Clients(Arc<ListenerTls>);
 
 impl Clients {
     fn current(&self) -> Result<Arc<dyn ClientCertVerifier>, rustls::Error> {
-        lock_read(&self.0.loaded)
-            .clients
-            .clone()
-            .ok_or_else(|| rustls::Error::General("no client CA loaded".into()))
+        lock_read(&self.0.loaded).clients.clone().ok_or_else(|| rustls::Error::General("no client CA loaded".into()))
     }
 }
 
