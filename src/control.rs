@@ -9,14 +9,17 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, UNIX_EPOCH};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::clock::unix_secs;
-use crate::config::{validate_receiver, Config, ConfigErrors, Receiver, ReceiverSpec, Source};
+use crate::config::{
+    validate_payload, validate_receiver, Config, ConfigErrors, PayloadSpec, Receiver, ReceiverSpec, Source,
+};
 use crate::delivery::sender::Target;
 use crate::delivery::{DeadLetterError, DispatchError, Dispatcher, Dropped};
-use crate::diagnose::{self, ExplainInput, Explanation, TestAlert, TestReport};
-use crate::intake::{self, IntakeError};
+use crate::diagnose::{self, shown_body, ExplainInput, Explanation, TestAlert, TestReport};
+use crate::format::PRESETS;
+use crate::intake::{self, IntakeError, LastSeen};
 use crate::metrics::Metrics;
 use crate::notify_log::NotifyLog;
 use crate::spool::{DeliveryMeta, Op, Spool, SpoolError};
@@ -49,7 +52,7 @@ impl From<DeadLetterError> for ControlError {
         match e {
             DeadLetterError::NotFound(id) => ControlError::NoDelivery(id),
             DeadLetterError::Spool(e) => ControlError::Storage(e),
-            other @ (DeadLetterError::Pending(_) | DeadLetterError::NoReceiver(_)) => {
+            other @ (DeadLetterError::Pending(_) | DeadLetterError::NoReceiver(_) | DeadLetterError::Template(_)) => {
                 ControlError::Conflict(other.to_string())
             }
         }
@@ -113,6 +116,9 @@ pub struct DeliveryView {
     pub next_attempt: Option<String>,
     pub last_error: Option<String>,
     pub dead_reason: Option<&'static str>,
+    /// Size of the body as sent, after the receiver's format (absent for a
+    /// template error: nothing was rendered).
+    pub body_bytes: Option<u64>,
 }
 
 /// Deliveries newest first; `next` is the `before` of the next page.
@@ -133,6 +139,50 @@ pub struct Control {
     spool: Arc<Spool>,
     metrics: Arc<Metrics>,
     notify_log: NotifyLog,
+    /// What the live preview renders by default.
+    last_seen: LastSeen,
+}
+
+/// A body format as `GET /api/v1/formats` lists it.
+#[derive(Debug, Serialize)]
+pub struct FormatInfo {
+    pub name: &'static str,
+    pub content_type: Option<&'static str>,
+    /// The target's limits the preset keeps to.
+    pub limits: &'static str,
+    /// The preset's template (only when one format is asked for).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub template: Option<&'static str>,
+}
+
+/// What `POST /api/v1/preview` renders.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreviewRequest {
+    /// A saved receiver's format…
+    #[serde(default)]
+    pub receiver: Option<String>,
+    /// …or one being edited (the form's `payload`).
+    #[serde(default)]
+    pub payload: Option<PayloadSpec>,
+    /// The notification: a sample's name (`firing`, `mixed`, `resolved`,
+    /// `grafana`, `large`, or `last`: the receiver's last real one)…
+    #[serde(default)]
+    pub sample: Option<String>,
+    /// …or a whole webhook payload.
+    #[serde(default)]
+    pub notification: Option<serde_json::Value>,
+}
+
+/// A rendered body.
+#[derive(Debug, Serialize)]
+pub struct Preview {
+    pub format: &'static str,
+    pub content_type: String,
+    /// Which notification was rendered.
+    pub sample: String,
+    pub body: String,
+    pub body_bytes: usize,
 }
 
 impl Control {
@@ -171,6 +221,7 @@ impl Control {
             spool,
             metrics,
             notify_log,
+            last_seen: LastSeen::default(),
         }))
     }
 
@@ -242,7 +293,8 @@ impl Control {
     /// Accepts one webhook body (see `intake`).
     pub async fn accept(&self, body: &[u8]) -> Result<usize, IntakeError> {
         let max_pending = self.config().spool.max_pending;
-        intake::accept(body, max_pending, &self.spool, &self.dispatcher, &self.metrics, &self.notify_log).await
+        intake::accept(body, max_pending, &self.spool, &self.dispatcher, &self.metrics, &self.notify_log, &self.last_seen)
+            .await
     }
 
     /// Re-reads the configuration source. On any error the running
@@ -411,6 +463,77 @@ impl Control {
         diagnose::explain(input, &self.dispatcher.receivers())
     }
 
+    /// Every body format: alertmanager, template, then the presets.
+    pub fn formats(&self) -> Vec<FormatInfo> {
+        let mut list = vec![
+            FormatInfo {
+                name: "alertmanager",
+                content_type: Some("application/json"),
+                limits: "Alertmanager's webhook JSON, byte for byte",
+                template: None,
+            },
+            FormatInfo { name: "template", content_type: None, limits: "your own MiniJinja template", template: None },
+        ];
+        list.extend(PRESETS.iter().map(|p| FormatInfo {
+            name: p.name,
+            content_type: Some(p.content_type),
+            limits: p.limits,
+            template: None,
+        }));
+        list
+    }
+
+    /// One preset with its template (the console's "Start from preset").
+    pub fn format(&self, name: &str) -> Option<FormatInfo> {
+        let p = crate::format::presets::preset(name)?;
+        Some(FormatInfo { name: p.name, content_type: Some(p.content_type), limits: p.limits, template: Some(p.template) })
+    }
+
+    /// Renders a receiver's format (saved, or as being edited) for a sample
+    /// or given notification. The notification is rendered as given: the
+    /// receiver's conditions are explain's business.
+    pub fn preview(&self, request: PreviewRequest) -> Result<Preview, ControlError> {
+        let config = self.config();
+        let payload = match (&request.payload, &request.receiver) {
+            (Some(spec), _) => validate_payload(spec, &config).map_err(ControlError::Invalid)?,
+            (None, Some(name)) => {
+                self.dispatcher.target(name).ok_or_else(|| ControlError::NotFound(name.clone()))?.receiver.payload.clone()
+            }
+            (None, None) => return Err(ControlError::Invalid(vec!["give receiver or payload".into()])),
+        };
+        let receiver = request.receiver.clone().unwrap_or_else(|| "preview".into());
+        let (sample, notification) = match (&request.notification, request.sample.as_deref()) {
+            (Some(given), _) => ("given".to_string(), given.to_string().into_bytes()),
+            (None, Some("last")) | (None, None) => match self.last_seen.get(&receiver) {
+                Some(last) => ("last".to_string(), last.to_vec()),
+                None if request.sample.is_some() => {
+                    return Err(ControlError::Invalid(vec![format!(
+                        "sample: receiver {receiver:?} has had no notification since the relay started"
+                    )]))
+                }
+                None => ("firing".to_string(), sample("firing").unwrap_or_default().into_bytes()),
+            },
+            (None, Some(name)) => match sample(name) {
+                Some(text) => (name.to_string(), text.into_bytes()),
+                None => {
+                    return Err(ControlError::Invalid(vec![format!(
+                        "sample: {name:?} is not one of firing, mixed, resolved, grafana, large, last"
+                    )]))
+                }
+            },
+        };
+        let body = payload
+            .render(&notification, &receiver)
+            .map_err(|e| ControlError::Invalid(vec![format!("payload.template: {e}")]))?;
+        Ok(Preview {
+            format: payload.format.as_str(),
+            content_type: payload.content_type.clone(),
+            sample,
+            body: shown_body(&body),
+            body_bytes: body.len(),
+        })
+    }
+
     /// Pending deliveries and dead letters, newest first, a page.
     pub async fn list_deliveries(&self, query: DeliveryQuery) -> Result<DeliveryPage, ControlError> {
         let spool = self.spool.clone();
@@ -548,5 +671,11 @@ fn delivery_view(id: u64, meta: &DeliveryMeta, in_force: bool) -> DeliveryView {
         next_attempt: if meta.dead.is_none() { Some(rfc3339(meta.next_due_ms)) } else { None },
         last_error: meta.last_error.clone(),
         dead_reason: meta.dead.map(|d| d.as_str()),
+        body_bytes: meta.body_bytes,
     }
+}
+
+/// A sample notification by name.
+fn sample(name: &str) -> Option<String> {
+    crate::format::samples().into_iter().find(|(n, _)| *n == name).map(|(_, text)| text)
 }

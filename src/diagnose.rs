@@ -13,7 +13,7 @@ use crate::conditions::Operator;
 use crate::config::Receiver;
 use crate::delivery::sender::Target;
 use crate::retry::Outcome;
-use crate::route::{fates, verdict, Fate};
+use crate::route::{fates, route, verdict, Fate};
 
 /// What a test message carries beyond the built-in test alert.
 #[derive(Debug, Default, Deserialize)]
@@ -74,6 +74,24 @@ pub struct TestReport {
     pub blocked_by: Vec<StopReason>,
     pub labels: LabelSet,
     pub explanation: String,
+    /// The receiver's body format and the body the target got (its first
+    /// 64 KiB as text), so the form shows what a real alert would look like.
+    pub format: &'static str,
+    pub content_type: String,
+    pub body: String,
+    pub body_bytes: usize,
+}
+
+/// How much of a rendered body an answer shows.
+const SHOWN_BODY_BYTES: usize = 64 * 1024;
+
+/// A body as text for an answer, cut at `SHOWN_BODY_BYTES`.
+pub fn shown_body(body: &[u8]) -> String {
+    let mut text = String::from_utf8_lossy(&body[..body.len().min(SHOWN_BODY_BYTES)]).into_owned();
+    if body.len() > SHOWN_BODY_BYTES {
+        text.push_str("…");
+    }
+    text
 }
 
 /// One alert at one receiver.
@@ -91,6 +109,13 @@ pub struct ReceiverFate {
     pub enabled: bool,
     pub delivered: bool,
     pub alerts: Vec<AlertFate>,
+    /// Size of the body this receiver would be sent, after its format; absent
+    /// when nothing would be sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body_bytes: Option<usize>,
+    /// The template's error, when it cannot render this notification.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub template_error: Option<String>,
 }
 
 /// The answer of explain.
@@ -219,9 +244,25 @@ pub async fn send_test(target: &Target, test: &TestAlert) -> TestReport {
     let notification = test_notification(&receiver.name, test);
     let alert = &notification.alerts[0];
     let fate = verdict(receiver, alert);
-    let body = serde_json::to_vec(&notification).unwrap_or_default();
+    let routed = serde_json::to_vec(&notification).unwrap_or_default();
     let key = format!("test-{:016x}", fastrand::u64(..));
-    let attempt = target.send(&key, body).await;
+    let payload = &receiver.payload;
+    let (attempt, body) = match payload.render(&routed, &receiver.name) {
+        Ok(body) => {
+            let body = body.into_owned();
+            (target.send(&key, body.clone()).await, body)
+        }
+        Err(e) => {
+            let error = format!("template: {e}; nothing was sent");
+            let attempt = crate::delivery::sender::Attempt {
+                outcome: Outcome::Permanent { reason: crate::reasons::FailureReason::ClientError },
+                status: None,
+                error: Some(error),
+                latency: std::time::Duration::ZERO,
+            };
+            (attempt, Vec::new())
+        }
+    };
     let delivered = attempt.outcome == Outcome::Delivered;
     let would_deliver = fate == Fate::Forwarded;
     let stopped_by = stop_reason(receiver, &alert.labels, fate);
@@ -254,6 +295,10 @@ pub async fn send_test(target: &Target, test: &TestAlert) -> TestReport {
         blocked_by,
         labels: alert.labels.clone(),
         explanation,
+        format: payload.format.as_str(),
+        content_type: payload.content_type.clone(),
+        body: shown_body(&body),
+        body_bytes: body.len(),
     }
 }
 
@@ -287,7 +332,24 @@ pub fn explain(input: ExplainInput, receivers: &[std::sync::Arc<Receiver>]) -> E
                 })
                 .collect();
             let delivered = alerts.iter().any(|a| a.delivered);
-            ReceiverFate { receiver: r.name.clone(), enabled: r.enabled, delivered, alerts }
+            let (mut body_bytes, mut template_error) = (None, None);
+            if delivered {
+                let routed = route(&notification, std::slice::from_ref(r)).into_iter().next().and_then(|x| x.body);
+                if let Some(routed) = routed {
+                    match r.payload.render(&routed, &r.name) {
+                        Ok(body) => body_bytes = Some(body.len()),
+                        Err(e) => template_error = Some(e.to_string()),
+                    }
+                }
+            }
+            ReceiverFate {
+                receiver: r.name.clone(),
+                enabled: r.enabled,
+                delivered,
+                alerts,
+                body_bytes,
+                template_error,
+            }
         })
         .collect();
     Explanation { receivers }

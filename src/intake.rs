@@ -2,12 +2,15 @@
 //! (spool healthy and not full), parsing, counting, routing, committing. The
 //! HTTP layer only reads the request and maps `IntakeError` to a status.
 
-use std::collections::BTreeSet;
+use std::borrow::Cow;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 use crate::alert::{Notification, PayloadError, Status};
 use crate::clock::now_ms;
 use crate::conditions::first_failing;
 use crate::delivery::{Dispatcher, NewDelivery};
+use crate::format::FormatName;
 use crate::metrics::Metrics;
 use crate::notify_log::{alert_hash, NotifyLog, Seen};
 use crate::reasons::FilterReason;
@@ -28,6 +31,26 @@ pub enum IntakeError {
     Storage(#[source] Option<SpoolError>),
 }
 
+/// The last notification each receiver with a template got, as routed to it
+/// (before rendering): what the console's live preview renders by default.
+#[derive(Debug, Default)]
+pub struct LastSeen(std::sync::Mutex<HashMap<String, Arc<Vec<u8>>>>);
+
+/// Larger notifications are not kept for previews.
+const LAST_SEEN_MAX_BYTES: usize = 256 * 1024;
+
+impl LastSeen {
+    fn remember(&self, receiver: &str, routed: &[u8]) {
+        if routed.len() <= LAST_SEEN_MAX_BYTES {
+            crate::sync::lock(&self.0).insert(receiver.to_string(), Arc::new(routed.to_vec()));
+        }
+    }
+
+    pub fn get(&self, receiver: &str) -> Option<Arc<Vec<u8>>> {
+        crate::sync::lock(&self.0).get(receiver).cloned()
+    }
+}
+
 /// Accepts one webhook body: returns the number of deliveries made durable.
 pub async fn accept(
     body: &[u8],
@@ -36,6 +59,7 @@ pub async fn accept(
     dispatcher: &Dispatcher,
     metrics: &Metrics,
     log: &NotifyLog,
+    last: &LastSeen,
 ) -> Result<usize, IntakeError> {
     if spool.problem().is_some() {
         return Err(IntakeError::Storage(None));
@@ -61,10 +85,22 @@ pub async fn accept(
             }
         }
         if let Some(forwarded) = routed.body {
+            // The body the target gets is made now, so that every attempt (and
+            // a retried dead letter) sends the same bytes.
+            let payload = &routed.receiver.payload;
+            if payload.format != FormatName::Alertmanager {
+                last.remember(name, &forwarded);
+            }
+            let (body, template_error) = match payload.render(&forwarded, name) {
+                Ok(Cow::Borrowed(_)) => (forwarded, None),
+                Ok(Cow::Owned(rendered)) => (rendered, None),
+                Err(e) => (forwarded, Some(e.to_string())),
+            };
             deliveries.push(NewDelivery {
                 receiver: name.to_string(),
                 alerts: u32::try_from(routed.matched).unwrap_or(u32::MAX),
-                body: forwarded,
+                body,
+                template_error,
             });
         }
     }

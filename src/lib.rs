@@ -13,6 +13,7 @@ pub mod config;
 pub mod control;
 pub mod delivery;
 pub mod diagnose;
+pub mod format;
 pub mod http;
 pub mod intake;
 pub mod metrics;

@@ -46,6 +46,7 @@ reasons! {
         ClientError => "clientError",
         AuthError => "authError",
         Expired => "expired",
+        TemplateError => "templateError",
     }
 }
 
@@ -76,7 +77,7 @@ mod tests {
     #[test]
     fn labels_are_the_contract_names_in_order() {
         assert_eq!(FilterReason::ALL.map(FilterReason::as_str), ["conditions", "resolved", "disabled", "max_alerts"]);
-        assert_eq!(DeadReason::ALL.map(DeadReason::as_str), ["clientError", "authError", "expired"]);
+        assert_eq!(DeadReason::ALL.map(DeadReason::as_str), ["clientError", "authError", "expired", "templateError"]);
         assert_eq!(
             FailureReason::ALL.map(FailureReason::as_str),
             ["serverError", "clientError", "authError", "rateLimited", "timeout", "connection"]

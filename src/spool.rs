@@ -47,6 +47,10 @@ pub struct DeliveryMeta {
     pub last_error: Option<String>,
     /// Set once dead-lettered.
     pub dead: Option<DeadReason>,
+    /// Size of the body as sent (after the receiver's format). Absent in
+    /// deliveries stored before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_bytes: Option<u64>,
 }
 
 impl DeliveryMeta {
@@ -62,6 +66,7 @@ impl DeliveryMeta {
             next_due_ms: now_ms,
             last_error: None,
             dead: None,
+            body_bytes: None,
         }
     }
 }

@@ -247,6 +247,28 @@ pub struct TlsSpec {
     pub server_name: Option<String>,
 }
 
+/// `payload` of a receiver: the body its target gets.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PayloadSpec {
+    #[serde(default)]
+    pub format: crate::format::FormatName,
+    /// `format: template` only: MiniJinja source, inline or from a file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template_file: Option<PathBuf>,
+    /// `format: template` only; `application/json` when not set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+}
+
+impl PayloadSpec {
+    pub fn is_default(&self) -> bool {
+        *self == PayloadSpec::default()
+    }
+}
+
 /// A receiver as written in the file (and, later, as sent to the admin API).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -275,6 +297,8 @@ pub struct ReceiverSpec {
     pub tls: TlsSpec,
     #[serde(default, skip_serializing_if = "SigningSpec::is_empty")]
     pub signing: SigningSpec,
+    #[serde(default, skip_serializing_if = "PayloadSpec::is_default")]
+    pub payload: PayloadSpec,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy_url: Option<String>,
     #[serde(default)]

@@ -15,9 +15,9 @@ mod receiver;
 mod secret;
 
 use file::*;
-pub use file::{AuthSpec, AuthType, ReceiverSpec, RetrySpec, SigningSpec, TlsSpec};
+pub use file::{AuthSpec, AuthType, PayloadSpec, ReceiverSpec, RetrySpec, SigningSpec, TlsSpec};
 use receiver::*;
-pub use receiver::{validate_receiver, Receiver};
+pub use receiver::{validate_payload, validate_receiver, Receiver};
 use secret::*;
 pub use secret::{basic, redact_url, Auth, OAuth2, Secret, SigningKey, REDACTED};
 

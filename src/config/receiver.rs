@@ -9,6 +9,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
 use super::*;
 use crate::conditions::Condition;
+use crate::format::{Answer, FormatName, Payload};
 use crate::retry::RetryPolicy;
 use crate::tls::{self, TlsMaterial};
 
@@ -29,6 +30,8 @@ pub struct Receiver {
     pub auth: Auth,
     /// Standard Webhooks keys: the current one, then the previous one.
     pub signing: Vec<SigningKey>,
+    /// The body format.
+    pub payload: Arc<Payload>,
     pub tls: Arc<rustls::ClientConfig>,
     pub proxy: Option<reqwest::Url>,
     pub conditions: Vec<Condition>,
@@ -44,6 +47,23 @@ pub fn validate_receiver(spec: &ReceiverSpec, config: &Config) -> Result<Receive
     let received = receiver(spec, &config.delivery, &files, &mut Errors { list: &mut list, prefix: String::new() });
     match received {
         Some(r) if list.is_empty() => Ok(r),
+        _ => Err(list),
+    }
+}
+
+/// Validates a `payload` given to the admin API (the console's live
+/// preview): errors as `payload.field: message`.
+pub fn validate_payload(spec: &PayloadSpec, config: &Config) -> Result<Arc<Payload>, Vec<String>> {
+    let mut list = Vec::new();
+    let files = FileAccess::Under(config.admin.secret_dir.clone());
+    if let Some(path) = &spec.template_file {
+        if let Err(e) = files.allows(path) {
+            return Err(vec![format!("payload.template_file: {e}")]);
+        }
+    }
+    let built = payload(spec, &mut Errors { list: &mut list, prefix: "payload".into() });
+    match built {
+        Some(p) if list.is_empty() => Ok(p),
         _ => Err(list),
     }
 }
@@ -166,7 +186,8 @@ impl FileAccess {
 
 /// Every file a receiver names, with its field.
 pub(super) fn named_files(spec: &ReceiverSpec) -> Vec<(&'static str, &Path)> {
-    let fields: [(&'static str, &Option<PathBuf>); 8] = [
+    let fields: [(&'static str, &Option<PathBuf>); 9] = [
+        ("payload.template_file", &spec.payload.template_file),
         ("auth.token_file", &spec.auth.token_file),
         ("auth.password_file", &spec.auth.password_file),
         ("auth.client_secret_file", &spec.auth.client_secret_file),
@@ -263,6 +284,7 @@ pub(super) fn receiver(
     }
     let auth = auth(&spec.auth, &mut errors.sub("auth"));
     let signing = signing(&spec.signing, &mut errors.sub("signing"));
+    let payload = payload(&spec.payload, &mut errors.sub("payload"));
     let tls = tls_config(&spec.tls, &mut errors.sub("tls"));
     let proxy = spec.proxy_url.as_ref().and_then(|p| match reqwest::Url::parse(p) {
         Ok(u) if matches!(u.scheme(), "http" | "https" | "socks5") => Some(u),
@@ -301,11 +323,86 @@ pub(super) fn receiver(
         headers,
         auth,
         signing,
+        payload: payload?,
         tls: tls?,
         proxy,
         conditions,
         retry: retry?,
     })
+}
+
+/// `payload`: the alertmanager format, a preset, or a template compiled and
+/// rendered against the sample notifications.
+fn payload(spec: &PayloadSpec, errors: &mut Errors<'_>) -> Option<Arc<Payload>> {
+    let own = spec.template.is_some() || spec.template_file.is_some() || spec.content_type.is_some();
+    match spec.format {
+        FormatName::Alertmanager if own => {
+            errors.push("format", "template, template_file and content_type are only used with format: template");
+            None
+        }
+        FormatName::Alertmanager => Some(Arc::new(Payload::alertmanager())),
+        FormatName::Template => {
+            let source = match (&spec.template, &spec.template_file) {
+                (Some(_), Some(_)) => {
+                    errors.push("template", "set either template or template_file, not both");
+                    return None;
+                }
+                (Some(t), None) => t.clone(),
+                (None, Some(path)) => match read_file(path).map(String::from_utf8) {
+                    Ok(Ok(text)) => text,
+                    Ok(Err(_)) => {
+                        errors.push("template_file", format!("{} is not UTF-8 text", path.display()));
+                        return None;
+                    }
+                    Err(e) => {
+                        errors.push("template_file", e);
+                        return None;
+                    }
+                },
+                (None, None) => {
+                    errors.push("template", "format: template needs template or template_file");
+                    return None;
+                }
+            };
+            let content_type = spec.content_type.as_deref().unwrap_or("application/json");
+            if HeaderValue::from_str(content_type).is_err() || content_type.trim().is_empty() {
+                errors.push("content_type", format!("{content_type:?} is not a valid header value"));
+                return None;
+            }
+            build_payload(FormatName::Template, &source, content_type, Answer::Status, errors)
+        }
+        preset_name => {
+            if own {
+                errors.push(
+                    "format",
+                    format!(
+                        "template, template_file and content_type are only used with format: template (to change \
+                         the preset, start from GET /api/v1/formats/{})",
+                        preset_name.as_str()
+                    ),
+                );
+                return None;
+            }
+            let preset = preset_name.preset()?;
+            build_payload(preset_name, preset.template, preset.content_type, preset.answer, errors)
+        }
+    }
+}
+
+fn build_payload(
+    format: FormatName,
+    source: &str,
+    content_type: &str,
+    answer: Answer,
+    errors: &mut Errors<'_>,
+) -> Option<Arc<Payload>> {
+    match Payload::template(format, source, content_type, answer) {
+        Ok(p) => Some(Arc::new(p)),
+        Err((field, message)) => {
+            errors.push(field, message);
+            None
+        }
+    }
 }
 
 pub(super) fn tls_config(spec: &TlsSpec, errors: &mut Errors<'_>) -> Option<Arc<rustls::ClientConfig>> {

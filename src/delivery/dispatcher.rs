@@ -16,6 +16,7 @@ use super::sender::{Target, TargetError};
 use super::worker::Queue;
 use crate::clock::now_ms;
 use crate::config::Receiver;
+use crate::reasons::DeadReason;
 use crate::metrics::Metrics;
 use crate::spool::{DeliveryMeta, Op, Spool, SpoolError};
 use crate::sync::{lock, read, write};
@@ -24,7 +25,12 @@ use crate::sync::{lock, read, write};
 pub struct NewDelivery {
     pub receiver: String,
     pub alerts: u32,
+    /// The body as the target gets it (rendered in the receiver's format), or,
+    /// when `template_error` is set, the notification as routed.
     pub body: Vec<u8>,
+    /// The receiver's template failed on this notification: stored as a dead
+    /// letter (`templateError`) with this message, never attempted.
+    pub template_error: Option<String>,
 }
 
 /// What `Dispatcher::discard` dropped of a deleted receiver.
@@ -52,6 +58,8 @@ pub enum DeadLetterError {
     Pending(u64),
     #[error("receiver {0} of this delivery is not configured")]
     NoReceiver(String),
+    #[error("the receiver's template still fails on this notification: {0}")]
+    Template(String),
     #[error(transparent)]
     Spool(#[from] SpoolError),
 }
@@ -300,7 +308,13 @@ impl Dispatcher {
         let mut metas = Vec::with_capacity(deliveries.len());
         let mut ops = Vec::with_capacity(deliveries.len() + also.len());
         for d in deliveries {
-            let meta = DeliveryMeta::new(d.receiver, group_key.to_string(), d.alerts, now);
+            let mut meta = DeliveryMeta::new(d.receiver, group_key.to_string(), d.alerts, now);
+            if let Some(error) = d.template_error {
+                meta.dead = Some(DeadReason::TemplateError);
+                meta.last_error = Some(format!("template: {error}"));
+            } else {
+                meta.body_bytes = Some(d.body.len() as u64);
+            }
             ops.push(Op::Insert { meta: meta.clone(), body: d.body });
             metas.push(meta);
         }
@@ -320,6 +334,18 @@ impl Dispatcher {
                 continue;
             };
             queue.metrics.notifications.inc();
+            if let Some(reason) = meta.dead {
+                log::warn!(
+                    "receiver {name}: delivery {id} dead-lettered ({}): {}",
+                    reason.as_str(),
+                    meta.last_error.as_deref().unwrap_or("")
+                );
+                let mut state = lock(&queue.state);
+                state.count_dead(true);
+                queue.show(&state);
+                queue.metrics.failed(reason).inc();
+                continue;
+            }
             let superseded = {
                 let mut state = lock(&queue.state);
                 let superseded = state.add(id, meta);
@@ -347,11 +373,29 @@ impl Dispatcher {
         }
         let name = meta.receiver.clone();
         let queue = read(&self.queues).get(&name).cloned().ok_or(DeadLetterError::NoReceiver(name.clone()))?;
-        meta.dead = None;
-        meta.attempts = 0;
-        meta.first_attempt_ms = None;
-        meta.next_due_ms = now_ms();
-        self.spool.commit(vec![Op::Update { id, meta: meta.clone() }]).await?;
+        let id = if meta.dead == Some(DeadReason::TemplateError) {
+            // Never rendered: rendered now, with the receiver's template as it
+            // is now (fixed, one hopes), and stored as a new delivery.
+            let target = self.target(&name).ok_or(DeadLetterError::NoReceiver(name.clone()))?;
+            let routed = self.spool.payload(id)?.ok_or(DeadLetterError::NotFound(id))?;
+            let body = target
+                .receiver
+                .payload
+                .render(&routed, &name)
+                .map_err(|e| DeadLetterError::Template(e.to_string()))?
+                .into_owned();
+            meta = DeliveryMeta::new(name.clone(), meta.group_key, meta.alerts, now_ms());
+            meta.body_bytes = Some(body.len() as u64);
+            let ids = self.spool.commit(vec![Op::Remove { id }, Op::Insert { meta: meta.clone(), body }]).await?;
+            ids.first().copied().ok_or(DeadLetterError::NotFound(id))?
+        } else {
+            meta.dead = None;
+            meta.attempts = 0;
+            meta.first_attempt_ms = None;
+            meta.next_due_ms = now_ms();
+            self.spool.commit(vec![Op::Update { id, meta: meta.clone() }]).await?;
+            id
+        };
         let superseded = {
             let mut state = lock(&queue.state);
             state.count_dead(false);

@@ -7,6 +7,8 @@ use std::time::{Duration, Instant, SystemTime};
 use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
 
 use crate::config::{Auth, Receiver, Secret, SigningKey};
+use crate::format::presets::Verdict;
+use crate::format::Answer;
 use crate::retry::{classify, parse_retry_after, FailureReason, Outcome};
 
 use super::oauth::TokenSource;
@@ -14,6 +16,8 @@ use super::oauth::TokenSource;
 const USER_AGENT: &str = concat!("alert-relay/", env!("CARGO_PKG_VERSION"));
 /// How much of an error answer's body is kept for the delivery's last error.
 const ERROR_BODY_BYTES: usize = 512;
+/// How much of a 2xx answer is read from targets that put an error code in it.
+const ANSWER_BYTES: usize = 16 * 1024;
 
 /// A receiver with its HTTP client, built once per configuration.
 pub struct Target {
@@ -38,6 +42,8 @@ pub struct Attempt {
 pub enum TargetError {
     #[error("name: not valid in a header")]
     Name,
+    #[error("payload.content_type: not valid in a header")]
+    ContentType,
     #[error("auth: credentials hold characters not allowed in a header")]
     Credentials,
     #[error("proxy_url: {0}")]
@@ -51,7 +57,9 @@ impl Target {
         // Every header but the Idempotency-Key is the same on every attempt:
         // set once on the client.
         let mut headers = receiver.headers.clone();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let content_type =
+            HeaderValue::from_str(&receiver.payload.content_type).map_err(|_| TargetError::ContentType)?;
+        headers.insert(CONTENT_TYPE, content_type);
         let name = HeaderValue::from_str(&receiver.name).map_err(|_| TargetError::Name)?;
         headers.insert("X-Alert-Relay-Receiver", name);
         if let Some(secret) = receiver.auth.header_value() {
@@ -153,14 +161,42 @@ impl Target {
                     .get(RETRY_AFTER)
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| parse_retry_after(v, SystemTime::now()));
-                let outcome = classify(status, retry_after);
+                let mut outcome = classify(status, retry_after);
+                let answer = &self.receiver.payload.answer;
+                // Read a little of the body: it explains errors, a read answer
+                // lets the connection be reused, and some targets answer 200
+                // with an error code in it.
+                let wanted = if *answer == Answer::Status { ERROR_BODY_BYTES } else { ANSWER_BYTES };
                 let mut snippet = Vec::new();
-                // Read a little of the body: it explains errors, and a read answer
-                // lets the connection be reused.
-                while snippet.len() < ERROR_BODY_BYTES {
+                while snippet.len() < wanted {
                     match response.chunk().await {
                         Ok(Some(chunk)) => snippet.extend_from_slice(&chunk),
                         Ok(None) | Err(_) => break,
+                    }
+                }
+                if outcome == Outcome::Delivered {
+                    let said = match answer.read(&snippet) {
+                        Verdict::Taken => None,
+                        Verdict::RateLimited(said) => {
+                            outcome = Outcome::Retryable { reason: FailureReason::RateLimited, retry_after: None };
+                            Some(said)
+                        }
+                        Verdict::Busy(said) => {
+                            outcome = Outcome::Retryable { reason: FailureReason::ServerError, retry_after: None };
+                            Some(said)
+                        }
+                        Verdict::Refused(said) => {
+                            outcome = Outcome::Permanent { reason: FailureReason::ClientError };
+                            Some(said)
+                        }
+                    };
+                    if let Some(said) = said {
+                        return Attempt {
+                            outcome,
+                            status: Some(status),
+                            error: Some(format!("HTTP {status} with an error code: {said}")),
+                            latency: started.elapsed(),
+                        };
                     }
                 }
                 let error = (outcome != Outcome::Delivered).then(|| {

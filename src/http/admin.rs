@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use super::{ApiError, Shared};
 use crate::alert::{LabelSet, Notification, Status};
 use crate::config::ReceiverSpec;
-use crate::control::{ControlError, DeliveryQuery};
+use crate::control::{ControlError, DeliveryQuery, PreviewRequest};
 use crate::diagnose::{ExplainInput, TestAlert};
 
 /// Proof that the request carried the admin token. Every admin handler takes
@@ -271,6 +271,32 @@ pub async fn explain(_: Admin, shared: web::Data<Shared>, body: web::Bytes) -> R
         ExplainInput::Alerts(vec![(given.labels, given.status)])
     };
     Ok(HttpResponse::Ok().json(shared.control.explain(input)))
+}
+
+// ---------------------------------------------------------------------------
+// Body formats and the live preview.
+
+pub async fn list_formats(_: Admin, shared: web::Data<Shared>) -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "formats": shared.control.formats() }))
+}
+
+pub async fn get_format(_: Admin, shared: web::Data<Shared>, name: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    match shared.control.format(&name) {
+        Some(format) => Ok(HttpResponse::Ok().json(format)),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no preset {name:?}: one of slack, msteams, discord, googlechat, dingtalk, feishu, wecom"),
+        )),
+    }
+}
+
+pub async fn preview(_: Admin, shared: web::Data<Shared>, body: web::Bytes) -> Result<HttpResponse, ApiError> {
+    let request: PreviewRequest = parse(&body)?;
+    match shared.control.preview(request) {
+        Ok(preview) => Ok(HttpResponse::Ok().json(preview)),
+        Err(ControlError::Invalid(details)) => Err(bad_request("cannot render", details)),
+        Err(e) => Err(e.into()),
+    }
 }
 
 // ---------------------------------------------------------------------------

@@ -53,6 +53,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route("/receivers/{name}/test", web::post().to(admin::test_saved))
                 .route("/test", web::post().to(admin::test_unsaved))
                 .route("/explain", web::post().to(admin::explain))
+                .route("/formats", web::get().to(admin::list_formats))
+                .route("/formats/{name}", web::get().to(admin::get_format))
+                .route("/preview", web::post().to(admin::preview))
                 .route("/deliveries", web::get().to(admin::list_deliveries))
                 .route("/deliveries/{id}/retry", web::post().to(admin::retry_delivery))
                 .route("/deliveries/{id}", web::delete().to(admin::delete_delivery)),
