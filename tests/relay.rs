@@ -1163,3 +1163,236 @@ async fn every_attempt_is_signed_with_its_own_timestamp_and_the_same_webhook_id(
     assert_ne!(header(a, "webhook-signature"), header(b, "webhook-signature"));
     assert_eq!(a.body, b.body, "the same bytes, signed again");
 }
+
+// ---------------------------------------------------------------------------
+// Body formats.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presets_and_templates_shape_the_body_with_its_content_type_and_signature() {
+    let (chat, plain, am) = (target(200).await, target(200).await, target(200).await);
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let yaml = format!(
+        r#"receivers:
+  - {{ name: chat, url: '{chat}', payload: {{ format: slack }}, signing: {{ secret: '{secret}' }} }}
+  - name: plain
+    url: '{plain}'
+    payload:
+      format: template
+      content_type: text/plain; charset=utf-8
+      template: |
+        {{{{ status | upper }}}} {{{{ commonLabels.alertname }}}} ({{{{ alerts | length }}}}) for {{{{ receiver_name }}}}
+  - {{ name: am, url: '{am}' }}
+"#,
+        chat = chat.uri(),
+        plain = plain.uri(),
+        am = am.uri()
+    );
+    let relay = TestRelay::start(&yaml).await;
+    assert_eq!(relay.post(FIRING).await.0, 200);
+    for t in [&chat, &plain, &am] {
+        eventually("every receiver's delivery", || async { count(t).await == 1 }).await;
+    }
+    let got = &chat.received_requests().await.unwrap()[0];
+    assert_eq!(header(got, "content-type"), "application/json");
+    let body: Value = serde_json::from_slice(&got.body).unwrap();
+    assert_eq!(body["text"], "[FIRING:2] HighLatency");
+    assert!(body["attachments"][0]["text"].as_str().unwrap().contains("p99 latency above 1s"));
+    // The signature covers the bytes sent: the rendered body.
+    let keys = alert_relay::config::Config::from_yaml(&format!(
+        "receivers: [{{ name: k, url: 'http://127.0.0.1:1/', signing: {{ secret: '{secret}' }} }}]"
+    ))
+    .unwrap()
+    .receivers[0]
+        .signing
+        .clone();
+    let timestamp: u64 = header(got, "webhook-timestamp").parse().unwrap();
+    let expected = alert_relay::delivery::sender::signature(&keys, &header(got, "webhook-id"), timestamp, &got.body);
+    assert_eq!(header(got, "webhook-signature"), expected);
+
+    let got = &plain.received_requests().await.unwrap()[0];
+    assert_eq!(header(got, "content-type"), "text/plain; charset=utf-8");
+    assert_eq!(String::from_utf8_lossy(&got.body), "FIRING HighLatency (2) for plain", "one trailing newline dropped, as Jinja does");
+    // format: alertmanager is what it always was.
+    let got = &am.received_requests().await.unwrap()[0];
+    assert_eq!(serde_json::from_slice::<Value>(&got.body).unwrap(), serde_json::from_str::<Value>(FIRING).unwrap());
+}
+
+/// A target answering 200 with the JSON bodies given in turn (the last again).
+async fn answering(bodies: &'static [&'static str]) -> MockServer {
+    let server = MockServer::start().await;
+    let n = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    Mock::given(method("POST"))
+        .respond_with(move |_: &Request| {
+            let i = n.fetch_add(1, std::sync::atomic::Ordering::SeqCst).min(bodies.len() - 1);
+            ResponseTemplate::new(200).set_body_raw(bodies[i], "application/json")
+        })
+        .mount(&server)
+        .await;
+    server
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn targets_that_answer_200_with_an_error_code_are_read_as_they_mean_it() {
+    // Per preset: a rate-limit code (retried, then taken) and an error code (dead letter).
+    let cases: [(&str, &'static [&'static str], &'static [&'static str], &str); 3] = [
+        (
+            "dingtalk",
+            &[r#"{"errcode":410100,"errmsg":"send too fast, exceed 20 times per minute"}"#, r#"{"errcode":0,"errmsg":"ok"}"#],
+            &[r#"{"errcode":310000,"errmsg":"keywords not in content"}"#],
+            "errcode 310000: keywords not in content",
+        ),
+        (
+            "feishu",
+            &[r#"{"code":11232,"msg":"frequency limited"}"#, r#"{"code":0,"msg":"success","data":{}}"#],
+            &[r#"{"code":19021,"msg":"sign match fail or timestamp is not within one hour from current time"}"#],
+            "code 19021: sign match fail",
+        ),
+        (
+            "wecom",
+            &[r#"{"errcode":45009,"errmsg":"api freq out of limit"}"#, r#"{"errcode":0,"errmsg":"ok"}"#],
+            &[r#"{"errcode":93000,"errmsg":"invalid webhook url"}"#],
+            "errcode 93000: invalid webhook url",
+        ),
+    ];
+    for (preset, limited, refused, words) in cases {
+        let (slow, bad) = (answering(limited).await, answering(refused).await);
+        let relay = TestRelay::start(&format!(
+            "{ADMIN_CONFIG}receivers:\n\
+             - {{ name: limited, url: '{}', payload: {{ format: {preset} }}, {FAST_RETRY} }}\n\
+             - {{ name: refused, url: '{}', payload: {{ format: {preset} }}, {FAST_RETRY} }}\n",
+            slow.uri(),
+            bad.uri()
+        ))
+        .await;
+        assert_eq!(relay.post(FIRING).await.0, 200);
+        eventually(&format!("{preset}: delivered after the rate limit"), || delivered(&relay, "limited")).await;
+        let limited_series = r#"alert_relay_notification_requests_failed_total{reason="rateLimited",receiver="limited"}"#;
+        assert_eq!(relay.metric(limited_series).await, 1.0, "{preset}");
+        eventually(&format!("{preset}: the error code dead-letters"), || async {
+            relay.metric(r#"alert_relay_notifications_failed_total{reason="clientError",receiver="refused"}"#).await == 1.0
+        })
+        .await;
+        assert_eq!(count(&bad).await, 1, "{preset}: an error code is not retried");
+        let (_, dead) = relay.admin("GET", "/api/v1/deliveries?receiver=refused&state=dead", None).await;
+        let error = dead["deliveries"][0]["last_error"].as_str().unwrap();
+        assert!(error.starts_with("HTTP 200 with an error code: ") && error.contains(words), "{preset}: {error}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_template_that_fails_on_a_notification_dead_letters_it_and_a_retry_after_the_fix_renders_it() {
+    let t = target(200).await;
+    // Renders every sample; fails on a notification whose team is "boom".
+    let broken = "{% if commonLabels.team == \"boom\" %}{{ no_such_function() }}{% endif %}{{ status }}";
+    let config = |template: &str| {
+        format!(
+            "{ADMIN_CONFIG}receivers:\n- name: t\n  url: '{}'\n  payload:\n    format: template\n    content_type: text/plain\n    template: '{}'\n",
+            t.uri(),
+            template.replace('\'', "''")
+        )
+    };
+    let mut relay = TestRelay::start(&config(broken)).await;
+    let boom = payload("g", &[("firing", &[("alertname", "A"), ("team", "boom")])]);
+    assert_eq!(relay.post(boom).await.0, 200, "accepted: the failure is the receiver's, not Alertmanager's");
+    eventually("a templateError dead letter", || async {
+        relay.metric(r#"alert_relay_notifications_failed_total{reason="templateError",receiver="t"}"#).await == 1.0
+    })
+    .await;
+    assert_eq!(count(&t).await, 0, "nothing was sent");
+    let (_, dead) = relay.admin("GET", "/api/v1/deliveries?receiver=t&state=dead", None).await;
+    let letter = &dead["deliveries"][0];
+    assert_eq!(letter["dead_reason"], "templateError");
+    let error = letter["last_error"].as_str().unwrap();
+    assert!(error.starts_with("template: line 1: ") && error.contains("no_such_function"), "{error}");
+    let id = letter["id"].as_u64().unwrap();
+    // Retried with the template still broken: refused, the letter kept.
+    let (status, answer) = relay.admin("POST", &format!("/api/v1/deliveries/{id}/retry"), None).await;
+    assert_eq!(status, 409, "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("still fails"), "{answer}");
+    // Fixed and reloaded: the retry renders it and it is delivered.
+    std::fs::write(relay.config_path(), config("{{ status }} {{ commonLabels.team }}")).unwrap();
+    relay.relay.as_ref().unwrap().reload().await.unwrap();
+    assert_eq!(relay.admin("POST", &format!("/api/v1/deliveries/{id}/retry"), None).await.0, 200);
+    eventually("delivered after the fix", || async { count(&t).await == 1 }).await;
+    assert_eq!(String::from_utf8_lossy(&t.received_requests().await.unwrap()[0].body), "firing boom");
+    let (_, left) = relay.admin("GET", "/api/v1/deliveries?receiver=t", None).await;
+    assert_eq!(left["deliveries"].as_array().unwrap().len(), 0, "{left}");
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_templates_are_refused_at_load_with_receiver_field_and_line() {
+    let cases = [
+        ("{% for a in alerts %}", &["receivers[0] (t).payload.template: line 1: syntax error"][..]),
+        (
+            "{\"text\": {{ status | shout }}}",
+            &["receivers[0] (t).payload.template: rendering the sample notification", "line 1", "shout"][..],
+        ),
+        ("{\"text\": \"{{ commonAnnotations.summary }}\", }", &["the output is not valid JSON", "tojson"][..]),
+    ];
+    for (template, words) in cases {
+        let yaml = format!(
+            "receivers:\n- name: t\n  url: 'http://127.0.0.1:9/'\n  payload:\n    format: template\n    template: '{}'\n",
+            template.replace('\'', "''")
+        );
+        let errors = alert_relay::config::Config::from_yaml(&yaml).unwrap_err().to_string();
+        for word in words {
+            assert!(errors.contains(word), "{template}: {word:?} not in {errors}");
+        }
+    }
+    let errors = alert_relay::config::Config::from_yaml(
+        "receivers: [{ name: p, url: 'http://127.0.0.1:9/', payload: { format: slack, template: 'x' } }]",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(errors.contains("receivers[0] (p).payload.format: template, template_file and content_type are only used with format: template"), "{errors}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn formats_preview_explain_deliveries_and_test_messages_show_the_rendered_body() {
+    let t = target(200).await;
+    let relay = TestRelay::start(&format!(
+        "{ADMIN_CONFIG}receivers:\n- {{ name: chat, url: '{}', payload: {{ format: discord }} }}\n",
+        t.uri()
+    ))
+    .await;
+    let (status, formats) = relay.admin("GET", "/api/v1/formats", None).await;
+    assert_eq!(status, 200);
+    let names: Vec<&str> = formats["formats"].as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["alertmanager", "template", "slack", "msteams", "discord", "googlechat", "dingtalk", "feishu", "wecom"]);
+    let (status, slack) = relay.admin("GET", "/api/v1/formats/slack", None).await;
+    assert_eq!(status, 200);
+    assert!(slack["template"].as_str().unwrap().contains("attachments"));
+    assert_eq!(relay.admin("GET", "/api/v1/formats/telegram", None).await.0, 404);
+
+    // Preview of a form's template against a sample; a bad one names its line.
+    let form = serde_json::json!({"payload": {"format": "template", "template": "{\"n\": {{ alerts | length }}}"}, "sample": "large"});
+    let (status, preview) = relay.admin("POST", "/api/v1/preview", Some(form)).await;
+    assert_eq!((status, preview["body"].as_str()), (200, Some("{\"n\": 300}")), "{preview}");
+    assert_eq!(preview["content_type"], "application/json");
+    let bad = serde_json::json!({"payload": {"format": "template", "template": "{\"n\": {{ alerts | length }"}});
+    let (status, refused) = relay.admin("POST", "/api/v1/preview", Some(bad)).await;
+    assert_eq!(status, 400);
+    assert!(refused["details"][0].as_str().unwrap().starts_with("payload.template: line 1: syntax error"), "{refused}");
+    // A saved receiver: the sample first, then its last real notification.
+    let (_, before) = relay.admin("POST", "/api/v1/preview", Some(serde_json::json!({"receiver": "chat"}))).await;
+    assert_eq!(before["sample"], "firing");
+    let real = payload("g", &[("firing", &[("alertname", "RealOne")])]);
+    assert_eq!(relay.post(real).await.0, 200);
+    let (_, after) = relay.admin("POST", "/api/v1/preview", Some(serde_json::json!({"receiver": "chat"}))).await;
+    assert_eq!(after["sample"], "last");
+    assert!(after["body"].as_str().unwrap().contains("RealOne"), "{after}");
+
+    // The delivery records the rendered size; explain gives it too.
+    eventually("delivered", || async { count(&t).await == 1 }).await;
+    let sent = t.received_requests().await.unwrap()[0].body.len() as u64;
+    let (_, explained) = relay.admin("POST", "/api/v1/explain", Some(serde_json::json!({"labels": {"alertname": "X"}}))).await;
+    assert!(explained["receivers"][0]["body_bytes"].as_u64().unwrap() > 100, "{explained}");
+    let (_, tested) = relay.admin("POST", "/api/v1/receivers/chat/test", None).await;
+    assert_eq!(tested["format"], "discord");
+    let shown: Value = serde_json::from_str(tested["body"].as_str().unwrap()).unwrap();
+    assert!(shown["embeds"][0]["title"].as_str().unwrap().contains("AlertRelayTestMessage"), "{tested}");
+    let arrived: Value = serde_json::from_slice(&t.received_requests().await.unwrap()[1].body).unwrap();
+    assert_eq!(arrived, shown, "the answer shows the body the target got");
+    assert!(sent > 100);
+}
