@@ -293,8 +293,16 @@ impl Control {
     /// Accepts one webhook body (see `intake`).
     pub async fn accept(&self, body: &[u8]) -> Result<usize, IntakeError> {
         let max_pending = self.config().spool.max_pending;
-        intake::accept(body, max_pending, &self.spool, &self.dispatcher, &self.metrics, &self.notify_log, &self.last_seen)
-            .await
+        intake::accept(
+            body,
+            max_pending,
+            &self.spool,
+            &self.dispatcher,
+            &self.metrics,
+            &self.notify_log,
+            &self.last_seen,
+        )
+        .await
     }
 
     /// Re-reads the configuration source. On any error the running
@@ -486,7 +494,12 @@ impl Control {
     /// One preset with its template (the console's "Start from preset").
     pub fn format(&self, name: &str) -> Option<FormatInfo> {
         let p = crate::format::presets::preset(name)?;
-        Some(FormatInfo { name: p.name, content_type: Some(p.content_type), limits: p.limits, template: Some(p.template) })
+        Some(FormatInfo {
+            name: p.name,
+            content_type: Some(p.content_type),
+            limits: p.limits,
+            template: Some(p.template),
+        })
     }
 
     /// Renders a receiver's format (saved, or as being edited) for a sample
@@ -496,9 +509,13 @@ impl Control {
         let config = self.config();
         let payload = match (&request.payload, &request.receiver) {
             (Some(spec), _) => validate_payload(spec, &config).map_err(ControlError::Invalid)?,
-            (None, Some(name)) => {
-                self.dispatcher.target(name).ok_or_else(|| ControlError::NotFound(name.clone()))?.receiver.payload.clone()
-            }
+            (None, Some(name)) => self
+                .dispatcher
+                .target(name)
+                .ok_or_else(|| ControlError::NotFound(name.clone()))?
+                .receiver
+                .payload
+                .clone(),
             (None, None) => return Err(ControlError::Invalid(vec!["give receiver or payload".into()])),
         };
         let receiver = request.receiver.clone().unwrap_or_else(|| "preview".into());

@@ -89,7 +89,7 @@ const SHOWN_BODY_BYTES: usize = 64 * 1024;
 pub fn shown_body(body: &[u8]) -> String {
     let mut text = String::from_utf8_lossy(&body[..body.len().min(SHOWN_BODY_BYTES)]).into_owned();
     if body.len() > SHOWN_BODY_BYTES {
-        text.push_str("…");
+        text.push('…');
     }
     text
 }
@@ -342,14 +342,7 @@ pub fn explain(input: ExplainInput, receivers: &[std::sync::Arc<Receiver>]) -> E
                     }
                 }
             }
-            ReceiverFate {
-                receiver: r.name.clone(),
-                enabled: r.enabled,
-                delivered,
-                alerts,
-                body_bytes,
-                template_error,
-            }
+            ReceiverFate { receiver: r.name.clone(), enabled: r.enabled, delivered, alerts, body_bytes, template_error }
         })
         .collect();
     Explanation { receivers }

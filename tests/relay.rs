@@ -1211,7 +1211,11 @@ async fn presets_and_templates_shape_the_body_with_its_content_type_and_signatur
 
     let got = &plain.received_requests().await.unwrap()[0];
     assert_eq!(header(got, "content-type"), "text/plain; charset=utf-8");
-    assert_eq!(String::from_utf8_lossy(&got.body), "FIRING HighLatency (2) for plain", "one trailing newline dropped, as Jinja does");
+    assert_eq!(
+        String::from_utf8_lossy(&got.body),
+        "FIRING HighLatency (2) for plain",
+        "one trailing newline dropped, as Jinja does"
+    );
     // format: alertmanager is what it always was.
     let got = &am.received_requests().await.unwrap()[0];
     assert_eq!(serde_json::from_slice::<Value>(&got.body).unwrap(), serde_json::from_str::<Value>(FIRING).unwrap());
@@ -1237,7 +1241,10 @@ async fn targets_that_answer_200_with_an_error_code_are_read_as_they_mean_it() {
     let cases: [(&str, &'static [&'static str], &'static [&'static str], &str); 3] = [
         (
             "dingtalk",
-            &[r#"{"errcode":410100,"errmsg":"send too fast, exceed 20 times per minute"}"#, r#"{"errcode":0,"errmsg":"ok"}"#],
+            &[
+                r#"{"errcode":410100,"errmsg":"send too fast, exceed 20 times per minute"}"#,
+                r#"{"errcode":0,"errmsg":"ok"}"#,
+            ],
             &[r#"{"errcode":310000,"errmsg":"keywords not in content"}"#],
             "errcode 310000: keywords not in content",
         ),
@@ -1266,10 +1273,12 @@ async fn targets_that_answer_200_with_an_error_code_are_read_as_they_mean_it() {
         .await;
         assert_eq!(relay.post(FIRING).await.0, 200);
         eventually(&format!("{preset}: delivered after the rate limit"), || delivered(&relay, "limited")).await;
-        let limited_series = r#"alert_relay_notification_requests_failed_total{reason="rateLimited",receiver="limited"}"#;
+        let limited_series =
+            r#"alert_relay_notification_requests_failed_total{reason="rateLimited",receiver="limited"}"#;
         assert_eq!(relay.metric(limited_series).await, 1.0, "{preset}");
         eventually(&format!("{preset}: the error code dead-letters"), || async {
-            relay.metric(r#"alert_relay_notifications_failed_total{reason="clientError",receiver="refused"}"#).await == 1.0
+            relay.metric(r#"alert_relay_notifications_failed_total{reason="clientError",receiver="refused"}"#).await
+                == 1.0
         })
         .await;
         assert_eq!(count(&bad).await, 1, "{preset}: an error code is not retried");
@@ -1359,7 +1368,10 @@ async fn formats_preview_explain_deliveries_and_test_messages_show_the_rendered_
     let (status, formats) = relay.admin("GET", "/api/v1/formats", None).await;
     assert_eq!(status, 200);
     let names: Vec<&str> = formats["formats"].as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["alertmanager", "template", "slack", "msteams", "discord", "googlechat", "dingtalk", "feishu", "wecom"]);
+    assert_eq!(
+        names,
+        ["alertmanager", "template", "slack", "msteams", "discord", "googlechat", "dingtalk", "feishu", "wecom"]
+    );
     let (status, slack) = relay.admin("GET", "/api/v1/formats/slack", None).await;
     assert_eq!(status, 200);
     assert!(slack["template"].as_str().unwrap().contains("attachments"));
@@ -1386,7 +1398,8 @@ async fn formats_preview_explain_deliveries_and_test_messages_show_the_rendered_
     // The delivery records the rendered size; explain gives it too.
     eventually("delivered", || async { count(&t).await == 1 }).await;
     let sent = t.received_requests().await.unwrap()[0].body.len() as u64;
-    let (_, explained) = relay.admin("POST", "/api/v1/explain", Some(serde_json::json!({"labels": {"alertname": "X"}}))).await;
+    let (_, explained) =
+        relay.admin("POST", "/api/v1/explain", Some(serde_json::json!({"labels": {"alertname": "X"}}))).await;
     assert!(explained["receivers"][0]["body_bytes"].as_u64().unwrap() > 100, "{explained}");
     let (_, tested) = relay.admin("POST", "/api/v1/receivers/chat/test", None).await;
     assert_eq!(tested["format"], "discord");

@@ -16,8 +16,8 @@ use super::sender::{Target, TargetError};
 use super::worker::Queue;
 use crate::clock::now_ms;
 use crate::config::Receiver;
-use crate::reasons::DeadReason;
 use crate::metrics::Metrics;
+use crate::reasons::DeadReason;
 use crate::spool::{DeliveryMeta, Op, Spool, SpoolError};
 use crate::sync::{lock, read, write};
 

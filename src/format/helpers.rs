@@ -129,7 +129,10 @@ mod tests {
     #[test]
     fn durations_are_short() {
         let d = |s| short_duration(Duration::from_secs(s));
-        assert_eq!([d(0), d(45), d(300), d(3600), d(7380), d(90_000), d(86_400 * 3)], ["0s", "45s", "5m", "1h", "2h 3m", "1d 1h", "3d"]);
+        assert_eq!(
+            [d(0), d(45), d(300), d(3600), d(7380), d(90_000), d(86_400 * 3)],
+            ["0s", "45s", "5m", "1h", "2h 3m", "1d 1h", "3d"]
+        );
     }
 
     #[test]

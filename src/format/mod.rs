@@ -138,12 +138,8 @@ impl Payload {
         // Named without an extension: no auto-escaping; `tojson` is explicit.
         env.add_template_owned("body", source.to_string()).map_err(|e| ("template", describe(&e)))?;
         let json = is_json(content_type);
-        let payload = Payload {
-            format,
-            content_type: content_type.to_string(),
-            answer,
-            renderer: Some(Renderer { env, json }),
-        };
+        let payload =
+            Payload { format, content_type: content_type.to_string(), answer, renderer: Some(Renderer { env, json }) };
         for (name, sample) in samples() {
             payload
                 .render(sample.as_bytes(), "sample")
@@ -156,8 +152,8 @@ impl Payload {
     /// (Alertmanager's JSON).
     pub fn render<'a>(&self, routed: &'a [u8], receiver_name: &str) -> Result<Cow<'a, [u8]>, RenderError> {
         let Some(renderer) = &self.renderer else { return Ok(Cow::Borrowed(routed)) };
-        let mut context: serde_json::Value = serde_json::from_slice(routed)
-            .map_err(|e| RenderError(format!("the notification is not JSON: {e}")))?;
+        let mut context: serde_json::Value =
+            serde_json::from_slice(routed).map_err(|e| RenderError(format!("the notification is not JSON: {e}")))?;
         if let Some(map) = context.as_object_mut() {
             map.insert("receiver_name".into(), serde_json::Value::String(receiver_name.to_string()));
         }

@@ -25,7 +25,12 @@ pub enum Answer {
     Status,
     /// `{"<code>": 0, "<message>": "ok"}`: any other code is an error.
     /// `retry` codes are rate limits or the target being busy: retried.
-    Code { code: &'static [&'static str], message: &'static [&'static str], rate_limited: &'static [i64], busy: &'static [i64] },
+    Code {
+        code: &'static [&'static str],
+        message: &'static [&'static str],
+        rate_limited: &'static [i64],
+        busy: &'static [i64],
+    },
 }
 
 /// What a 2xx answer said.

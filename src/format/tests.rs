@@ -126,7 +126,10 @@ fn answers_with_error_codes_are_read() {
         dingtalk.read(br#"{"errcode":310000,"errmsg":"keywords not in content"}"#),
         presets::Verdict::Refused("errcode 310000: keywords not in content".into())
     );
-    assert!(matches!(dingtalk.read(br#"{"errcode":410100,"errmsg":"send too fast"}"#), presets::Verdict::RateLimited(_)));
+    assert!(matches!(
+        dingtalk.read(br#"{"errcode":410100,"errmsg":"send too fast"}"#),
+        presets::Verdict::RateLimited(_)
+    ));
     assert!(matches!(dingtalk.read(br#"{"errcode":-1,"errmsg":"system busy"}"#), presets::Verdict::Busy(_)));
     assert_eq!(dingtalk.read(b"<html>not json</html>"), presets::Verdict::Taken);
     let feishu = PRESETS.iter().find(|p| p.name == "feishu").unwrap().answer;
@@ -150,7 +153,10 @@ fn template_errors_name_the_line_and_what_is_wrong() {
     let e = template_error("{\"text\": \"{{ status }}\",\n\"n\": {{ alerts | no_such_filter }}}", "application/json");
     assert!(e.contains("line 2") && e.contains("no_such_filter"), "{e}");
     // A JSON content type must render valid JSON: a raw string breaks it.
-    let e = template_error("{\"text\": \"{{ commonAnnotations.summary or alerts[0].annotations.summary }}\"}", "application/json");
+    let e = template_error(
+        "{\"text\": \"{{ commonAnnotations.summary or alerts[0].annotations.summary }}\"}",
+        "application/json",
+    );
     assert!(e.contains("not valid JSON") && e.contains("tojson"), "{e}");
     // The same template as text/plain is fine.
     assert!(Payload::template(FormatName::Template, "{{ status }}", "text/plain", Answer::Status).is_ok());
@@ -160,7 +166,10 @@ fn template_errors_name_the_line_and_what_is_wrong() {
 
 #[test]
 fn the_sandbox_stops_endless_loops_giant_output_and_file_access() {
-    let e = template_error("{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}", "text/plain");
+    let e = template_error(
+        "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}",
+        "text/plain",
+    );
     assert!(e.contains("fuel") || e.contains("out of fuel"), "{e}");
     let e = template_error("{% for i in range(20000) %}{{ \"x\" * 100 }}{% endfor %}", "text/plain");
     assert!(e.contains("output too large"), "{e}");

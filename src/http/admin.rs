@@ -280,7 +280,11 @@ pub async fn list_formats(_: Admin, shared: web::Data<Shared>) -> HttpResponse {
     HttpResponse::Ok().json(json!({ "formats": shared.control.formats() }))
 }
 
-pub async fn get_format(_: Admin, shared: web::Data<Shared>, name: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn get_format(
+    _: Admin,
+    shared: web::Data<Shared>,
+    name: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     match shared.control.format(&name) {
         Some(format) => Ok(HttpResponse::Ok().json(format)),
         None => Err(ApiError::new(

@@ -407,3 +407,62 @@ test('OAuth 2.0 and request signing from the form: the test message carries both
   await page.close();
   idp.close();
 });
+
+test('body format: choose a preset, start a template from it, edit with a live preview, send a test message that arrives rendered', async () => {
+  const page = await browser.newPage({ viewport: { width: 1280, height: 2600 } });
+  await page.goto(`${relay.base}/`);
+  await page.getByLabel('Admin token').fill(TOKEN);
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.getByRole('button', { name: 'New receiver' }).click();
+  await page.getByLabel('Name', { exact: true }).fill('chat');
+  await page.getByLabel('Webhook URL', { exact: true }).fill(`${target.url}/chat`);
+
+  // A preset: its preview shows a Slack body without any template to write.
+  await page.getByLabel('Format', { exact: true }).selectOption('slack');
+  assert.equal(await page.locator('#template-editor').isVisible(), false, 'a preset needs no editor');
+  await page.locator('#preview').filter({ hasText: '"attachments"' }).waitFor();
+  assert.match(await page.locator('#preview-status').textContent(), /application\/json, \d+ bytes, rendered from the firing sample/);
+
+  // Start a template from the Discord preset, then edit it: the preview follows.
+  await page.getByLabel('Format', { exact: true }).selectOption('template');
+  await page.getByLabel('Start from preset').selectOption('discord');
+  await page.getByRole('button', { name: 'Copy into the template' }).click();
+  assert.match(await page.getByLabel(/^Template \(MiniJinja/).inputValue(), /"embeds"/);
+  await page.locator('#preview').filter({ hasText: '"embeds"' }).waitFor();
+  const editor = page.getByLabel(/^Template \(MiniJinja/);
+  await editor.fill('{"text": {{ ("Edited: " ~ status ~ " " ~ (alerts | length)) | tojson }}}');
+  await page.locator('#preview').filter({ hasText: '"Edited: firing 2"' }).waitFor();
+  await page.getByLabel('Preview with').selectOption('large');
+  await page.locator('#preview').filter({ hasText: '"Edited: firing 300"' }).waitFor();
+
+  // A broken edit: the error, with its line, beside the editor.
+  await editor.fill('{"text": {{ status | shout }}}');
+  await page.locator('#f-template-error').filter({ hasText: 'shout' }).waitFor();
+  assert.match(await page.locator('#f-template-error').textContent(), /line 1/);
+  assert.equal(await editor.getAttribute('aria-invalid'), 'true');
+  await editor.fill('{"text": {{ ("Edited: " ~ status ~ " " ~ (alerts | length)) | tojson }}}');
+  await waitFor('the error to clear', async () => (await page.locator('#f-template-error').textContent()) === '');
+  assert.match(await page.locator('#preview').textContent(), /"Edited: firing 300"/);
+  assert.equal(await editor.getAttribute('aria-invalid'), null);
+  await page.screenshot({ path: path.join(SHOTS, 'console-template-preview.png') });
+
+  // Send Test Message uses the template: the target gets the rendered body, and the answer shows it.
+  const before = target.received.length;
+  await page.getByRole('button', { name: 'Send Test Message' }).click();
+  await page.locator('#test-result .test-answer').filter({ hasText: 'Delivered' }).waitFor();
+  await waitFor('the rendered test message', () => target.received.length === before + 1);
+  const got = target.received[before];
+  assert.equal(got.path, '/chat');
+  assert.deepEqual(got.body, { text: 'Edited: firing 1' });
+  assert.match(await page.locator('#test-result .test-body').textContent(), /Edited: firing 1/);
+
+  // Saved: the API has the template; a real alert arrives rendered.
+  await page.getByRole('button', { name: 'OK' }).click();
+  await page.locator('tr[data-receiver="chat"]').waitFor();
+  const saved = await (await fetch(`${relay.base}/api/v1/receivers/chat`, { headers: { Authorization: `Bearer ${TOKEN}` } })).json();
+  assert.equal(saved.payload.format, 'template');
+  assert.match(saved.payload.template, /Edited: /);
+  await postAlert(relay.base, 'fmt', { alertname: 'Formatted' });
+  await waitFor('the real alert, rendered', () => target.received.some((r) => r.path === '/chat' && r.body && r.body.text === 'Edited: firing 1' && r !== got));
+  await page.close();
+});

@@ -309,6 +309,12 @@ function openForm(receiver) {
   const signing = r.signing || {};
   $('#f-signing-secret').value = signing.secret || '';
   $('#f-signing-previous').value = signing.previous_secret || '';
+  const payload = r.payload || {};
+  $('#f-format').value = payload.format || 'alertmanager';
+  $('#f-template').value = payload.template || '';
+  $('#f-content-type').value = payload.content_type || '';
+  $('#preview').textContent = '';
+  showFormat();
   const tls = r.tls || {};
   $('#f-insecure').checked = Boolean(tls.insecure_skip_verify);
   $('#f-ca').value = tls.ca_file || '';
@@ -396,6 +402,7 @@ function collectSpec() {
     previous_secret: optional($('#f-signing-previous').value),
     previous_secret_file: $('#f-signing-previous').value === '' ? storedSigning.previous_secret_file : undefined,
   };
+  spec.payload = collectPayload();
   const tls = {
     insecure_skip_verify: $('#f-insecure').checked,
     ca_file: optional($('#f-ca').value),
@@ -481,6 +488,76 @@ function parseLabels(text) {
   return labels;
 }
 
+// ---------------------------------------------------------------------------
+// Body format: the template editor and its live preview.
+
+function collectPayload() {
+  const format = $('#f-format').value;
+  if (format !== 'template') return { format };
+  const stored = (editing && editing.payload) || {};
+  const payload = { format, content_type: optional($('#f-content-type').value) };
+  // A template read from a file (set in the config or the API) stays a file
+  // until one is written here.
+  if ($('#f-template').value === '' && stored.template_file) payload.template_file = stored.template_file;
+  else payload.template = $('#f-template').value;
+  return payload;
+}
+
+function showFormat() {
+  const format = $('#f-format').value;
+  $('#template-editor').hidden = format !== 'template';
+  $('#preview-box').hidden = format === 'alertmanager';
+  schedulePreview();
+}
+
+let previewTimer = null;
+let previewSeq = 0;
+
+function schedulePreview() {
+  clearTimeout(previewTimer);
+  if ($('#f-format').value === 'alertmanager' || $('#form-view').hidden) return;
+  previewTimer = setTimeout(renderPreview, 300);
+}
+
+async function renderPreview() {
+  const seq = ++previewSeq;
+  const request = { payload: collectPayload() };
+  const name = $('#f-name').value.trim();
+  if (name) request.receiver = name;
+  const sample = $('#f-preview-sample').value;
+  if (sample) request.sample = sample;
+  $('#preview-status').textContent = 'Rendering…';
+  const r = await api('POST', '/api/v1/preview', request);
+  if (seq !== previewSeq) return; // a newer edit is being rendered
+  const error = $('#f-template-error');
+  if (r.ok) {
+    const d = r.data;
+    $('#preview-status').textContent = `${d.content_type}, ${d.body_bytes} bytes, rendered from ${d.sample === 'last' ? 'the last real notification' : `the ${d.sample} sample`}`;
+    let shown = d.body;
+    try { shown = JSON.stringify(JSON.parse(d.body), null, 2); } catch (_) { /* not JSON: as it is */ }
+    $('#preview').textContent = shown;
+    error.textContent = '';
+    $('#f-template').removeAttribute('aria-invalid');
+  } else {
+    const details = (r.data && r.data.details) || [];
+    const message = details.join('\n') || (r.data && r.data.error) || `The preview failed (${r.status}).`;
+    $('#preview-status').textContent = 'The template does not render:';
+    error.textContent = message.replace(/^payload\.template: /, '');
+    $('#f-template').setAttribute('aria-invalid', 'true');
+  }
+}
+
+async function startFromPreset() {
+  const name = $('#f-preset-source').value;
+  const r = await api('GET', `/api/v1/formats/${encodeURIComponent(name)}`);
+  if (!r.ok) return;
+  $('#f-template').value = r.data.template;
+  $('#f-content-type').value = r.data.content_type || '';
+  $('#f-format').value = 'template';
+  showFormat();
+  $('#f-template').focus();
+}
+
 async function sendTest() {
   clearErrors();
   const out = $('#test-result');
@@ -504,6 +581,11 @@ async function sendTest() {
     : `Real alerts with these labels would NOT be delivered: ${t.stopped_by.detail}.`;
   out.className = `result ${t.delivered && t.would_deliver ? 'good' : 'bad'}`;
   out.replaceChildren(el('p', { class: 'test-answer', text: answer }), el('p', { class: 'test-verdict', text: verdict }));
+  if (t.format && t.format !== 'alertmanager' && t.body) {
+    let shown = t.body;
+    try { shown = JSON.stringify(JSON.parse(t.body), null, 2); } catch (_) { /* as it is */ }
+    out.append(el('details', {}, el('summary', { text: `The body sent (${t.format}, ${t.body_bytes} bytes)` }), el('pre', { class: 'preview test-body', text: shown })));
+  }
   if (!t.enabled) out.append(el('p', { text: 'This receiver is disabled: turn its notifications on to receive alerts.' }));
 }
 
@@ -604,6 +686,11 @@ document.addEventListener('DOMContentLoaded', () => {
   });
   $('#f-conditions-on').addEventListener('change', showConditionsOn);
   $$('input[name=auth]').forEach((radio) => radio.addEventListener('change', () => setAuthType(radio.value)));
+  $('#f-format').addEventListener('change', showFormat);
+  $('#f-template').addEventListener('input', schedulePreview);
+  $('#f-content-type').addEventListener('input', schedulePreview);
+  $('#f-preview-sample').addEventListener('change', schedulePreview);
+  $('#start-from-preset').addEventListener('click', startFromPreset);
   $('#receiver-form').addEventListener('submit', save);
   $('#cancel').addEventListener('click', closeForm);
   $('#send-test').addEventListener('click', sendTest);
