@@ -8,7 +8,9 @@
 //! - spool: a durable redb commit of a batch vs writing the same bytes to a
 //!   file and fsyncing it;
 //! - sign: a Standard Webhooks signature of a 10-alert body vs serializing that
-//!   body (what every attempt already costs).
+//!   body (what every attempt already costs);
+//! - render: each preset's body for a 10-alert notification vs serializing the
+//!   notification (what the `alertmanager` format costs).
 
 use std::hint::black_box;
 use std::io::Write;
@@ -20,6 +22,7 @@ use serde_json::{json, Value};
 use alert_relay::alert::{LabelSet, Notification};
 use alert_relay::config::{Config, Receiver};
 use alert_relay::delivery::sender::signature;
+use alert_relay::format::PRESETS;
 use alert_relay::route::{route, verdict};
 use alert_relay::spool::{DeliveryMeta, Op, Spool};
 
@@ -176,5 +179,22 @@ fn bench_sign(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_parse, bench_conditions, bench_route, bench_spool, bench_sign);
+fn bench_render(c: &mut Criterion) {
+    let mut group = c.benchmark_group("render");
+    let n = Notification::parse(&payload(10)).unwrap();
+    let routed = serde_json::to_vec(&n).unwrap();
+    group.bench_function("10-alerts/baseline-alertmanager-serialize", |b| {
+        b.iter(|| serde_json::to_vec(black_box(&n)).unwrap())
+    });
+    for preset in &PRESETS {
+        let yaml = format!("receivers: [{{ name: r, url: 'http://127.0.0.1:1/', payload: {{ format: {} }} }}]", preset.name);
+        let receiver = Config::from_yaml(&yaml).unwrap().receivers[0].clone();
+        group.bench_function(format!("10-alerts/{}", preset.name), |b| {
+            b.iter(|| receiver.payload.render(black_box(&routed), "r").unwrap().len())
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_parse, bench_conditions, bench_route, bench_spool, bench_sign, bench_render);
 criterion_main!(benches);

@@ -96,27 +96,39 @@ fn silence_url(state: &State, alert: Value) -> Result<String, Error> {
         return Ok(String::new());
     }
     let labels = alert.get_attr("labels")?;
-    let mut matchers = Vec::new();
+    let mut filter = String::from("{");
     if let Ok(keys) = labels.try_iter() {
         for key in keys {
             let value = labels.get_item(&key)?;
-            let (key, value) = (key.to_string(), value.to_string());
-            let escaped = value.replace('\\', "\\\\").replace('"', "\\\"");
-            matchers.push(format!("{key}=\"{escaped}\""));
+            if filter.len() > 1 {
+                filter.push(',');
+            }
+            filter.push_str(key.as_str().unwrap_or_default());
+            filter.push_str("=\"");
+            for c in value.as_str().unwrap_or_default().chars() {
+                if matches!(c, '\\' | '"') {
+                    filter.push('\\');
+                }
+                filter.push(c);
+            }
+            filter.push('"');
         }
     }
-    let filter = format!("{{{}}}", matchers.join(","));
+    filter.push('}');
     Ok(format!("{}/#/silences/new?filter={}", base.trim_end_matches('/'), percent_encode(&filter)))
 }
 
 /// Percent-encodes everything but RFC 3986's unreserved characters.
 fn percent_encode(text: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
     let mut out = String::with_capacity(text.len() * 3);
     for b in text.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
             out.push(char::from(b));
         } else {
-            out.push_str(&format!("%{b:02X}"));
+            out.push('%');
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 15)]));
         }
     }
     out

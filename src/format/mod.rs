@@ -152,14 +152,14 @@ impl Payload {
     /// (Alertmanager's JSON).
     pub fn render<'a>(&self, routed: &'a [u8], receiver_name: &str) -> Result<Cow<'a, [u8]>, RenderError> {
         let Some(renderer) = &self.renderer else { return Ok(Cow::Borrowed(routed)) };
-        let mut context: serde_json::Value =
-            serde_json::from_slice(routed).map_err(|e| RenderError(format!("the notification is not JSON: {e}")))?;
-        if let Some(map) = context.as_object_mut() {
-            map.insert("receiver_name".into(), serde_json::Value::String(receiver_name.to_string()));
-        }
+        // Straight from JSON into MiniJinja's values: no serde_json::Value
+        // in between.
+        let notification: minijinja::Value = serde_json::from_slice(routed)
+            .map_err(|e| RenderError(format!("the notification is not JSON: {e}")))?;
+        let context = minijinja::context! { receiver_name => receiver_name, ..notification };
         let template = renderer.env.get_template("body").map_err(|e| RenderError(describe(&e)))?;
         let mut out = Capped { bytes: Vec::with_capacity(4096), over: false };
-        if let Err(e) = template.render_captured_to(minijinja::Value::from_serialize(&context), &mut out) {
+        if let Err(e) = template.render_captured_to(context, &mut out) {
             if out.over {
                 return Err(RenderError(format!("output too large: more than {MAX_OUTPUT_BYTES} bytes")));
             }

@@ -214,3 +214,4 @@ fn print_presets() {
         println!("--- {}\n{}", preset.name, String::from_utf8_lossy(&out));
     }
 }
+
