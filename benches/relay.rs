@@ -187,7 +187,8 @@ fn bench_render(c: &mut Criterion) {
         b.iter(|| serde_json::to_vec(black_box(&n)).unwrap())
     });
     for preset in &PRESETS {
-        let yaml = format!("receivers: [{{ name: r, url: 'http://127.0.0.1:1/', payload: {{ format: {} }} }}]", preset.name);
+        let yaml =
+            format!("receivers: [{{ name: r, url: 'http://127.0.0.1:1/', payload: {{ format: {} }} }}]", preset.name);
         let receiver = Config::from_yaml(&yaml).unwrap().receivers[0].clone();
         group.bench_function(format!("10-alerts/{}", preset.name), |b| {
             b.iter(|| receiver.payload.render(black_box(&routed), "r").unwrap().len())

@@ -344,3 +344,57 @@ fn dashboard_is_importable() {
         assert_eq!(p["datasource"]["uid"], "${datasource}", "panel {} uses the variable", p["title"]);
     }
 }
+
+/// The `yaml` and plain fenced blocks of one README section, in order.
+fn readme_section_blocks(heading: &str) -> Vec<(String, String)> {
+    let readme = std::fs::read_to_string(repo("README.md")).unwrap();
+    let start = readme.find(&format!("\n## {heading}\n")).unwrap_or_else(|| panic!("no section {heading}"));
+    let rest = &readme[start + 4 + heading.len()..];
+    let section = &rest[..rest.find("\n## ").unwrap_or(rest.len())];
+    let mut blocks = Vec::new();
+    let mut parts = section.split("```");
+    parts.next();
+    while let (Some(block), Some(_)) = (parts.next(), parts.next()) {
+        let (lang, body) = block.split_once('\n').unwrap_or((block, ""));
+        blocks.push((lang.to_string(), body.to_string()));
+    }
+    blocks
+}
+
+#[test]
+fn readme_body_format_examples_load_render_and_fail_as_shown() {
+    let blocks = readme_section_blocks("Body formats");
+    let yaml: Vec<&String> = blocks.iter().filter(|(l, _)| l == "yaml").map(|(_, b)| b).collect();
+    // The first: a whole receivers list, presets and a template.
+    let config = Config::from_yaml(yaml[0]).unwrap_or_else(|e| panic!("README's first example:\n{e}"));
+    assert_eq!(config.receivers.len(), 3);
+    let fixture = std::fs::read(repo("tests/fixtures/alertmanager-0.25/firing.json")).unwrap();
+    let bridge = config.receivers[2].payload.render(&fixture, "pager-bridge").unwrap();
+    let bridge: serde_json::Value = serde_json::from_slice(&bridge).unwrap();
+    assert_eq!(bridge["summary"], "[FIRING] HighLatency");
+    assert_eq!(bridge["alerts"][0]["since"], "2026-11-27T03:59:40Z");
+    // The worked example: a payload block of a receiver.
+    let receiver = format!("receivers:\n  - name: grouped\n    url: http://127.0.0.1:9/\n{}", yaml[1]);
+    let config = Config::from_yaml(&receiver).unwrap_or_else(|e| panic!("README's worked example:\n{e}"));
+    let text = config.receivers[0].payload.render(&fixture, "grouped").unwrap();
+    let text = String::from_utf8(text.into_owned()).unwrap();
+    assert!(text.starts_with("FIRING: HighLatency (2)"), "{text}");
+    assert!(text.contains("critical:") && text.contains("warning:"), "{text}");
+    assert!(text.contains("silence: http://vm:19093/#/silences/new?filter="), "{text}");
+    // The errors shown are the errors given, for the templates they describe.
+    let shown: Vec<&str> = blocks.iter().filter(|(l, _)| l.is_empty()).flat_map(|(_, b)| b.lines()).collect();
+    let broken = [
+        "{\"summary\": {{ status | tojson }},\n \"count\": {{ alerts | length }},\n \"alerts\": {{ alerts | length",
+        "{\"text\": \"{{ commonAnnotations.summary }}\", }",
+    ];
+    for (template, expected) in broken.iter().zip(&shown) {
+        let yaml = format!(
+            "receivers:\n  - {{ name: a }}\n  - {{ name: b }}\n  - name: pager-bridge\n    url: http://127.0.0.1:9/\n    payload:\n      format: template\n      template: {}\n",
+            serde_json::to_string(template).unwrap()
+        )
+        .replace("{ name: a }", "{ name: a, url: 'http://127.0.0.1:9/' }")
+        .replace("{ name: b }", "{ name: b, url: 'http://127.0.0.1:9/' }");
+        let errors = Config::from_yaml(&yaml).unwrap_err().to_string();
+        assert_eq!(errors, *expected, "README shows a different error for {template:?}");
+    }
+}

@@ -24,8 +24,8 @@ pub use presets::{Answer, Preset, PRESETS};
 /// Most a rendered body may be. Every preset's target takes far less (see
 /// `presets.rs`); a template that gets here is broken.
 pub const MAX_OUTPUT_BYTES: usize = 1024 * 1024;
-/// Most instructions one render may run (a 300-alert group through a preset
-/// takes about 30,000): a loop that would not end fails instead.
+/// Most instructions one render may run (every preset renders a 300-alert
+/// group in under 2,500): a loop that would not end fails instead.
 pub const FUEL: u64 = 2_000_000;
 /// Largest template source.
 pub const MAX_TEMPLATE_BYTES: usize = 64 * 1024;
@@ -154,8 +154,8 @@ impl Payload {
         let Some(renderer) = &self.renderer else { return Ok(Cow::Borrowed(routed)) };
         // Straight from JSON into MiniJinja's values: no serde_json::Value
         // in between.
-        let notification: minijinja::Value = serde_json::from_slice(routed)
-            .map_err(|e| RenderError(format!("the notification is not JSON: {e}")))?;
+        let notification: minijinja::Value =
+            serde_json::from_slice(routed).map_err(|e| RenderError(format!("the notification is not JSON: {e}")))?;
         let context = minijinja::context! { receiver_name => receiver_name, ..notification };
         let template = renderer.env.get_template("body").map_err(|e| RenderError(describe(&e)))?;
         let mut out = Capped { bytes: Vec::with_capacity(4096), over: false };

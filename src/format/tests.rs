@@ -214,4 +214,3 @@ fn print_presets() {
         println!("--- {}\n{}", preset.name, String::from_utf8_lossy(&out));
     }
 }
-
