@@ -427,7 +427,7 @@ test('body format: choose a preset, start a template from it, edit with a live p
   await page.getByLabel('Format', { exact: true }).selectOption('template');
   await page.getByLabel('Start from preset').selectOption('discord');
   await page.getByRole('button', { name: 'Copy into the template' }).click();
-  assert.match(await page.getByLabel(/^Template \(MiniJinja/).inputValue(), /"embeds"/);
+  await waitFor('the preset copied into the editor', async () => /"embeds"/.test(await page.getByLabel(/^Template \(MiniJinja/).inputValue()));
   await page.locator('#preview').filter({ hasText: '"embeds"' }).waitFor();
   const editor = page.getByLabel(/^Template \(MiniJinja/);
   await editor.fill('{"text": {{ ("Edited: " ~ status ~ " " ~ (alerts | length)) | tojson }}}');
