@@ -405,6 +405,7 @@ impl Control {
             return Err(ControlError::NotFound(name.into()));
         }
         self.store(name, None).await?;
+        self.last_seen.forget(name);
         Ok(self.dispatcher.discard(name).await?)
     }
 

@@ -46,6 +46,10 @@ impl LastSeen {
         }
     }
 
+    pub fn forget(&self, receiver: &str) {
+        crate::sync::lock(&self.0).remove(receiver);
+    }
+
     pub fn get(&self, receiver: &str) -> Option<Arc<Vec<u8>>> {
         crate::sync::lock(&self.0).get(receiver).cloned()
     }
