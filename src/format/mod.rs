@@ -140,7 +140,7 @@ impl Payload {
         let json = is_json(content_type);
         let payload =
             Payload { format, content_type: content_type.to_string(), answer, renderer: Some(Renderer { env, json }) };
-        for (name, sample) in samples() {
+        for (name, sample) in checked_samples() {
             payload
                 .render(sample.as_bytes(), "sample")
                 .map_err(|e| ("template", format!("rendering the sample notification {name:?}: {e}")))?;
@@ -226,6 +226,12 @@ impl Write for Capped {
 const FIRING: &str = include_str!("samples/firing.json");
 const MIXED: &str = include_str!("samples/mixed-resolved.json");
 const GRAFANA: &str = include_str!("samples/grafana-firing.json");
+
+/// `samples()`, built once: every template of every load renders them.
+fn checked_samples() -> &'static [(&'static str, String)] {
+    static SAMPLES: std::sync::OnceLock<Vec<(&'static str, String)>> = std::sync::OnceLock::new();
+    SAMPLES.get_or_init(samples)
+}
 
 /// The notifications every template is rendered against when it loads: the
 /// captured Alertmanager and Grafana payloads, a group that has resolved,
