@@ -70,10 +70,16 @@ impl<'de> Deserialize<'de> for UniqueKeys {
                 let mut set = LabelSet::new();
                 while let Some(key) = map.next_key::<String>()? {
                     let value: String = map.next_value()?;
-                    if set.contains_key(&key) {
-                        return Err(A::Error::custom(format!("duplicate key {key:?}: each key may appear once")));
+                    // One search of the map per key, not two.
+                    match set.entry(key) {
+                        std::collections::btree_map::Entry::Vacant(slot) => {
+                            slot.insert(value);
+                        }
+                        std::collections::btree_map::Entry::Occupied(taken) => {
+                            let key = taken.key();
+                            return Err(A::Error::custom(format!("duplicate key {key:?}: each key may appear once")));
+                        }
                     }
-                    set.insert(key, value);
                 }
                 Ok(UniqueKeys(set))
             }
