@@ -1,7 +1,8 @@
 //! What templates can call besides MiniJinja's built-ins (`tojson`, `sort`,
 //! `groupby`, `join`, `length`, …): from minijinja-contrib `truncate`,
 //! `pluralize` and `datetimeformat`; and ours for alerts: `rfc3339`, `since`,
-//! `limit_bytes` and `silence_url`.
+//! `limit_bytes`, `silence_url`, `heading` and `distinct_labels` (the last
+//! two are what every preset's title and label line are made of).
 
 use std::time::{Duration, SystemTime};
 
@@ -18,6 +19,62 @@ pub fn register(env: &mut minijinja::Environment<'static>) {
     env.add_filter("since", since);
     env.add_filter("limit_bytes", limit_bytes);
     env.add_function("silence_url", silence_url);
+    env.add_function("heading", heading);
+    env.add_function("distinct_labels", distinct_labels);
+}
+
+fn lookup_str(state: &State, path: &[&str]) -> Option<String> {
+    let mut value = state.lookup(path[0])?;
+    for key in &path[1..] {
+        value = value.get_attr(key).ok()?;
+    }
+    value.as_str().filter(|s| !s.is_empty()).map(str::to_string)
+}
+
+/// `{{ heading() }}`: Alertmanager's default title, `[FIRING:3] HighLatency`
+/// (`[RESOLVED] HighLatency`): the status, the firing count, and the common
+/// `alertname` (else the group's, else Grafana's `title`, else "alerts").
+fn heading(state: &State) -> Result<String, Error> {
+    let status = lookup_str(state, &["status"]).unwrap_or_else(|| "firing".into());
+    let name = lookup_str(state, &["commonLabels", "alertname"])
+        .or_else(|| lookup_str(state, &["groupLabels", "alertname"]))
+        .or_else(|| lookup_str(state, &["title"]))
+        .unwrap_or_else(|| "alerts".into());
+    let mut text = format!("[{}", status.to_uppercase());
+    if status == "firing" {
+        let firing = state
+            .lookup("alerts")
+            .and_then(|alerts| alerts.try_iter().ok().map(|it| it.filter(|a| is_firing(a)).count()))
+            .unwrap_or(0);
+        text.push_str(&format!(":{firing}"));
+    }
+    text.push_str("] ");
+    text.push_str(&name);
+    Ok(text)
+}
+
+fn is_firing(alert: &Value) -> bool {
+    alert.get_attr("status").ok().and_then(|s| s.as_str().map(|s| s == "firing")).unwrap_or(false)
+}
+
+/// `{{ distinct_labels(alert) }}`: the alert's labels that are not common to
+/// the group, as `k=v k=v` sorted by name: what tells the alerts apart.
+fn distinct_labels(state: &State, alert: Value) -> Result<String, Error> {
+    let common = state.lookup("commonLabels");
+    let labels = alert.get_attr("labels")?;
+    let mut pairs = Vec::new();
+    if let Ok(keys) = labels.try_iter() {
+        for key in keys {
+            let name = key.as_str().unwrap_or_default().to_string();
+            if common.as_ref().is_some_and(|c| c.get_attr(&name).is_ok_and(|v| !v.is_undefined())) {
+                continue;
+            }
+            let value = labels.get_item(&key)?;
+            pairs.push((name, value.as_str().unwrap_or_default().to_string()));
+        }
+    }
+    pairs.sort();
+    Ok(pairs.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "))
 }
 
 fn timestamp(text: &str) -> Result<OffsetDateTime, Error> {
@@ -171,5 +228,25 @@ mod tests {
             )
             .unwrap();
         assert_eq!(url, "http://am:9093/#/silences/new?filter=%7Balertname%3D%22A%22%2Cjob%3D%22x%5C%22y%22%7D");
+    }
+
+    #[test]
+    fn headings_and_distinct_labels() {
+        let mut env = minijinja::Environment::new();
+        register(&mut env);
+        let alert = |status: &str, pod: &str| {
+            minijinja::context! { status => status, labels => minijinja::context! { alertname => "A", pod => pod, ns => "x" } }
+        };
+        let ctx = minijinja::context! {
+            status => "firing",
+            commonLabels => minijinja::context! { alertname => "A", ns => "x" },
+            alerts => vec![alert("firing", "p1"), alert("resolved", "p2"), alert("firing", "p3")],
+        };
+        let out = env.render_str("{{ heading() }}|{{ distinct_labels(alerts[0]) }}", ctx).unwrap();
+        assert_eq!(out, "[FIRING:2] A|pod=p1");
+        let resolved = minijinja::context! { status => "resolved", groupLabels => minijinja::context! { alertname => "G" }, alerts => Vec::<Value>::new() };
+        assert_eq!(env.render_str("{{ heading() }}", resolved).unwrap(), "[RESOLVED] G");
+        let grafana = minijinja::context! { status => "firing", title => "[FIRING:1] Grafana rule", alerts => Vec::<Value>::new() };
+        assert_eq!(env.render_str("{{ heading() }}", grafana).unwrap(), "[FIRING:0] [FIRING:1] Grafana rule");
     }
 }

@@ -65,7 +65,7 @@ impl FormatName {
     }
 
     pub fn preset(self) -> Option<&'static Preset> {
-        PRESETS.iter().find(|p| p.name == self.as_str())
+        presets::preset(self.as_str())
     }
 }
 

@@ -120,7 +120,7 @@ fn unicode_quotes_and_newlines_survive_into_the_json_strings() {
 
 #[test]
 fn answers_with_error_codes_are_read() {
-    let dingtalk = PRESETS.iter().find(|p| p.name == "dingtalk").unwrap().answer;
+    let dingtalk = presets::preset("dingtalk").unwrap().answer;
     assert_eq!(dingtalk.read(br#"{"errcode":0,"errmsg":"ok"}"#), presets::Verdict::Taken);
     assert_eq!(
         dingtalk.read(br#"{"errcode":310000,"errmsg":"keywords not in content"}"#),
@@ -132,7 +132,7 @@ fn answers_with_error_codes_are_read() {
     ));
     assert!(matches!(dingtalk.read(br#"{"errcode":-1,"errmsg":"system busy"}"#), presets::Verdict::Busy(_)));
     assert_eq!(dingtalk.read(b"<html>not json</html>"), presets::Verdict::Taken);
-    let feishu = PRESETS.iter().find(|p| p.name == "feishu").unwrap().answer;
+    let feishu = presets::preset("feishu").unwrap().answer;
     assert!(matches!(feishu.read(br#"{"code":11232,"msg":"frequency limited"}"#), presets::Verdict::RateLimited(_)));
     assert_eq!(
         feishu.read(br#"{"StatusCode":19001,"StatusMessage":"param invalid"}"#),
