@@ -102,10 +102,7 @@ fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
 }
 
 fn kubernetes_validate() -> PathBuf {
-    let venv = std::env::var("ALERT_RELAY_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/alert-relay/venv"));
-    venv.join("bin/kubernetes-validate")
+    venv_bin("kubernetes-validate")
 }
 
 #[test]

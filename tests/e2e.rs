@@ -685,10 +685,7 @@ async fn the_readme_admin_api_session_runs_as_written() {
 
 /// The venv scripts/test makes, with PyPI's `standardwebhooks`.
 fn venv_python() -> std::path::PathBuf {
-    let venv = std::env::var("ALERT_RELAY_VENV").map(std::path::PathBuf::from).unwrap_or_else(|_| {
-        std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/alert-relay/venv")
-    });
-    venv.join("bin/python")
+    venv_bin("python")
 }
 
 /// The Python target of tests/verifier, verifying with `secret`; its port and

@@ -850,15 +850,21 @@ async fn proxy_url_sends_deliveries_through_the_proxy() {
 /// A token endpoint answering `tokens` in turn (the last one again after
 /// that), each living `expires_in` seconds.
 async fn token_endpoint(tokens: &[&str], expires_in: u64) -> MockServer {
+    let answers = tokens
+        .iter()
+        .map(|t| serde_json::json!({"access_token": t, "token_type": "Bearer", "expires_in": expires_in}).to_string());
+    answering(answers.collect()).await
+}
+
+/// A server answering every POST 200 with the JSON bodies given, in turn (the
+/// last one again after that).
+async fn answering(bodies: Vec<String>) -> MockServer {
     let server = MockServer::start().await;
-    let tokens: Vec<String> = tokens.iter().map(|t| t.to_string()).collect();
-    let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let n = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     Mock::given(method("POST"))
         .respond_with(move |_: &Request| {
-            let n = served.fetch_add(1, std::sync::atomic::Ordering::SeqCst).min(tokens.len() - 1);
-            ResponseTemplate::new(200).set_body_json(serde_json::json!({
-                "access_token": tokens[n], "token_type": "Bearer", "expires_in": expires_in
-            }))
+            let i = n.fetch_add(1, std::sync::atomic::Ordering::SeqCst).min(bodies.len() - 1);
+            ResponseTemplate::new(200).set_body_raw(bodies[i].clone(), "application/json")
         })
         .mount(&server)
         .await;
@@ -903,13 +909,27 @@ async fn oauth2_token_is_renewed_when_it_expires_and_once_on_a_401() {
     let idp = token_endpoint(&["short-1", "short-2"], 1).await;
     let t = target(200).await;
     let relay = TestRelay::start(&format!("receivers: [{}]", oauth_receiver("o", &t.uri(), &idp.uri()))).await;
+    let authorizations = || async {
+        t.received_requests().await.unwrap().iter().map(|r| header(r, "authorization")).collect::<Vec<_>>()
+    };
     assert_eq!(relay.post(payload("a", &[("firing", &[("alertname", "A")])])).await.0, 200);
     eventually("the first delivery", || async { count(&t).await == 1 }).await;
-    tokio::time::sleep(Duration::from_millis(600)).await; // past the renewal point, on the relay's clock
-    assert_eq!(relay.post(payload("b", &[("firing", &[("alertname", "A")])])).await.0, 200);
-    eventually("the second delivery", || async { count(&t).await == 2 }).await;
-    let seen: Vec<String> = t.received_requests().await.unwrap().iter().map(|r| header(r, "authorization")).collect();
-    assert_eq!(seen, ["Bearer short-1", "Bearer short-2"]);
+    assert_eq!(authorizations().await, ["Bearer short-1"]);
+    // Notified again and again until a delivery carries the renewed token
+    // (due half way through the first one's second of life).
+    let sent = std::sync::atomic::AtomicUsize::new(0);
+    eventually("a delivery with the renewed token", || async {
+        let n = sent.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(relay.post(payload(&format!("b{n}"), &[("firing", &[("alertname", "A")])])).await.0, 200);
+        // One at a time, so the target sees the tokens in the order they were used.
+        eventually("that delivery", || async { count(&t).await == n + 2 }).await;
+        authorizations().await.contains(&"Bearer short-2".to_string())
+    })
+    .await;
+    let seen = authorizations().await;
+    let renewed = seen.iter().position(|a| a == "Bearer short-2").unwrap();
+    assert!(seen[..renewed].iter().all(|a| a == "Bearer short-1"), "{seen:?}");
+    assert!(seen[renewed..].iter().all(|a| a == "Bearer short-2"), "the last token, served again: {seen:?}");
 
     // 401: the cached token is dropped, a new one fetched, the request sent again.
     let idp = token_endpoint(&["revoked", "fresh"], 3600).await;
@@ -1221,20 +1241,6 @@ async fn presets_and_templates_shape_the_body_with_its_content_type_and_signatur
     assert_eq!(serde_json::from_slice::<Value>(&got.body).unwrap(), serde_json::from_str::<Value>(FIRING).unwrap());
 }
 
-/// A target answering 200 with the JSON bodies given in turn (the last again).
-async fn answering(bodies: &'static [&'static str]) -> MockServer {
-    let server = MockServer::start().await;
-    let n = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    Mock::given(method("POST"))
-        .respond_with(move |_: &Request| {
-            let i = n.fetch_add(1, std::sync::atomic::Ordering::SeqCst).min(bodies.len() - 1);
-            ResponseTemplate::new(200).set_body_raw(bodies[i], "application/json")
-        })
-        .mount(&server)
-        .await;
-    server
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn targets_that_answer_200_with_an_error_code_are_read_as_they_mean_it() {
     // Per preset: a rate-limit code (retried, then taken) and an error code (dead letter).
@@ -1262,7 +1268,8 @@ async fn targets_that_answer_200_with_an_error_code_are_read_as_they_mean_it() {
         ),
     ];
     for (preset, limited, refused, words) in cases {
-        let (slow, bad) = (answering(limited).await, answering(refused).await);
+        let owned = |bodies: &[&str]| bodies.iter().map(|b| b.to_string()).collect();
+        let (slow, bad) = (answering(owned(limited)).await, answering(owned(refused)).await);
         let relay = TestRelay::start(&format!(
             "{ADMIN_CONFIG}receivers:\n\
              - {{ name: limited, url: '{}', payload: {{ format: {preset} }}, {FAST_RETRY} }}\n\

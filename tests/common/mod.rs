@@ -488,6 +488,16 @@ pub fn needs(tools: &[&str]) -> bool {
     false
 }
 
+/// A program of the Python virtualenv scripts/test makes (`ALERT_RELAY_VENV`,
+/// else ~/.cache/alert-relay/venv): kubernetes-validate, and python with
+/// standardwebhooks.
+pub fn venv_bin(program: &str) -> PathBuf {
+    let venv = std::env::var("ALERT_RELAY_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/alert-relay/venv"));
+    venv.join("bin").join(program)
+}
+
 /// Runs a tool to completion; panics with its output unless it succeeds.
 pub fn run_ok(program: &str, args: &[&str], dir: &Path) -> String {
     let out = std::process::Command::new(program)

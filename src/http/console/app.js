@@ -503,6 +503,11 @@ function collectPayload() {
   return payload;
 }
 
+// A body as shown: JSON indented, anything else as it is.
+function pretty(body) {
+  try { return JSON.stringify(JSON.parse(body), null, 2); } catch (_) { return body; }
+}
+
 function showFormat() {
   const format = $('#f-format').value;
   $('#template-editor').hidden = format !== 'template';
@@ -533,9 +538,7 @@ async function renderPreview() {
   if (r.ok) {
     const d = r.data;
     $('#preview-status').textContent = `${d.content_type}, ${d.body_bytes} bytes, rendered from ${d.sample === 'last' ? 'the last real notification' : `the ${d.sample} sample`}`;
-    let shown = d.body;
-    try { shown = JSON.stringify(JSON.parse(d.body), null, 2); } catch (_) { /* not JSON: as it is */ }
-    $('#preview').textContent = shown;
+    $('#preview').textContent = pretty(d.body);
     error.textContent = '';
     $('#f-template').removeAttribute('aria-invalid');
   } else {
@@ -582,9 +585,7 @@ async function sendTest() {
   out.className = `result ${t.delivered && t.would_deliver ? 'good' : 'bad'}`;
   out.replaceChildren(el('p', { class: 'test-answer', text: answer }), el('p', { class: 'test-verdict', text: verdict }));
   if (t.format && t.format !== 'alertmanager' && t.body) {
-    let shown = t.body;
-    try { shown = JSON.stringify(JSON.parse(t.body), null, 2); } catch (_) { /* as it is */ }
-    out.append(el('details', {}, el('summary', { text: `The body sent (${t.format}, ${t.body_bytes} bytes)` }), el('pre', { class: 'preview test-body', text: shown })));
+    out.append(el('details', {}, el('summary', { text: `The body sent (${t.format}, ${t.body_bytes} bytes)` }), el('pre', { class: 'preview test-body', text: pretty(t.body) })));
   }
   if (!t.enabled) out.append(el('p', { text: 'This receiver is disabled: turn its notifications on to receive alerts.' }));
 }
