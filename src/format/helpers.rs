@@ -44,7 +44,7 @@ fn heading(state: &State) -> Result<String, Error> {
     if status == "firing" {
         let firing = state
             .lookup("alerts")
-            .and_then(|alerts| alerts.try_iter().ok().map(|it| it.filter(|a| is_firing(a)).count()))
+            .and_then(|alerts| alerts.try_iter().ok().map(|it| it.filter(is_firing).count()))
             .unwrap_or(0);
         text.push_str(&format!(":{firing}"));
     }
