@@ -695,5 +695,5 @@ fn delivery_view(id: u64, meta: &DeliveryMeta, in_force: bool) -> DeliveryView {
 
 /// A sample notification by name.
 fn sample(name: &str) -> Option<String> {
-    crate::format::samples().into_iter().find(|(n, _)| *n == name).map(|(_, text)| text)
+    crate::format::sample(name).map(str::to_string)
 }

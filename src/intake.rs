@@ -10,7 +10,6 @@ use crate::alert::{Notification, PayloadError, Status};
 use crate::clock::now_ms;
 use crate::conditions::first_failing;
 use crate::delivery::{Dispatcher, NewDelivery};
-use crate::format::FormatName;
 use crate::metrics::Metrics;
 use crate::notify_log::{alert_hash, NotifyLog, Seen};
 use crate::reasons::FilterReason;
@@ -40,9 +39,9 @@ pub struct LastSeen(std::sync::Mutex<HashMap<String, Arc<Vec<u8>>>>);
 const LAST_SEEN_MAX_BYTES: usize = 256 * 1024;
 
 impl LastSeen {
-    fn remember(&self, receiver: &str, routed: &[u8]) {
+    fn remember(&self, receiver: &str, routed: Vec<u8>) {
         if routed.len() <= LAST_SEEN_MAX_BYTES {
-            crate::sync::lock(&self.0).insert(receiver.to_string(), Arc::new(routed.to_vec()));
+            crate::sync::lock(&self.0).insert(receiver.to_string(), Arc::new(routed));
         }
     }
 
@@ -91,14 +90,18 @@ pub async fn accept(
         if let Some(forwarded) = routed.body {
             // The body the target gets is made now, so that every attempt (and
             // a retried dead letter) sends the same bytes.
-            let payload = &routed.receiver.payload;
-            if payload.format != FormatName::Alertmanager {
-                last.remember(name, &forwarded);
-            }
-            let (body, template_error) = match payload.render(&forwarded, name) {
+            let (body, template_error) = match routed.receiver.payload.render(&forwarded, name) {
                 Ok(Cow::Borrowed(_)) => (forwarded, None),
-                Ok(Cow::Owned(rendered)) => (rendered, None),
-                Err(e) => (forwarded, Some(e.to_string())),
+                Ok(Cow::Owned(rendered)) => {
+                    // Rendered: the notification itself is needed no more, but
+                    // by the live preview.
+                    last.remember(name, forwarded);
+                    (rendered, None)
+                }
+                Err(e) => {
+                    last.remember(name, forwarded.clone());
+                    (forwarded, Some(e.to_string()))
+                }
             };
             deliveries.push(NewDelivery {
                 receiver: name.to_string(),

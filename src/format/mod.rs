@@ -233,6 +233,11 @@ fn checked_samples() -> &'static [(&'static str, String)] {
     SAMPLES.get_or_init(samples)
 }
 
+/// One of `samples()` by name (the live preview's choices).
+pub fn sample(name: &str) -> Option<&'static str> {
+    checked_samples().iter().find(|(n, _)| *n == name).map(|(_, text)| text.as_str())
+}
+
 /// The notifications every template is rendered against when it loads: the
 /// captured Alertmanager and Grafana payloads, a group that has resolved,
 /// and a 300-alert group with unicode, quotes and newlines in its texts.
