@@ -142,7 +142,7 @@ fn bench_spool(c: &mut Criterion) {
         group.throughput(Throughput::Elements(batch as u64));
         group.bench_function(format!("{batch}-deliveries/ours-redb"), |b| {
             b.iter_batched(
-                || (0..batch).map(|_| Op::Insert { meta: meta(), body: body.clone() }).collect::<Vec<_>>(),
+                || (0..batch).map(|_| Op::Insert { metas: vec![meta()], body: body.clone() }).collect::<Vec<_>>(),
                 |ops| runtime.block_on(spool.commit(ops)).unwrap(),
                 BatchSize::SmallInput,
             )

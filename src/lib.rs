@@ -87,6 +87,8 @@ impl Relay {
         let metrics = Arc::new(Metrics::new());
         let gauges = SpoolGauges {
             commit_duration: metrics.spool_commit_duration.clone(),
+            commit_requests: metrics.spool_commit_requests.clone(),
+            deferred_commits: metrics.spool_deferred_commits.clone(),
             healthy: metrics.spool_healthy.clone(),
         };
         let spool = Arc::new(Spool::open(&config.spool.dir, options.reset_spool, gauges)?);

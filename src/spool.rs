@@ -3,14 +3,24 @@
 //! Every change goes through one writer thread that gathers whatever requests
 //! are waiting into a single transaction and one fsync (group commit). Readers
 //! use their own snapshots and never wait for the writer.
+//!
+//! Two rules keep a commit near the cost of one fsync of the disk:
+//! - A payload routed to several receivers with the same bytes is stored once
+//!   (`Op::Insert` with several deliveries), with a count of the deliveries
+//!   that share it; the last one removed takes it along.
+//! - Changes nobody waits for (`commit_later`: removals of delivered
+//!   deliveries) are committed without an fsync of their own. They become
+//!   durable with the next commit somebody waits for, or after
+//!   `FLUSH_INTERVAL` at the latest. A crash loses at most that much of them:
+//!   those deliveries are sent again, under the same `Idempotency-Key`.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use prometheus::{Histogram, IntGauge};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use prometheus::{Histogram, IntCounter, IntGauge};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
@@ -23,6 +33,8 @@ const PAYLOADS: TableDefinition<u64, &[u8]> = TableDefinition::new("payloads");
 const RECEIVERS: TableDefinition<&str, &[u8]> = TableDefinition::new("receivers");
 /// What `send_resolved: false` receivers were last sent, per group (notify_log).
 const NOTIFIED: TableDefinition<&str, &[u8]> = TableDefinition::new("notified");
+/// Payloads shared by more than one delivery: payload key → deliveries left.
+const SHARED: TableDefinition<u64, u32> = TableDefinition::new("shared_payloads");
 
 const NEXT_ID: &str = "next_id";
 const INSTANCE: &str = "instance";
@@ -31,6 +43,10 @@ const INSTANCE: &str = "instance";
 const CACHE_BYTES: usize = 16 * 1024 * 1024;
 /// Requests folded into one transaction at most.
 const MAX_BATCH: usize = 1024;
+/// A commit that takes longer is logged.
+const SLOW_COMMIT: Duration = Duration::from_millis(100);
+/// Changes committed without an fsync are made durable within this time.
+const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The state of one delivery, without its payload.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -51,6 +67,10 @@ pub struct DeliveryMeta {
     /// deliveries stored before it was recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body_bytes: Option<u64>,
+    /// Where the payload is stored when deliveries share it: the key of the
+    /// first of them. Absent: under the delivery's own id. Kept by the spool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) payload: Option<u64>,
 }
 
 impl DeliveryMeta {
@@ -67,14 +87,29 @@ impl DeliveryMeta {
             last_error: None,
             dead: None,
             body_bytes: None,
+            payload: None,
         }
     }
 }
 
+/// The part of a stored delivery the writer needs to find its payload.
+#[derive(Deserialize)]
+struct PayloadRef {
+    #[serde(default)]
+    payload: Option<u64>,
+}
+
+/// The payload key of a stored delivery.
+fn payload_key(id: u64, stored: &[u8]) -> u64 {
+    serde_json::from_slice::<PayloadRef>(stored).ok().and_then(|r| r.payload).unwrap_or(id)
+}
+
 #[derive(Debug)]
 pub enum Op {
+    /// New deliveries with one body between them, stored once: a payload
+    /// routed to several receivers as the same bytes. Each gets an id.
     Insert {
-        meta: DeliveryMeta,
+        metas: Vec<DeliveryMeta>,
         body: Vec<u8>,
     },
     /// Replaces the state of an existing delivery; a missing one stays missing.
@@ -139,7 +174,12 @@ pub enum OpenError {
 /// What the spool reports about itself.
 #[derive(Clone)]
 pub struct SpoolGauges {
+    /// Durable commits only.
     pub commit_duration: Histogram,
+    /// Waiting requests per durable commit.
+    pub commit_requests: Histogram,
+    /// Commits without an fsync of their own.
+    pub deferred_commits: IntCounter,
     /// 1 while the spool accepts writes.
     pub healthy: IntGauge,
 }
@@ -150,6 +190,9 @@ impl SpoolGauges {
         SpoolGauges {
             commit_duration: Histogram::with_opts(prometheus::HistogramOpts::new("commit", "commit"))
                 .expect("static metric definition"),
+            commit_requests: Histogram::with_opts(prometheus::HistogramOpts::new("requests", "requests"))
+                .expect("static metric definition"),
+            deferred_commits: IntCounter::new("deferred", "deferred").expect("static metric definition"),
             healthy: IntGauge::new("healthy", "healthy").expect("static metric definition"),
         }
     }
@@ -260,12 +303,15 @@ impl Spool {
         if let Err(e) = written {
             return Err(dir_error(format!("cannot write {}: {e}", marker.display())));
         }
-        let health =
-            Arc::new(Health { healthy: AtomicBool::new(true), problem: Mutex::new(None), gauge: gauges.healthy });
+        let health = Arc::new(Health {
+            healthy: AtomicBool::new(true),
+            problem: Mutex::new(None),
+            gauge: gauges.healthy.clone(),
+        });
         health.set(None);
         let db: Db = Arc::new(RwLock::new(Some(db)));
         let (tx, rx) = std::sync::mpsc::channel();
-        let writer = Writer { db: db.clone(), path, health: health.clone(), commit_duration: gauges.commit_duration };
+        let writer = Writer { db: db.clone(), path, health: health.clone(), stats: gauges };
         let thread = std::thread::Builder::new()
             .name("spool-writer".into())
             .spawn(move || writer.run(&rx))
@@ -403,10 +449,15 @@ impl Spool {
         })
     }
 
+    /// The body of a delivery (None once it is gone).
     pub fn payload(&self, id: u64) -> Result<Option<Vec<u8>>, SpoolError> {
         self.read(|txn| {
+            let deliveries = txn.open_table(DELIVERIES).map_err(|e| e.to_string())?;
+            let Some(key) = deliveries.get(id).map_err(|e| e.to_string())?.map(|v| payload_key(id, v.value())) else {
+                return Ok(None);
+            };
             let table = txn.open_table(PAYLOADS).map_err(|e| e.to_string())?;
-            let Some(value) = table.get(id).map_err(|e| e.to_string())? else { return Ok(None) };
+            let Some(value) = table.get(key).map_err(|e| e.to_string())? else { return Ok(None) };
             decode_payload(value.value()).map(Some).map_err(|e| format!("payload of delivery {id}: {e}"))
         })
     }
@@ -419,6 +470,7 @@ fn open_db(path: &Path) -> Result<Database, String> {
         txn.open_table(META).map_err(|e| e.to_string())?;
         txn.open_table(DELIVERIES).map_err(|e| e.to_string())?;
         txn.open_table(PAYLOADS).map_err(|e| e.to_string())?;
+        txn.open_table(SHARED).map_err(|e| e.to_string())?;
         txn.open_table(RECEIVERS).map_err(|e| e.to_string())?;
         txn.open_table(NOTIFIED).map_err(|e| e.to_string())?;
     }
@@ -462,11 +514,11 @@ const TAG_LZ4: u8 = 1;
 
 fn compress(op: Op) -> Op {
     match op {
-        Op::Insert { meta, body } => {
+        Op::Insert { metas, body } => {
             let mut stored = Vec::with_capacity(body.len() / 2 + 8);
             stored.push(TAG_LZ4);
             stored.extend_from_slice(&lz4_flex::compress_prepend_size(&body));
-            Op::Insert { meta, body: stored }
+            Op::Insert { metas, body: stored }
         }
         other => other,
     }
@@ -485,7 +537,7 @@ struct Writer {
     db: Db,
     path: PathBuf,
     health: Arc<Health>,
-    commit_duration: Histogram,
+    stats: SpoolGauges,
 }
 
 impl Writer {
@@ -495,21 +547,34 @@ impl Writer {
         // the next commit.
         let mut carried: Vec<Batch> = Vec::new();
         let mut last_try = Instant::now();
+        // Since when changes are committed but not yet fsynced.
+        let mut unflushed: Option<Instant> = None;
         loop {
             let healthy = self.health.healthy.load(Ordering::SeqCst);
-            let first = if healthy {
-                rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
+            let wait = if healthy {
+                unflushed.map(|since| FLUSH_INTERVAL.saturating_sub(since.elapsed()))
             } else {
-                rx.recv_timeout(RECOVERY_INTERVAL)
+                Some(RECOVERY_INTERVAL)
+            };
+            let first = match wait {
+                None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                Some(wait) => rx.recv_timeout(wait),
             };
             let mut batches = match first {
                 Ok(b) => vec![b],
+                Err(RecvTimeoutError::Timeout) if healthy => {
+                    self.flush(&mut unflushed);
+                    continue;
+                }
                 Err(RecvTimeoutError::Timeout) => {
                     last_try = Instant::now();
                     self.recover();
                     continue;
                 }
-                Err(RecvTimeoutError::Disconnected) => return,
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.flush(&mut unflushed);
+                    return;
+                }
             };
             while batches.len() < MAX_BATCH {
                 match rx.try_recv() {
@@ -529,11 +594,36 @@ impl Writer {
             let mut all: Vec<Batch> = std::mem::take(&mut carried);
             let first_new = all.len();
             all.append(&mut batches);
+            // An fsync when somebody waits for this commit (or it creates
+            // deliveries), or when unflushed changes have waited long enough.
+            let waited = all.iter().filter(|b| b.reply.is_some()).count();
+            let durable = waited > 0
+                || unflushed.is_some_and(|since| since.elapsed() >= FLUSH_INTERVAL)
+                || all.iter().any(|b| b.ops.iter().any(|op| matches!(op, Op::Insert { .. })));
             let started = Instant::now();
-            let result = self.apply(&all);
-            self.commit_duration.observe(started.elapsed().as_secs_f64());
+            let result = self.apply(&all, durable);
+            let took = started.elapsed();
+            if durable {
+                self.stats.commit_duration.observe(took.as_secs_f64());
+                self.stats.commit_requests.observe(waited as f64);
+            }
+            if took >= SLOW_COMMIT {
+                log::warn!(
+                    "spool {}: commit took {} ms ({waited} requests waiting, {} changes, {})",
+                    self.path.display(),
+                    took.as_millis(),
+                    all.iter().map(|b| b.ops.len()).sum::<usize>(),
+                    if durable { "fsynced" } else { "not fsynced" }
+                );
+            }
             match result {
                 Ok(ids) => {
+                    if durable {
+                        unflushed = None;
+                    } else {
+                        self.stats.deferred_commits.inc();
+                        unflushed.get_or_insert(started);
+                    }
                     for (batch, ids) in all.into_iter().zip(ids).skip(first_new) {
                         if let Some(reply) = batch.reply {
                             let _ = reply.send(Ok(ids));
@@ -549,8 +639,32 @@ impl Writer {
                     );
                     self.health.set(Some(message.clone()));
                     last_try = Instant::now();
+                    // What was committed without an fsync is lost with the
+                    // handle if the reopen finds it gone: removals only, whose
+                    // deliveries are then sent again.
+                    unflushed = None;
                     self.fail(all, &mut carried, &message);
                 }
+            }
+        }
+    }
+
+    /// Makes the changes committed without an fsync durable.
+    fn flush(&self, unflushed: &mut Option<Instant>) {
+        if unflushed.is_none() {
+            return;
+        }
+        let started = Instant::now();
+        match self.apply(&[], true) {
+            Ok(_) => {
+                self.stats.commit_duration.observe(started.elapsed().as_secs_f64());
+                self.stats.commit_requests.observe(0.0);
+                *unflushed = None;
+            }
+            Err(message) => {
+                log::error!("spool {}: flush failed: {message}; retrying", self.path.display());
+                self.health.set(Some(message));
+                *unflushed = None;
             }
         }
     }
@@ -586,49 +700,84 @@ impl Writer {
     }
 
     /// One write transaction for all batches; the inserted ids per batch.
-    fn apply(&self, batches: &[Batch]) -> Result<Vec<Vec<u64>>, String> {
+    fn apply(&self, batches: &[Batch], durable: bool) -> Result<Vec<Vec<u64>>, String> {
         let guard = self.db.read().unwrap_or_else(|p| p.into_inner());
         let db = guard.as_ref().ok_or("the spool is closed")?;
-        apply(db, batches)
+        apply(db, batches, durable)
     }
 }
 
-/// One write transaction for all batches; the inserted ids per batch.
-fn apply(db: &Database, batches: &[Batch]) -> Result<Vec<Vec<u64>>, String> {
+/// One write transaction for all batches; the inserted ids per batch. Not
+/// `durable`: committed without an fsync.
+fn apply(db: &Database, batches: &[Batch], durable: bool) -> Result<Vec<Vec<u64>>, String> {
     let s = |e: &dyn std::fmt::Display| e.to_string();
-    let txn = db.begin_write().map_err(|e| s(&e))?;
+    let mut txn = db.begin_write().map_err(|e| s(&e))?;
+    if !durable {
+        txn.set_durability(Durability::None).map_err(|e| s(&e))?;
+    }
     let mut all_ids = Vec::with_capacity(batches.len());
-    {
+    if !batches.is_empty() {
         let mut meta = txn.open_table(META).map_err(|e| s(&e))?;
         let mut deliveries = txn.open_table(DELIVERIES).map_err(|e| s(&e))?;
         let mut payloads = txn.open_table(PAYLOADS).map_err(|e| s(&e))?;
+        let mut shared = txn.open_table(SHARED).map_err(|e| s(&e))?;
         let mut receivers = txn.open_table(RECEIVERS).map_err(|e| s(&e))?;
         let mut notified = txn.open_table(NOTIFIED).map_err(|e| s(&e))?;
-        let mut next_id = match meta.get(NEXT_ID).map_err(|e| s(&e))? {
+        let first_id = match meta.get(NEXT_ID).map_err(|e| s(&e))? {
             Some(v) => u64::from_le_bytes(v.value().try_into().map_err(|_| "corrupt next_id".to_string())?),
             None => 1,
         };
+        let mut next_id = first_id;
         for batch in batches {
             let mut ids = Vec::new();
             for op in &batch.ops {
                 match op {
-                    Op::Insert { meta, body } => {
-                        let id = next_id;
-                        next_id += 1;
-                        let encoded = serde_json::to_vec(meta).map_err(|e| s(&e))?;
-                        deliveries.insert(id, encoded.as_slice()).map_err(|e| s(&e))?;
-                        payloads.insert(id, body.as_slice()).map_err(|e| s(&e))?;
-                        ids.push(id);
+                    Op::Insert { metas, body } => {
+                        let key = next_id;
+                        let sharing = (metas.len() > 1).then_some(key);
+                        for meta in metas {
+                            let id = next_id;
+                            next_id += 1;
+                            let encoded = if sharing.is_some() {
+                                serde_json::to_vec(&DeliveryMeta { payload: sharing, ..meta.clone() })
+                            } else {
+                                serde_json::to_vec(meta)
+                            };
+                            deliveries.insert(id, encoded.map_err(|e| s(&e))?.as_slice()).map_err(|e| s(&e))?;
+                            ids.push(id);
+                        }
+                        if !metas.is_empty() {
+                            payloads.insert(key, body.as_slice()).map_err(|e| s(&e))?;
+                        }
+                        if let Some(key) = sharing {
+                            let count = u32::try_from(metas.len()).unwrap_or(u32::MAX);
+                            shared.insert(key, count).map_err(|e| s(&e))?;
+                        }
                     }
                     Op::Update { id, meta } => {
-                        if deliveries.get(*id).map_err(|e| s(&e))?.is_some() {
-                            let encoded = serde_json::to_vec(meta).map_err(|e| s(&e))?;
-                            deliveries.insert(*id, encoded.as_slice()).map_err(|e| s(&e))?;
+                        let stored = deliveries.get(*id).map_err(|e| s(&e))?.map(|v| payload_key(*id, v.value()));
+                        if let Some(key) = stored {
+                            let payload = (key != *id).then_some(key);
+                            let encoded = serde_json::to_vec(&DeliveryMeta { payload, ..meta.clone() });
+                            deliveries.insert(*id, encoded.map_err(|e| s(&e))?.as_slice()).map_err(|e| s(&e))?;
                         }
                     }
                     Op::Remove { id } => {
-                        deliveries.remove(*id).map_err(|e| s(&e))?;
-                        payloads.remove(*id).map_err(|e| s(&e))?;
+                        let stored = deliveries.remove(*id).map_err(|e| s(&e))?.map(|v| payload_key(*id, v.value()));
+                        let Some(key) = stored else { continue };
+                        let left = shared.get(key).map_err(|e| s(&e))?.map(|v| v.value());
+                        match left {
+                            Some(left) if left > 1 => {
+                                shared.insert(key, left - 1).map_err(|e| s(&e))?;
+                            }
+                            Some(_) => {
+                                shared.remove(key).map_err(|e| s(&e))?;
+                                payloads.remove(key).map_err(|e| s(&e))?;
+                            }
+                            None => {
+                                payloads.remove(key).map_err(|e| s(&e))?;
+                            }
+                        }
                     }
                     Op::PutReceiver { name, spec } => {
                         receivers.insert(name.as_str(), spec.as_slice()).map_err(|e| s(&e))?;
@@ -646,7 +795,9 @@ fn apply(db: &Database, batches: &[Batch]) -> Result<Vec<Vec<u64>>, String> {
             }
             all_ids.push(ids);
         }
-        meta.insert(NEXT_ID, next_id.to_le_bytes().as_slice()).map_err(|e| s(&e))?;
+        if next_id != first_id {
+            meta.insert(NEXT_ID, next_id.to_le_bytes().as_slice()).map_err(|e| s(&e))?;
+        }
     }
     txn.commit().map_err(|e| s(&e))?;
     Ok(all_ids)
@@ -655,16 +806,14 @@ fn apply(db: &Database, batches: &[Batch]) -> Result<Vec<Vec<u64>>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use redb::ReadableTableMetadata;
 
     fn meta(receiver: &str) -> DeliveryMeta {
         DeliveryMeta::new(receiver.into(), "g".into(), 1, 1)
     }
 
     fn gauges() -> SpoolGauges {
-        SpoolGauges {
-            commit_duration: Histogram::with_opts(prometheus::HistogramOpts::new("h", "h")).unwrap(),
-            healthy: IntGauge::new("g", "g").unwrap(),
-        }
+        SpoolGauges::unregistered()
     }
 
     #[tokio::test]
@@ -674,8 +823,8 @@ mod tests {
             let spool = Spool::open(dir.path(), false, gauges()).unwrap();
             let ids = spool
                 .commit(vec![
-                    Op::Insert { meta: meta("a"), body: b"one".to_vec() },
-                    Op::Insert { meta: meta("b"), body: b"two".to_vec() },
+                    Op::Insert { metas: vec![meta("a")], body: b"one".to_vec() },
+                    Op::Insert { metas: vec![meta("b")], body: b"two".to_vec() },
                 ])
                 .await
                 .unwrap();
@@ -691,17 +840,128 @@ mod tests {
         assert_eq!(all.len(), 2);
         assert_eq!(all[1].1.dead, Some(DeadReason::Expired));
         assert_eq!(spool.payload(first_ids[0]).unwrap().as_deref(), Some(&b"one"[..]));
-        let more = spool.commit(vec![Op::Insert { meta: meta("a"), body: vec![] }]).await.unwrap();
+        let more = spool.commit(vec![Op::Insert { metas: vec![meta("a")], body: vec![] }]).await.unwrap();
         assert!(more[0] > first_ids[1]);
         spool.commit(vec![Op::Remove { id: first_ids[0] }]).await.unwrap();
         assert_eq!(spool.payload(first_ids[0]).unwrap(), None);
+    }
+
+    /// Rows in the payload table and the sharing counts.
+    fn stored_payloads(spool: &Spool) -> (usize, Vec<(u64, u32)>) {
+        spool
+            .read(|txn| {
+                let payloads = txn.open_table(PAYLOADS).map_err(|e| e.to_string())?.len().map_err(|e| e.to_string())?;
+                let shared = txn.open_table(SHARED).map_err(|e| e.to_string())?;
+                let counts = shared
+                    .iter()
+                    .map_err(|e| e.to_string())?
+                    .map(|row| row.map(|(k, v)| (k.value(), v.value())).map_err(|e| e.to_string()))
+                    .collect::<Result<_, _>>()?;
+                Ok((usize::try_from(payloads).unwrap(), counts))
+            })
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_payload_shared_by_deliveries_is_stored_once_and_goes_with_the_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), false, gauges()).unwrap();
+        let ids = spool
+            .commit(vec![
+                Op::Insert { metas: vec![meta("a"), meta("b"), meta("c")], body: b"same".to_vec() },
+                Op::Insert { metas: vec![meta("d")], body: b"own".to_vec() },
+            ])
+            .await
+            .unwrap();
+        assert_eq!(ids.len(), 4);
+        assert_eq!(stored_payloads(&spool), (2, vec![(ids[0], 3)]));
+        for id in &ids[..3] {
+            assert_eq!(spool.payload(*id).unwrap().as_deref(), Some(&b"same"[..]));
+        }
+        assert_eq!(spool.payload(ids[3]).unwrap().as_deref(), Some(&b"own"[..]));
+        // An update (a failed attempt) from a copy that does not know where
+        // the payload is keeps it found.
+        let mut failed = meta("b");
+        failed.attempts = 1;
+        spool.commit(vec![Op::Update { id: ids[1], meta: failed }]).await.unwrap();
+        assert_eq!(spool.get(ids[1]).unwrap().unwrap().attempts, 1);
+        assert_eq!(spool.payload(ids[1]).unwrap().as_deref(), Some(&b"same"[..]));
+        spool.commit(vec![Op::Remove { id: ids[0] }, Op::Remove { id: ids[3] }]).await.unwrap();
+        assert_eq!(stored_payloads(&spool), (1, vec![(ids[0], 2)]));
+        assert_eq!(spool.payload(ids[0]).unwrap(), None);
+        assert_eq!(spool.payload(ids[2]).unwrap().as_deref(), Some(&b"same"[..]));
+        // Removing one twice counts it once.
+        spool.commit(vec![Op::Remove { id: ids[1] }, Op::Remove { id: ids[1] }]).await.unwrap();
+        assert_eq!(stored_payloads(&spool), (1, vec![(ids[0], 1)]));
+        drop(spool);
+        let spool = Spool::open(dir.path(), false, gauges()).unwrap();
+        assert_eq!(spool.payload(ids[2]).unwrap().as_deref(), Some(&b"same"[..]));
+        spool.commit(vec![Op::Remove { id: ids[2] }]).await.unwrap();
+        assert_eq!(stored_payloads(&spool), (0, vec![]));
+    }
+
+    #[tokio::test]
+    async fn a_delivery_stored_before_payloads_were_shared_still_finds_its_payload() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), false, gauges()).unwrap();
+        let id = spool.commit(vec![Op::Insert { metas: vec![meta("a")], body: b"old".to_vec() }]).await.unwrap()[0];
+        // As the first round stored it: JSON without a payload field.
+        let stored = spool.read(|txn| {
+            let table = txn.open_table(DELIVERIES).map_err(|e| e.to_string())?;
+            let value = table.get(id).map_err(|e| e.to_string())?.unwrap().value().to_vec();
+            Ok(String::from_utf8(value).unwrap())
+        });
+        assert!(!stored.unwrap().contains("payload"));
+        assert_eq!(spool.payload(id).unwrap().as_deref(), Some(&b"old"[..]));
+        spool.commit(vec![Op::Remove { id }]).await.unwrap();
+        assert_eq!(stored_payloads(&spool), (0, vec![]));
+    }
+
+    /// Waits up to 10 s for `done`.
+    fn eventually(what: &str, done: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[tokio::test]
+    async fn removals_nobody_waits_for_skip_the_fsync_and_are_made_durable_within_the_flush_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let stats = gauges();
+        let spool = Spool::open(dir.path(), false, stats.clone()).unwrap();
+        let ids = spool
+            .commit(vec![
+                Op::Insert { metas: vec![meta("a")], body: vec![1] },
+                Op::Insert { metas: vec![meta("b")], body: vec![2] },
+            ])
+            .await
+            .unwrap();
+        let durable = stats.commit_duration.get_sample_count();
+        assert_eq!(stats.commit_requests.get_sample_sum(), 1.0);
+        spool.commit_later(vec![Op::Remove { id: ids[0] }]);
+        eventually("the deferred commit", || stats.deferred_commits.get() == 1);
+        // Seen at once by readers, though not yet fsynced.
+        assert_eq!(spool.get(ids[0]).unwrap(), None);
+        // Then an fsync of its own, since nobody committed meanwhile.
+        eventually("the flush", || stats.commit_duration.get_sample_count() == durable + 1);
+        assert_eq!(stats.deferred_commits.get(), 1);
+        // A removal still unflushed when the spool closes is flushed then.
+        spool.commit_later(vec![Op::Remove { id: ids[1] }]);
+        eventually("the second deferred commit", || stats.deferred_commits.get() == 2);
+        drop(spool);
+        assert_eq!(stats.commit_duration.get_sample_count(), durable + 2);
+        let spool = Spool::open(dir.path(), false, gauges()).unwrap();
+        assert!(spool.load_all().unwrap().is_empty());
     }
 
     #[test]
     fn payloads_are_compressed_and_come_back_whole() {
         let body: Vec<u8> =
             br#"{"alerts":["#.iter().chain(b"{\"labels\":{\"a\":\"b\"}},".repeat(100).iter()).copied().collect();
-        let Op::Insert { body: stored, .. } = compress(Op::Insert { meta: meta("a"), body: body.clone() }) else {
+        let Op::Insert { body: stored, .. } = compress(Op::Insert { metas: vec![meta("a")], body: body.clone() })
+        else {
             unreachable!()
         };
         assert!(stored.len() * 4 < body.len(), "{} of {}", stored.len(), body.len());
@@ -718,7 +978,7 @@ mod tests {
             .map(|_| {
                 let spool = spool.clone();
                 tokio::spawn(async move {
-                    spool.commit(vec![Op::Insert { meta: meta("a"), body: vec![1] }]).await.unwrap()[0]
+                    spool.commit(vec![Op::Insert { metas: vec![meta("a")], body: vec![1] }]).await.unwrap()[0]
                 })
             })
             .collect();
@@ -794,7 +1054,7 @@ mod tests {
                 let ops = case
                     .iter()
                     .map(|(body, receiver, alerts)| Op::Insert {
-                        meta: DeliveryMeta::new(receiver.clone(), "g".into(), *alerts, 7),
+                        metas: vec![DeliveryMeta::new(receiver.clone(), "g".into(), *alerts, 7)],
                         body: body.clone(),
                     })
                     .collect();

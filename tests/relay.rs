@@ -196,6 +196,45 @@ async fn server_errors_are_retried_until_delivered() {
     assert_eq!(relay.metric(r#"alert_relay_notification_delivery_latency_seconds_count{receiver="flaky"}"#).await, 1.0);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receivers_sharing_one_stored_body_each_get_it_whole_whatever_the_others_do() {
+    // Two receivers get the same bytes (one stored payload between them), a
+    // third its own: the first delivered at once, the second after two
+    // failures, the shared body must outlive its first delivery.
+    let at_once = target(200).await;
+    let flaky = failing_then(503, 2).await;
+    let other = target(200).await;
+    let relay = TestRelay::start(&format!(
+        "receivers:\n  - {{ name: at-once, url: '{}' }}\n  - {{ name: flaky, url: '{}', {FAST_RETRY} }}\n  \
+         - {{ name: critical, url: '{}', conditions: [{{ label: severity, operator: In, values: [critical] }}] }}\n",
+        at_once.uri(),
+        flaky.uri(),
+        other.uri()
+    ))
+    .await;
+    assert_eq!(relay.post(MIXED).await.0, 200);
+    eventually("every delivery", || async {
+        let mut delivered = 0.0;
+        for name in ["at-once", "flaky", "critical"] {
+            let series = format!(r#"alert_relay_notifications_delivered_total{{receiver="{name}"}}"#);
+            delivered += relay.metric(&series).await;
+        }
+        delivered == 3.0
+    })
+    .await;
+    let first = at_once.received_requests().await.unwrap();
+    let retried = flaky.received_requests().await.unwrap();
+    assert_eq!((first.len(), retried.len()), (1, 3));
+    assert!(retried.iter().all(|r| r.body == first[0].body), "the same bytes on every attempt");
+    let whole: serde_json::Value = serde_json::from_str(MIXED).unwrap();
+    let sent: serde_json::Value = serde_json::from_slice(&first[0].body).unwrap();
+    assert_eq!(sent["alerts"], whole["alerts"]);
+    let own: serde_json::Value = serde_json::from_slice(&other.received_requests().await.unwrap()[0].body).unwrap();
+    assert!(own["alerts"].as_array().unwrap().len() < whole["alerts"].as_array().unwrap().len());
+    assert!(own["alerts"].as_array().unwrap().iter().all(|a| a["labels"]["severity"] == "critical"));
+    assert_eq!(relay.metric(r#"alert_relay_spool_pending{receiver="flaky"}"#).await, 0.0);
+}
+
 /// A target that answers from a list, then 200, and notes when each request came.
 fn scripted(answers: Vec<ResponseTemplate>, seen: Arc<Mutex<Vec<Instant>>>) -> impl Fn(&Request) -> ResponseTemplate {
     move |_: &Request| {

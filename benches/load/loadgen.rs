@@ -6,6 +6,8 @@
 //!   loadgen latency --url URL --target ADDR --rate R --seconds S
 //!   loadgen hang --listen ADDR
 //!   loadgen hop --alertmanager URL --target ADDR --count N
+//!   loadgen soak --url URL --target ADDR --rate R --seconds S --receivers N --pid PID
+//!   loadgen disk --dir DIR --bytes B --count N
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -49,12 +51,22 @@ fn payload(group: &str, alerts: usize) -> Vec<u8> {
 /// Arrivals at the target: (path, groupKey) → first arrival.
 type Arrivals = Arc<Mutex<HashMap<(String, String), Instant>>>;
 
+/// What the target does with each notification: (path, groupKey, arrival).
+type OnArrival = Arc<dyn Fn(&str, &str, Instant) + Send + Sync>;
+
+/// Notes each first arrival in `arrivals`.
+fn recording(arrivals: Arrivals) -> OnArrival {
+    Arc::new(move |path, key, at| {
+        arrivals.lock().unwrap().entry((path.to_string(), key.to_string())).or_insert(at);
+    })
+}
+
 /// A keep-alive HTTP/1.1 target answering 204 and noting arrivals, or never
 /// answering at all (`hang`).
-async fn serve(listener: TcpListener, arrivals: Arrivals, hang: bool) {
+async fn serve(listener: TcpListener, on_arrival: OnArrival, hang: bool) {
     loop {
         let Ok((mut stream, _)) = listener.accept().await else { continue };
-        let arrivals = arrivals.clone();
+        let on_arrival = on_arrival.clone();
         tokio::spawn(async move {
             let mut buf = Vec::with_capacity(16 * 1024);
             let mut chunk = vec![0u8; 16 * 1024];
@@ -91,7 +103,7 @@ async fn serve(listener: TcpListener, arrivals: Arrivals, hang: bool) {
                     String::from_utf8_lossy(&buf[..head_end]).split_whitespace().nth(1).unwrap_or("").to_string();
                 if let Ok(body) = serde_json::from_slice::<Value>(&buf[head_end..head_end + length]) {
                     if let Some(key) = body["groupKey"].as_str() {
-                        arrivals.lock().unwrap().entry((path, key.to_string())).or_insert(now);
+                        on_arrival(&path, key, now);
                     }
                 }
                 buf.drain(..head_end + length);
@@ -164,7 +176,7 @@ async fn latency(args: &[String]) -> Value {
     let seconds = num(args, "--seconds", 10);
     let listener = TcpListener::bind(arg(args, "--target").expect("--target")).await.unwrap();
     let arrivals: Arrivals = Arc::default();
-    tokio::spawn(serve(listener, arrivals.clone(), false));
+    tokio::spawn(serve(listener, recording(arrivals.clone()), false));
     let client = client(64);
     let sent_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let accepted = Arc::new(AtomicU64::new(0));
@@ -213,7 +225,7 @@ async fn hop(args: &[String]) -> Value {
     let count = num(args, "--count", 50);
     let listener = TcpListener::bind(arg(args, "--target").expect("--target")).await.unwrap();
     let arrivals: Arrivals = Arc::default();
-    tokio::spawn(serve(listener, arrivals.clone(), false));
+    tokio::spawn(serve(listener, recording(arrivals.clone()), false));
     let client = client(4);
     let run = std::process::id();
     for i in 0..count {
@@ -251,6 +263,175 @@ async fn hop(args: &[String]) -> Value {
     json!({"notifications": count, "pairs": added.len(), "added_p50_ms": percentile(&added, 50.0), "added_p99_ms": percentile(&added, 99.0)})
 }
 
+/// Latencies of one stretch of a soak run.
+#[derive(Default)]
+struct Stretch {
+    ms: Vec<f64>,
+}
+
+impl Stretch {
+    fn summary(&mut self, index: usize) -> Value {
+        self.ms.sort_by(f64::total_cmp);
+        let ms = std::mem::take(&mut self.ms);
+        json!({"minute": index, "delivered": ms.len(), "p50_ms": percentile(&ms, 50.0), "p99_ms": percentile(&ms, 99.0),
+               "max_ms": ms.last().copied().unwrap_or(f64::NAN)})
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:").map(|v| v.trim().trim_end_matches(" kB").trim().to_string()))
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The relay's durable commits slower than each bound so far, from its
+/// commit histogram: (bound in seconds, commits above it).
+async fn slow_commits(client: &reqwest::Client, base: &str) -> Vec<(f64, u64)> {
+    let Ok(resp) = client.get(format!("{base}/metrics")).send().await else { return Vec::new() };
+    let text = resp.text().await.unwrap_or_default();
+    let buckets: Vec<(f64, u64)> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("alert_relay_spool_commit_duration_seconds_bucket{le=\""))
+        .filter_map(|l| {
+            let (le, rest) = l.split_once("\"}")?;
+            Some((le.parse().ok()?, rest.trim().parse::<f64>().ok()? as u64))
+        })
+        .collect();
+    let total = buckets.iter().find(|(le, _)| le.is_infinite()).map_or(0, |b| b.1);
+    buckets.into_iter().filter(|(le, _)| [0.01, 0.05, 0.1, 0.25].contains(le)).map(|(le, n)| (le, total - n)).collect()
+}
+
+/// A long paced run to `receivers` receivers (paths /hook/1..N of one
+/// target): latency per minute, the worst one and when, the relay's RSS every
+/// 10 s and its slow commits. Memory of its own stays flat: latencies are
+/// summarised per minute.
+async fn soak(args: &[String]) -> Value {
+    let base = arg(args, "--url").expect("--url");
+    let url = format!("{base}/webhook");
+    let rate = num(args, "--rate", 800);
+    let seconds = num(args, "--seconds", 1800);
+    let receivers = num(args, "--receivers", 2) as usize;
+    let pid = num(args, "--pid", 0) as u32;
+    let listener = TcpListener::bind(arg(args, "--target").expect("--target")).await.unwrap();
+    let started = Instant::now();
+    // groupKey → (sent, arrivals so far)
+    let sent_at: Arc<Mutex<HashMap<String, (Instant, usize)>>> = Arc::default();
+    let stretch: Arc<Mutex<Stretch>> = Arc::default();
+    let worst: Arc<Mutex<(f64, f64)>> = Arc::default();
+    let delivered = Arc::new(AtomicU64::new(0));
+    let on_arrival: OnArrival = {
+        let (sent_at, stretch, worst, delivered) = (sent_at.clone(), stretch.clone(), worst.clone(), delivered.clone());
+        Arc::new(move |_path, key, at| {
+            let mut sent = sent_at.lock().unwrap();
+            let Some(entry) = sent.get_mut(key) else { return };
+            let ms = at.duration_since(entry.0).as_secs_f64() * 1000.0;
+            entry.1 += 1;
+            if entry.1 >= receivers {
+                sent.remove(key);
+            }
+            drop(sent);
+            delivered.fetch_add(1, Ordering::Relaxed);
+            stretch.lock().unwrap().ms.push(ms);
+            let mut worst = worst.lock().unwrap();
+            if ms > worst.0 {
+                *worst = (ms, at.duration_since(started).as_secs_f64());
+            }
+        })
+    };
+    tokio::spawn(serve(listener, on_arrival, false));
+    let client = client(64);
+    let accepted = Arc::new(AtomicU64::new(0));
+    let total = rate * seconds;
+    let mut tick = tokio::time::interval(Duration::from_nanos(1_000_000_000 / rate.max(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut minutes = Vec::new();
+    let mut rss = Vec::new();
+    let mut slow = Vec::new();
+    let mut next_sample = Instant::now();
+    let mut next_minute = Instant::now() + Duration::from_secs(60);
+    let mut in_flight = Vec::new();
+    for i in 0..total {
+        tick.tick().await;
+        let key = format!("soak-{i}");
+        let body = payload(&key, 10);
+        sent_at.lock().unwrap().insert(key, (Instant::now(), 0));
+        let (poster, url, accepted) = (client.clone(), url.clone(), accepted.clone());
+        in_flight.push(tokio::spawn(async move {
+            if post_one(&poster, &url, body).await {
+                accepted.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+        if in_flight.len() >= 4096 {
+            in_flight.retain(|t: &tokio::task::JoinHandle<()>| !t.is_finished());
+        }
+        let now = Instant::now();
+        if now >= next_sample {
+            next_sample += Duration::from_secs(10);
+            let at = now.duration_since(started).as_secs();
+            if pid != 0 {
+                rss.push(json!([at, rss_kib(pid)]));
+            }
+            slow.push(json!({"at_s": at, "over": slow_commits(&client, &base).await}));
+        }
+        if now >= next_minute {
+            next_minute += Duration::from_secs(60);
+            minutes.push(stretch.lock().unwrap().summary(minutes.len()));
+        }
+    }
+    for t in in_flight {
+        t.await.unwrap();
+    }
+    let expected = accepted.load(Ordering::Relaxed) * receivers as u64;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while delivered.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    minutes.push(stretch.lock().unwrap().summary(minutes.len()));
+    let all_p99: Vec<f64> = minutes.iter().filter_map(|m| m["p99_ms"].as_f64()).collect();
+    let (max_ms, max_at) = *worst.lock().unwrap();
+    let rss_values: Vec<u64> = rss.iter().filter_map(|r| r[1].as_u64()).collect();
+    json!({
+        "rate": rate, "seconds": seconds, "receivers": receivers, "sent": total,
+        "accepted": accepted.load(Ordering::Relaxed), "delivered": delivered.load(Ordering::Relaxed),
+        "max_ms": max_ms, "max_at_s": max_at,
+        "worst_minute_p99_ms": all_p99.iter().copied().fold(0.0, f64::max),
+        "rss_kib_first": rss_values.first(), "rss_kib_last": rss_values.last(), "rss_kib_max": rss_values.iter().max(),
+        "slow_commits_at_end": slow_commits(&client, &base).await,
+        "minutes": minutes, "rss_kib": rss, "slow_commits": slow,
+    })
+}
+
+/// The disk's own floor for a durable forwarder: `bytes` appended to a file
+/// and `fdatasync`ed, `count` times, as one commit writes them.
+fn disk(args: &[String]) -> Value {
+    use std::io::Write;
+    let dir = std::path::PathBuf::from(arg(args, "--dir").expect("--dir"));
+    let bytes = num(args, "--bytes", 4096) as usize;
+    let count = num(args, "--count", 2000);
+    let path = dir.join(format!("disk-baseline-{}", std::process::id()));
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&path).unwrap();
+    let block: Vec<u8> = (0..bytes).map(|i| (i % 251) as u8).collect();
+    let mut ms = Vec::with_capacity(count as usize);
+    let started = Instant::now();
+    for _ in 0..count {
+        let t = Instant::now();
+        file.write_all(&block).unwrap();
+        file.sync_data().unwrap();
+        ms.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    drop(file);
+    let _ = std::fs::remove_file(&path);
+    ms.sort_by(f64::total_cmp);
+    json!({"bytes": bytes, "count": count, "p50_ms": percentile(&ms, 50.0), "p99_ms": percentile(&ms, 99.0),
+           "max_ms": ms.last().copied().unwrap_or(f64::NAN), "per_second": count as f64 / seconds})
+}
+
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -258,18 +439,20 @@ async fn main() {
         Some("post") => post(&args).await,
         Some("latency") => latency(&args).await,
         Some("hop") => hop(&args).await,
+        Some("soak") => soak(&args).await,
+        Some("disk") => disk(&args),
         Some("hang") => {
             let listener = TcpListener::bind(arg(&args, "--listen").expect("--listen")).await.unwrap();
-            serve(listener, Arc::default(), true).await;
+            serve(listener, Arc::new(|_: &str, _: &str, _| {}), true).await;
             return;
         }
         Some("target") => {
             let listener = TcpListener::bind(arg(&args, "--listen").expect("--listen")).await.unwrap();
-            serve(listener, Arc::default(), false).await;
+            serve(listener, Arc::new(|_: &str, _: &str, _| {}), false).await;
             return;
         }
         _ => {
-            eprintln!("usage: loadgen post|latency|hop|hang|target ... (see benches/loadgen.rs)");
+            eprintln!("usage: loadgen post|latency|hop|soak|disk|hang|target ... (see benches/load/loadgen.rs)");
             std::process::exit(2);
         }
     };

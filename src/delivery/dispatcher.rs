@@ -305,8 +305,9 @@ impl Dispatcher {
         also: Vec<Op>,
     ) -> Result<usize, SpoolError> {
         let now = now_ms();
-        let mut metas = Vec::with_capacity(deliveries.len());
-        let mut ops = Vec::with_capacity(deliveries.len() + also.len());
+        // Deliveries with the same body bytes (receivers that matched the same
+        // alerts in the same format) share one stored payload.
+        let mut shared: Vec<(Vec<u8>, Vec<DeliveryMeta>)> = Vec::new();
         for d in deliveries {
             let mut meta = DeliveryMeta::new(d.receiver, group_key.to_string(), d.alerts, now);
             if let Some(error) = d.template_error {
@@ -315,9 +316,13 @@ impl Dispatcher {
             } else {
                 meta.body_bytes = Some(d.body.len() as u64);
             }
-            ops.push(Op::Insert { meta: meta.clone(), body: d.body });
-            metas.push(meta);
+            match shared.iter_mut().find(|(body, _)| *body == d.body) {
+                Some((_, metas)) => metas.push(meta),
+                None => shared.push((d.body, vec![meta])),
+            }
         }
+        let metas: Vec<DeliveryMeta> = shared.iter().flat_map(|(_, metas)| metas.iter().cloned()).collect();
+        let mut ops: Vec<Op> = shared.into_iter().map(|(body, metas)| Op::Insert { metas, body }).collect();
         ops.extend(also);
         // Ids come back for the inserts only, in order.
         let ids = self.spool.commit(ops).await?;
@@ -386,7 +391,8 @@ impl Dispatcher {
                 .into_owned();
             meta = DeliveryMeta::new(name.clone(), meta.group_key, meta.alerts, now_ms());
             meta.body_bytes = Some(body.len() as u64);
-            let ids = self.spool.commit(vec![Op::Remove { id }, Op::Insert { meta: meta.clone(), body }]).await?;
+            let ids =
+                self.spool.commit(vec![Op::Remove { id }, Op::Insert { metas: vec![meta.clone()], body }]).await?;
             ids.first().copied().ok_or(DeadLetterError::NotFound(id))?
         } else {
             meta.dead = None;
