@@ -344,6 +344,8 @@ impl Spool {
         let (reply, answer) = oneshot::channel();
         let writer = self.writer.as_ref().ok_or(SpoolError::Closed)?;
         writer.send(Batch { ops, reply: Some(reply) }).map_err(|_| SpoolError::Closed)?;
+        #[cfg(test)]
+        let _held = HoldPausedClock::new();
         answer.await.map_err(|_| SpoolError::Closed)?
     }
 
@@ -460,6 +462,27 @@ impl Spool {
             let Some(value) = table.get(key).map_err(|e| e.to_string())? else { return Ok(None) };
             decode_payload(value.value()).map(Some).map_err(|e| format!("payload of delivery {id}: {e}"))
         })
+    }
+}
+
+/// While a unit test on Tokio's paused clock waits for the writer thread, the
+/// runtime looks idle and would move the clock on to its next timer. A
+/// blocking task held for the wait keeps it still (Tokio does not advance
+/// a paused clock while one runs).
+#[cfg(test)]
+struct HoldPausedClock {
+    _release: Option<std::sync::mpsc::Sender<()>>,
+}
+
+#[cfg(test)]
+impl HoldPausedClock {
+    fn new() -> HoldPausedClock {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return HoldPausedClock { _release: None } };
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        runtime.spawn_blocking(move || {
+            let _ = held.recv();
+        });
+        HoldPausedClock { _release: Some(release) }
     }
 }
 

@@ -73,7 +73,11 @@ pub struct Dispatcher {
     /// spool until the receiver is back or explicitly deleted.
     orphans: Mutex<BTreeMap<String, usize>>,
     stop: watch::Sender<bool>,
+    /// Builds a receiver's target: `Target::new`, or in tests a scripted one.
+    connect: Connect,
 }
+
+type Connect = Arc<dyn Fn(Arc<Receiver>) -> Result<Target, TargetError> + Send + Sync>;
 
 impl Dispatcher {
     /// Resumes what the spool holds and starts every receiver's workers on the
@@ -82,6 +86,16 @@ impl Dispatcher {
         spool: Arc<Spool>,
         metrics: Arc<Metrics>,
         receivers: Vec<Arc<Receiver>>,
+    ) -> Result<Arc<Dispatcher>, DispatchError> {
+        Dispatcher::start_connecting(spool, metrics, receivers, Arc::new(Target::new)).await
+    }
+
+    /// As `start`, with targets built by `connect`.
+    pub(crate) async fn start_connecting(
+        spool: Arc<Spool>,
+        metrics: Arc<Metrics>,
+        receivers: Vec<Arc<Receiver>>,
+        connect: Connect,
     ) -> Result<Arc<Dispatcher>, DispatchError> {
         // One read of the spool serves the queues, the orphans and the warnings.
         let rows = spool.load_all()?;
@@ -97,6 +111,7 @@ impl Dispatcher {
             queues: RwLock::new(HashMap::new()),
             orphans: Mutex::new(orphans),
             stop,
+            connect,
         });
         dispatcher.apply_with(receivers, Some(rows)).await?;
         for (name, count) in dispatcher.orphans() {
@@ -134,7 +149,7 @@ impl Dispatcher {
             match kept {
                 Some(target) => targets.push(target),
                 None => targets.push(Arc::new(
-                    Target::new(r.clone())
+                    (self.connect)(r.clone())
                         .map_err(|source| DispatchError::Target { receiver: r.name.clone(), source })?,
                 )),
             }

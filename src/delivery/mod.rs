@@ -7,6 +7,8 @@ pub mod dispatcher;
 pub mod oauth;
 pub mod queue;
 pub mod sender;
+#[cfg(test)]
+mod timing_tests;
 mod worker;
 
 pub use dispatcher::{DeadLetterError, DispatchError, Dispatcher, Dropped, NewDelivery};

@@ -25,6 +25,11 @@ pub struct Target {
     client: reqwest::Client,
     /// `auth.type: oauth2`: where the bearer token comes from.
     tokens: Option<TokenSource>,
+    /// Tests of retry timing on Tokio's paused clock answer attempts here
+    /// instead of over a socket (a socket's wait would let the paused clock
+    /// run ahead to the next timer).
+    #[cfg(test)]
+    script: Option<Arc<dyn Fn(&str, &[u8]) -> Attempt + Send + Sync>>,
 }
 
 /// What one attempt came to.
@@ -90,13 +95,32 @@ impl Target {
             _ => None,
         };
         let client = client(headers)?;
-        Ok(Target { receiver, client, tokens })
+        Ok(Target {
+            receiver,
+            client,
+            tokens,
+            #[cfg(test)]
+            script: None,
+        })
+    }
+
+    /// A target whose attempts `script` answers, with no socket.
+    #[cfg(test)]
+    pub fn scripted(
+        receiver: Arc<Receiver>,
+        script: Arc<dyn Fn(&str, &[u8]) -> Attempt + Send + Sync>,
+    ) -> Result<Target, TargetError> {
+        Ok(Target { script: Some(script), ..Target::new(receiver)? })
     }
 
     /// Posts `body` once (twice with OAuth 2.0, when the target answers 401 to
     /// a cached token). `key` is the delivery's `Idempotency-Key` and, when
     /// signing, its `webhook-id`.
     pub async fn send(&self, key: &str, body: Vec<u8>) -> Attempt {
+        #[cfg(test)]
+        if let Some(script) = &self.script {
+            return script(key, &body);
+        }
         let started = Instant::now();
         let body = bytes::Bytes::from(body);
         let mut refreshed = false;
