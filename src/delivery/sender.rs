@@ -29,8 +29,12 @@ pub struct Target {
     /// instead of over a socket (a socket's wait would let the paused clock
     /// run ahead to the next timer).
     #[cfg(test)]
-    script: Option<Arc<dyn Fn(&str, &[u8]) -> Attempt + Send + Sync>>,
+    script: Option<Script>,
 }
+
+/// Answers an attempt (key, body) in tests, instead of a target.
+#[cfg(test)]
+pub type Script = Arc<dyn Fn(&str, &[u8]) -> Attempt + Send + Sync>;
 
 /// What one attempt came to.
 #[derive(Debug, Clone)]
@@ -106,10 +110,7 @@ impl Target {
 
     /// A target whose attempts `script` answers, with no socket.
     #[cfg(test)]
-    pub fn scripted(
-        receiver: Arc<Receiver>,
-        script: Arc<dyn Fn(&str, &[u8]) -> Attempt + Send + Sync>,
-    ) -> Result<Target, TargetError> {
+    pub fn scripted(receiver: Arc<Receiver>, script: Script) -> Result<Target, TargetError> {
         Ok(Target { script: Some(script), ..Target::new(receiver)? })
     }
 
