@@ -96,34 +96,56 @@ struct Forward<'a> {
 }
 
 pub fn route(notification: &Notification, receivers: &[Arc<Receiver>]) -> Vec<Routed> {
-    receivers.iter().map(|r| route_one(notification, r)).collect()
+    // Receivers that keep the same alerts get the same bytes: serialized once.
+    let mut made: Vec<(Vec<usize>, usize)> = Vec::new();
+    let mut out: Vec<Routed> = Vec::with_capacity(receivers.len());
+    for receiver in receivers {
+        let (kept, filtered) = select(notification, receiver);
+        let truncated = filtered[FilterReason::MaxAlerts as usize];
+        let matched = kept.len();
+        // `made[i]` is what `out[i]` kept.
+        let body = if kept.is_empty() {
+            None
+        } else {
+            match made.iter().position(|(k, t)| *k == kept && *t == truncated) {
+                Some(i) => out[i].body.clone(),
+                None => Some(forward(notification, &kept, truncated)),
+            }
+        };
+        made.push((kept, truncated));
+        out.push(Routed { receiver: receiver.clone(), body, matched, filtered });
+    }
+    out
 }
 
-fn route_one(notification: &Notification, receiver: &Arc<Receiver>) -> Routed {
+/// The indices of the alerts a receiver keeps, and how many it filtered for
+/// each reason.
+fn select(notification: &Notification, receiver: &Receiver) -> (Vec<usize>, [usize; 4]) {
     let mut filtered = [0usize; 4];
-    let mut kept: Vec<&Alert> = Vec::with_capacity(notification.alerts.len());
-    for (alert, fate) in notification.alerts.iter().zip(fates(notification, receiver)) {
+    let mut kept = Vec::with_capacity(notification.alerts.len());
+    for (i, fate) in fates(notification, receiver).into_iter().enumerate() {
         match fate.filter_reason() {
-            None => kept.push(alert),
+            None => kept.push(i),
             Some(reason) => filtered[reason as usize] += 1,
         }
     }
-    let truncated = filtered[FilterReason::MaxAlerts as usize];
-    let matched = kept.len();
-    let body = (!kept.is_empty()).then(|| {
-        let forward = Forward {
-            status: if kept.iter().any(|a| a.status == Status::Firing) { Status::Firing } else { Status::Resolved },
-            common_labels: common(kept.iter().map(|a| &a.labels)),
-            common_annotations: common(kept.iter().map(|a| &a.annotations)),
-            truncated_alerts: notification.truncated_alerts + truncated as u64,
-            group_key: notification.group_key.as_deref(),
-            extra: &notification.extra,
-            alerts: kept,
-        };
-        // Serializing owned JSON values into a Vec cannot fail.
-        serde_json::to_vec(&forward).unwrap_or_default()
-    });
-    Routed { receiver: receiver.clone(), body, matched, filtered }
+    (kept, filtered)
+}
+
+/// The forwarded notification of the alerts at `kept`.
+fn forward(notification: &Notification, kept: &[usize], truncated: usize) -> Vec<u8> {
+    let alerts: Vec<&Alert> = kept.iter().map(|&i| &notification.alerts[i]).collect();
+    let forward = Forward {
+        status: if alerts.iter().any(|a| a.status == Status::Firing) { Status::Firing } else { Status::Resolved },
+        common_labels: common(alerts.iter().map(|a| &a.labels)),
+        common_annotations: common(alerts.iter().map(|a| &a.annotations)),
+        truncated_alerts: notification.truncated_alerts + truncated as u64,
+        group_key: notification.group_key.as_deref(),
+        extra: &notification.extra,
+        alerts,
+    };
+    // Serializing owned JSON values into a Vec cannot fail.
+    serde_json::to_vec(&forward).unwrap_or_default()
 }
 
 /// The pairs every set has, with the same value (borrowed: serialized once,
@@ -156,6 +178,31 @@ mod tests {
 
     fn forwarded(r: &Routed) -> Value {
         serde_json::from_slice(r.body.as_ref().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn receivers_that_keep_the_same_alerts_get_the_same_bytes() {
+        let n = Notification::parse(MIXED.as_bytes()).unwrap();
+        let rs = receivers(
+            "receivers:\n\
+             - { name: a, url: 'http://x' }\n\
+             - { name: crit, url: 'http://x', conditions: [{ label: severity, operator: In, values: [critical] }] }\n\
+             - { name: b, url: 'http://y', conditions: [{ label: alertname, operator: Exists }] }\n\
+             - { name: one, url: 'http://x', max_alerts: 1 }\n\
+             - { name: crit-too, url: 'http://z', conditions: [{ label: service, operator: In, values: [api] }] }\n",
+        );
+        let out = route(&n, &rs);
+        let body = |i: usize| out[i].body.clone().unwrap();
+        assert_eq!(body(0), body(2));
+        assert_eq!(body(1), body(4));
+        assert_ne!(body(0), body(1));
+        // The same first alert as crit, but one cut by max_alerts: its own body.
+        assert_ne!(body(3), body(1));
+        assert_eq!(forwarded(&out[3])["truncatedAlerts"], 1);
+        // Each as if routed alone.
+        for (i, r) in rs.iter().enumerate() {
+            assert_eq!(route(&n, std::slice::from_ref(r))[0].body, out[i].body, "{}", r.name);
+        }
     }
 
     #[test]
