@@ -250,7 +250,7 @@ pub async fn send_test(target: &Target, test: &TestAlert) -> TestReport {
     let (attempt, body) = match payload.render(&routed, &receiver.name) {
         Ok(body) => {
             let body = body.into_owned();
-            (target.send(&key, body.clone()).await, body)
+            (target.send(&key, bytes::Bytes::from(body.clone())).await, body)
         }
         Err(e) => {
             let error = format!("template: {e}; nothing was sent");

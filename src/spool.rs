@@ -9,22 +9,26 @@
 //!   (`Op::Insert` with several deliveries), with a count of the deliveries
 //!   that share it; the last one removed takes it along.
 //! - Changes nobody waits for (`commit_later`: removals of delivered
-//!   deliveries) are committed without an fsync of their own. They become
-//!   durable with the next commit somebody waits for, or after
+//!   deliveries) wait up to `HOLD` for a commit that is fsynced anyway and go
+//!   with it; failing that they are committed without an fsync of their own.
+//!   Either way they become durable with the next fsynced commit, or after
 //!   `FLUSH_INTERVAL` at the latest. A crash loses at most that much of them:
 //!   those deliveries are sent again, under the same `Idempotency-Key`.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use prometheus::{Histogram, IntCounter, IntGauge};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use crate::reasons::DeadReason;
+use crate::sync::lock;
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const DELIVERIES: TableDefinition<u64, &[u8]> = TableDefinition::new("deliveries");
@@ -45,6 +49,9 @@ const CACHE_BYTES: usize = 16 * 1024 * 1024;
 const MAX_BATCH: usize = 1024;
 /// A commit that takes longer is logged.
 const SLOW_COMMIT: Duration = Duration::from_millis(100);
+/// How long changes nobody waits for wait for a commit that is fsynced
+/// anyway, before they are committed without one.
+const HOLD: Duration = Duration::from_millis(5);
 /// Changes committed without an fsync are made durable within this time.
 const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -230,6 +237,10 @@ type Db = Arc<RwLock<Option<Database>>>;
 
 pub struct Spool {
     db: Db,
+    /// Bodies of deliveries just made durable, until their first attempt
+    /// reads them: most are sent within milliseconds, and a read from the
+    /// cache costs no transaction and no decompression. Bounded in bytes.
+    recent: Mutex<Recent>,
     /// Taken on drop, so that the writer thread ends and closes the file.
     writer: Option<std::sync::mpsc::Sender<Batch>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -242,6 +253,32 @@ impl Drop for Spool {
         self.writer.take();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
+        }
+    }
+}
+
+/// What the cache of recent bodies may hold.
+const RECENT_BYTES: usize = 8 * 1024 * 1024;
+
+#[derive(Default)]
+struct Recent {
+    bodies: HashMap<u64, Bytes>,
+    bytes: usize,
+}
+
+impl Recent {
+    fn take(&mut self, id: u64) -> Option<Bytes> {
+        let body = self.bodies.remove(&id)?;
+        self.bytes -= body.len();
+        Some(body)
+    }
+
+    fn put(&mut self, id: u64, body: &Bytes) {
+        if self.bytes + body.len() <= RECENT_BYTES {
+            self.bytes += body.len();
+            if let Some(old) = self.bodies.insert(id, body.clone()) {
+                self.bytes -= old.len();
+            }
         }
     }
 }
@@ -316,7 +353,7 @@ impl Spool {
             .name("spool-writer".into())
             .spawn(move || writer.run(&rx))
             .map_err(|e| dir_error(format!("cannot start the spool writer thread: {e}")))?;
-        Ok(Spool { db, writer: Some(tx), thread: Some(thread), instance, health })
+        Ok(Spool { db, recent: Mutex::default(), writer: Some(tx), thread: Some(thread), instance, health })
     }
 
     /// A random id of this spool, stable across restarts: with the delivery id it
@@ -340,13 +377,49 @@ impl Spool {
         if ops.is_empty() {
             return Ok(Vec::new());
         }
-        let ops = ops.into_iter().map(compress).collect();
+        self.forget_removed(&ops);
+        // The bodies as given, for the cache once their ids are known: per
+        // insert, how many deliveries share it (no body for dead letters,
+        // which are not attempted).
+        let mut fresh: Vec<(usize, Option<Bytes>)> = Vec::new();
+        let ops = ops
+            .into_iter()
+            .map(|op| match op {
+                Op::Insert { metas, body } => {
+                    let stored = compress(&body);
+                    let attempted = metas.iter().all(|m| m.dead.is_none());
+                    fresh.push((metas.len(), attempted.then(|| Bytes::from(body))));
+                    Op::Insert { metas, body: stored }
+                }
+                other => other,
+            })
+            .collect();
         let (reply, answer) = oneshot::channel();
         let writer = self.writer.as_ref().ok_or(SpoolError::Closed)?;
         writer.send(Batch { ops, reply: Some(reply) }).map_err(|_| SpoolError::Closed)?;
         #[cfg(test)]
         let _held = HoldPausedClock::new();
-        answer.await.map_err(|_| SpoolError::Closed)?
+        let ids = answer.await.map_err(|_| SpoolError::Closed)??;
+        let mut recent = lock(&self.recent);
+        let mut next = ids.iter();
+        for (count, body) in fresh {
+            for id in next.by_ref().take(count) {
+                if let Some(body) = &body {
+                    recent.put(*id, body);
+                }
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Drops the cached bodies of deliveries being removed.
+    fn forget_removed(&self, ops: &[Op]) {
+        let mut recent = None;
+        for op in ops {
+            if let Op::Remove { id } = op {
+                recent.get_or_insert_with(|| lock(&self.recent)).take(*id);
+            }
+        }
     }
 
     /// Queues the ops for the next commit without waiting for it. If that
@@ -355,7 +428,14 @@ impl Spool {
         if ops.is_empty() {
             return;
         }
-        let ops = ops.into_iter().map(compress).collect();
+        self.forget_removed(&ops);
+        let ops = ops
+            .into_iter()
+            .map(|op| match op {
+                Op::Insert { metas, body } => Op::Insert { body: compress(&body), metas },
+                other => other,
+            })
+            .collect();
         if self.writer.as_ref().is_none_or(|w| w.send(Batch { ops, reply: None }).is_err()) {
             log::error!("spool writer has stopped; a removal is kept in memory only until restart");
         }
@@ -451,7 +531,16 @@ impl Spool {
         })
     }
 
-    /// The body of a delivery (None once it is gone).
+    /// The body of a delivery for an attempt: from the cache of recent
+    /// bodies the first time (and then no longer cached), else as `payload`.
+    pub fn body(&self, id: u64) -> Result<Option<Bytes>, SpoolError> {
+        if let Some(body) = lock(&self.recent).take(id) {
+            return Ok(Some(body));
+        }
+        Ok(self.payload(id)?.map(Bytes::from))
+    }
+
+    /// The body of a delivery (None once it is gone), read from the file.
     pub fn payload(&self, id: u64) -> Result<Option<Vec<u8>>, SpoolError> {
         self.read(|txn| {
             let deliveries = txn.open_table(DELIVERIES).map_err(|e| e.to_string())?;
@@ -535,16 +624,11 @@ fn now_secs() -> u64 {
 /// write and fsync. Done by the caller, not the single writer thread.
 const TAG_LZ4: u8 = 1;
 
-fn compress(op: Op) -> Op {
-    match op {
-        Op::Insert { metas, body } => {
-            let mut stored = Vec::with_capacity(body.len() / 2 + 8);
-            stored.push(TAG_LZ4);
-            stored.extend_from_slice(&lz4_flex::compress_prepend_size(&body));
-            Op::Insert { metas, body: stored }
-        }
-        other => other,
-    }
+fn compress(body: &[u8]) -> Vec<u8> {
+    let mut stored = Vec::with_capacity(body.len() / 2 + 8);
+    stored.push(TAG_LZ4);
+    stored.extend_from_slice(&lz4_flex::compress_prepend_size(body));
+    stored
 }
 
 fn decode_payload(stored: &[u8]) -> Result<Vec<u8>, String> {
@@ -553,6 +637,12 @@ fn decode_payload(stored: &[u8]) -> Result<Vec<u8>, String> {
         Some((tag, _)) => Err(format!("unknown payload encoding {tag}")),
         None => Err("empty payload".into()),
     }
+}
+
+/// Whether a batch's commit must be fsynced: somebody waits for it, or it
+/// creates deliveries.
+fn needs_fsync(batch: &Batch) -> bool {
+    batch.reply.is_some() || batch.ops.iter().any(|op| matches!(op, Op::Insert { .. }))
 }
 
 /// The one thread that writes: group commits, and recovery after an error.
@@ -605,6 +695,24 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            if healthy && !batches.iter().any(needs_fsync) {
+                // Nobody waits for these: a request that does, due any moment
+                // under load, takes them along in its commit.
+                let until = Instant::now() + HOLD;
+                while batches.len() < MAX_BATCH {
+                    match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+                        Ok(b) if needs_fsync(&b) => {
+                            batches.push(b);
+                            while let Ok(b) = rx.try_recv() {
+                                batches.push(b);
+                            }
+                            break;
+                        }
+                        Ok(b) => batches.push(b),
+                        Err(_) => break,
+                    }
+                }
+            }
             if !self.health.healthy.load(Ordering::SeqCst) && last_try.elapsed() >= RECOVERY_INTERVAL {
                 last_try = Instant::now();
                 self.recover();
@@ -620,9 +728,8 @@ impl Writer {
             // An fsync when somebody waits for this commit (or it creates
             // deliveries), or when unflushed changes have waited long enough.
             let waited = all.iter().filter(|b| b.reply.is_some()).count();
-            let durable = waited > 0
-                || unflushed.is_some_and(|since| since.elapsed() >= FLUSH_INTERVAL)
-                || all.iter().any(|b| b.ops.iter().any(|op| matches!(op, Op::Insert { .. })));
+            let durable =
+                all.iter().any(needs_fsync) || unflushed.is_some_and(|since| since.elapsed() >= FLUSH_INTERVAL);
             let started = Instant::now();
             let result = self.apply(&all, durable);
             let took = started.elapsed();
@@ -979,14 +1086,41 @@ mod tests {
         assert!(spool.load_all().unwrap().is_empty());
     }
 
+    #[tokio::test]
+    async fn a_fresh_body_is_served_once_from_memory_then_from_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), false, gauges()).unwrap();
+        let mut dead = meta("c");
+        dead.dead = Some(DeadReason::TemplateError);
+        let ids = spool
+            .commit(vec![
+                Op::Insert { metas: vec![meta("a"), meta("b")], body: b"shared".to_vec() },
+                Op::Insert { metas: vec![dead], body: b"never attempted".to_vec() },
+            ])
+            .await
+            .unwrap();
+        let cached = |id: u64| lock(&spool.recent).bodies.contains_key(&id);
+        assert!(cached(ids[0]) && cached(ids[1]) && !cached(ids[2]), "dead letters are not attempted: not cached");
+        assert_eq!(lock(&spool.recent).bytes, 2 * b"shared".len());
+        assert_eq!(spool.body(ids[0]).unwrap().as_deref(), Some(&b"shared"[..]));
+        assert!(!cached(ids[0]), "taken by its first attempt");
+        assert_eq!(spool.body(ids[0]).unwrap().as_deref(), Some(&b"shared"[..]), "then read from the file");
+        spool.commit_later(vec![Op::Remove { id: ids[1] }]);
+        assert!(!cached(ids[1]), "a removed delivery's body leaves the cache");
+        assert_eq!(lock(&spool.recent).bytes, 0);
+        assert_eq!(spool.body(ids[2]).unwrap().as_deref(), Some(&b"never attempted"[..]));
+        // Bounded: a body that would pass the budget is not cached.
+        let big = vec![b'x'; RECENT_BYTES + 1];
+        let id = spool.commit(vec![Op::Insert { metas: vec![meta("a")], body: big.clone() }]).await.unwrap()[0];
+        assert!(!cached(id));
+        assert_eq!(spool.body(id).unwrap().unwrap().len(), big.len());
+    }
+
     #[test]
     fn payloads_are_compressed_and_come_back_whole() {
         let body: Vec<u8> =
             br#"{"alerts":["#.iter().chain(b"{\"labels\":{\"a\":\"b\"}},".repeat(100).iter()).copied().collect();
-        let Op::Insert { body: stored, .. } = compress(Op::Insert { metas: vec![meta("a")], body: body.clone() })
-        else {
-            unreachable!()
-        };
+        let stored = compress(&body);
         assert!(stored.len() * 4 < body.len(), "{} of {}", stored.len(), body.len());
         assert_eq!(decode_payload(&stored).unwrap(), body);
         assert!(decode_payload(&[9, 1, 2]).is_err());

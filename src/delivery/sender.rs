@@ -117,13 +117,12 @@ impl Target {
     /// Posts `body` once (twice with OAuth 2.0, when the target answers 401 to
     /// a cached token). `key` is the delivery's `Idempotency-Key` and, when
     /// signing, its `webhook-id`.
-    pub async fn send(&self, key: &str, body: Vec<u8>) -> Attempt {
+    pub async fn send(&self, key: &str, body: bytes::Bytes) -> Attempt {
         #[cfg(test)]
         if let Some(script) = &self.script {
             return script(key, &body);
         }
         let started = Instant::now();
-        let body = bytes::Bytes::from(body);
         let mut refreshed = false;
         loop {
             let token = match &self.tokens {

@@ -141,7 +141,7 @@ impl Worker {
     /// one rides the next commit).
     async fn attempt(&self, target: &Target, id: u64, mut meta: DeliveryMeta) -> Finish {
         let name = target.receiver.name.as_str();
-        let body = match self.spool.payload(id) {
+        let body = match self.spool.body(id) {
             Ok(Some(body)) => body,
             Ok(None) => {
                 log::error!("receiver {name}: delivery {id} has no payload in the spool; dropped");
