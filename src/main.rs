@@ -7,10 +7,6 @@ use tokio::signal::unix::{signal, SignalKind};
 use alert_relay::config::{Config, Source, DEFAULT_PATH};
 use alert_relay::{Options, Relay};
 
-/// See Cargo.toml: allocation was a sixth of the CPU under load with glibc's.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Durable Alertmanager webhook relay.
 #[derive(Parser)]
 #[command(version, about)]
