@@ -377,23 +377,7 @@ impl Spool {
         if ops.is_empty() {
             return Ok(Vec::new());
         }
-        self.forget_removed(&ops);
-        // The bodies as given, for the cache once their ids are known: per
-        // insert, how many deliveries share it (no body for dead letters,
-        // which are not attempted).
-        let mut fresh: Vec<(usize, Option<Bytes>)> = Vec::new();
-        let ops = ops
-            .into_iter()
-            .map(|op| match op {
-                Op::Insert { metas, body } => {
-                    let stored = compress(&body);
-                    let attempted = metas.iter().all(|m| m.dead.is_none());
-                    fresh.push((metas.len(), attempted.then(|| Bytes::from(body))));
-                    Op::Insert { metas, body: stored }
-                }
-                other => other,
-            })
-            .collect();
+        let (ops, fresh) = self.prepare(ops);
         let (reply, answer) = oneshot::channel();
         let writer = self.writer.as_ref().ok_or(SpoolError::Closed)?;
         writer.send(Batch { ops, reply: Some(reply) }).map_err(|_| SpoolError::Closed)?;
@@ -402,24 +386,41 @@ impl Spool {
         let ids = answer.await.map_err(|_| SpoolError::Closed)??;
         let mut recent = lock(&self.recent);
         let mut next = ids.iter();
-        for (count, body) in fresh {
-            for id in next.by_ref().take(count) {
-                if let Some(body) = &body {
-                    recent.put(*id, body);
+        for (attempted, body) in fresh {
+            // `attempted` first: zip stops on it without taking the next id.
+            for (attempted, id) in attempted.into_iter().zip(next.by_ref()) {
+                if attempted {
+                    recent.put(*id, &body);
                 }
             }
         }
         Ok(ids)
     }
 
-    /// Drops the cached bodies of deliveries being removed.
-    fn forget_removed(&self, ops: &[Op]) {
+    /// Readies ops for the writer, off its thread: drops the cached bodies
+    /// of deliveries being removed, compresses payloads. Returns the ops and,
+    /// per insert, the body as given and, per delivery sharing it, whether it
+    /// will be attempted (dead letters are not): for the cache once the ids
+    /// are known.
+    fn prepare(&self, ops: Vec<Op>) -> (Vec<Op>, Vec<(Vec<bool>, Bytes)>) {
+        let mut fresh = Vec::new();
         let mut recent = None;
-        for op in ops {
-            if let Op::Remove { id } = op {
-                recent.get_or_insert_with(|| lock(&self.recent)).take(*id);
-            }
-        }
+        let ops = ops
+            .into_iter()
+            .map(|op| match op {
+                Op::Insert { metas, body } => {
+                    let stored = compress(&body);
+                    fresh.push((metas.iter().map(|m| m.dead.is_none()).collect(), Bytes::from(body)));
+                    Op::Insert { metas, body: stored }
+                }
+                Op::Remove { id } => {
+                    recent.get_or_insert_with(|| lock(&self.recent)).take(id);
+                    Op::Remove { id }
+                }
+                other => other,
+            })
+            .collect();
+        (ops, fresh)
     }
 
     /// Queues the ops for the next commit without waiting for it. If that
@@ -428,14 +429,7 @@ impl Spool {
         if ops.is_empty() {
             return;
         }
-        self.forget_removed(&ops);
-        let ops = ops
-            .into_iter()
-            .map(|op| match op {
-                Op::Insert { metas, body } => Op::Insert { body: compress(&body), metas },
-                other => other,
-            })
-            .collect();
+        let (ops, _) = self.prepare(ops);
         if self.writer.as_ref().is_none_or(|w| w.send(Batch { ops, reply: None }).is_err()) {
             log::error!("spool writer has stopped; a removal is kept in memory only until restart");
         }
@@ -1096,11 +1090,14 @@ mod tests {
             .commit(vec![
                 Op::Insert { metas: vec![meta("a"), meta("b")], body: b"shared".to_vec() },
                 Op::Insert { metas: vec![dead], body: b"never attempted".to_vec() },
+                Op::Insert { metas: vec![meta("d")], body: b"own".to_vec() },
             ])
             .await
             .unwrap();
         let cached = |id: u64| lock(&spool.recent).bodies.contains_key(&id);
         assert!(cached(ids[0]) && cached(ids[1]) && !cached(ids[2]), "dead letters are not attempted: not cached");
+        assert_eq!(lock(&spool.recent).bodies.get(&ids[3]).map(|b| b.to_vec()), Some(b"own".to_vec()));
+        assert_eq!(spool.body(ids[3]).unwrap().as_deref(), Some(&b"own"[..]));
         assert_eq!(lock(&spool.recent).bytes, 2 * b"shared".len());
         assert_eq!(spool.body(ids[0]).unwrap().as_deref(), Some(&b"shared"[..]));
         assert!(!cached(ids[0]), "taken by its first attempt");
