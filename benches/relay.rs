@@ -102,8 +102,8 @@ fn bench_conditions(c: &mut Criterion) {
                 namespaces
                     .iter()
                     .filter(|ns| {
-                        matches!(labels.get("severity").map(String::as_str), Some("critical" | "warning"))
-                            && labels.get("namespace") != Some(*ns)
+                        matches!(labels.get("severity").map(|v| v.as_str()), Some("critical" | "warning"))
+                            && labels.get("namespace").map(|v| v.as_str()) != Some(ns.as_str())
                             && labels.get("pod").is_some_and(|p| p.starts_with("api-"))
                     })
                     .count()

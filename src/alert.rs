@@ -12,7 +12,10 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 /// Label or annotation set. Alertmanager sends them with sorted keys.
-pub type LabelSet = BTreeMap<String, String>;
+pub type LabelSet = BTreeMap<Label, Label>;
+
+/// A label name or value (or an annotation's): short ones are kept inline.
+pub type Label = smol_str::SmolStr;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -68,8 +71,8 @@ impl<'de> Deserialize<'de> for UniqueKeys {
 
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<UniqueKeys, A::Error> {
                 let mut set = LabelSet::new();
-                while let Some(key) = map.next_key::<String>()? {
-                    let value: String = map.next_value()?;
+                while let Some(key) = map.next_key::<Label>()? {
+                    let value: Label = map.next_value()?;
                     // One search of the map per key, not two.
                     match set.entry(key) {
                         std::collections::btree_map::Entry::Vacant(slot) => {

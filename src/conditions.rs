@@ -6,7 +6,7 @@ use std::fmt;
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 
-use crate::alert::LabelSet;
+use crate::alert::{Label, LabelSet};
 
 /// The operators of KubeSphere's "Notification conditions", plus regex matching.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -159,14 +159,14 @@ impl Condition {
     }
 
     pub fn matches(&self, labels: &LabelSet) -> bool {
-        let value = labels.get(&self.spec.label);
+        let value = labels.get(self.spec.label.as_str()).map(Label::as_str);
         match &self.test {
             Test::In(set) => value.is_some_and(|v| set.contains(v)),
             Test::NotIn(set) => value.is_none_or(|v| !set.contains(v)),
             Test::Exists => value.is_some(),
             Test::DoesNotExist => value.is_none(),
-            Test::Matches(re) => re.is_match(value.map_or("", String::as_str)),
-            Test::NotMatches(re) => !re.is_match(value.map_or("", String::as_str)),
+            Test::Matches(re) => re.is_match(value.unwrap_or("")),
+            Test::NotMatches(re) => !re.is_match(value.unwrap_or("")),
         }
     }
 }
@@ -207,7 +207,7 @@ mod tests {
     }
 
     fn labels(pairs: &[(&str, &str)]) -> LabelSet {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs.iter().map(|(k, v)| (Label::from(*k), Label::from(*v))).collect()
     }
 
     #[test]
@@ -348,15 +348,15 @@ mod tests {
     /// The obviously correct evaluator the engine is checked against: a
     /// straight reading of DESIGN.md's table, no precompiled sets or regexes.
     fn reference(label: &str, operator: Operator, values: &[String], set: &LabelSet) -> bool {
-        let value = set.get(label);
+        let value = set.get(label).map(Label::as_str);
         let anchored = || regex::Regex::new(&format!("^(?:{})$", values[0])).unwrap();
         match operator {
-            Operator::In => value.is_some_and(|v| values.contains(v)),
-            Operator::NotIn => !value.is_some_and(|v| values.contains(v)),
+            Operator::In => value.is_some_and(|v| values.iter().any(|x| x == v)),
+            Operator::NotIn => !value.is_some_and(|v| values.iter().any(|x| x == v)),
             Operator::Exists => value.is_some(),
             Operator::DoesNotExist => value.is_none(),
-            Operator::Matches => anchored().is_match(value.map_or("", String::as_str)),
-            Operator::NotMatches => !anchored().is_match(value.map_or("", String::as_str)),
+            Operator::Matches => anchored().is_match(value.unwrap_or("")),
+            Operator::NotMatches => !anchored().is_match(value.unwrap_or("")),
         }
     }
 
@@ -383,6 +383,7 @@ mod tests {
             pattern in "[a-c.*|?]{0,5}",
             set in proptest::collection::btree_map("[a-c]{1,2}", "[a-c]{0,2}", 0..6),
         ) {
+            let set: LabelSet = set.iter().map(|(k, v)| (Label::from(k), Label::from(v))).collect();
             let values = match op {
                 Operator::Exists | Operator::DoesNotExist => None,
                 Operator::Matches | Operator::NotMatches => Some(vec![pattern]),

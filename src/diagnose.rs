@@ -136,12 +136,11 @@ pub enum ExplainInput {
 /// A synthetic Alertmanager v4 notification with one alert.
 pub fn test_notification(receiver: &str, test: &TestAlert) -> Notification {
     let mut labels: LabelSet =
-        [("alertname".to_string(), "AlertRelayTestMessage".to_string()), ("severity".to_string(), "info".to_string())]
-            .into();
+        [("alertname".into(), "AlertRelayTestMessage".into()), ("severity".into(), "info".into())].into();
     labels.extend(test.labels.clone());
     let mut annotations: LabelSet = [
-        ("summary".to_string(), "Test message from alert-relay".to_string()),
-        ("description".to_string(), "Sent by Send Test Message; no alert is firing.".to_string()),
+        ("summary".into(), "Test message from alert-relay".into()),
+        ("description".into(), "Sent by Send Test Message; no alert is firing.".into()),
     ]
     .into();
     annotations.extend(test.annotations.clone());
@@ -202,7 +201,7 @@ pub fn stop_reason(receiver: &Receiver, labels: &LabelSet, fate: Fate) -> Option
 fn condition_stop(receiver: &Receiver, labels: &LabelSet, i: usize) -> StopReason {
     let condition = &receiver.conditions[i];
     let spec = condition.spec();
-    let value = labels.get(&spec.label).cloned();
+    let value = labels.get(spec.label.as_str()).map(|v| v.to_string());
     let seen = match &value {
         Some(v) => format!("label {} is {v:?}", spec.label),
         None => format!("label {} is missing", spec.label),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::alert::{Alert, Extra, LabelSet, Notification, Status};
+use crate::alert::{Alert, Extra, Label, LabelSet, Notification, Status};
 use crate::conditions::first_failing;
 use crate::config::Receiver;
 
@@ -156,7 +156,7 @@ fn common<'a>(mut sets: impl Iterator<Item = &'a LabelSet>) -> BTreeMap<&'a str,
     };
     let mut common: BTreeMap<&str, &str> = first.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     for set in sets {
-        common.retain(|k, v| set.get(*k).map(String::as_str) == Some(*v));
+        common.retain(|k, v| set.get(*k).map(Label::as_str) == Some(*v));
         if common.is_empty() {
             break;
         }
@@ -246,8 +246,8 @@ mod tests {
 
     #[test]
     fn common_labels_of_disjoint_sets_are_empty() {
-        let a: LabelSet = [("a".to_string(), "1".to_string())].into();
-        let b: LabelSet = [("a".to_string(), "2".to_string())].into();
+        let a: LabelSet = [("a".into(), "1".into())].into();
+        let b: LabelSet = [("a".into(), "2".into())].into();
         assert!(common([&a, &b].into_iter()).is_empty());
         assert_eq!(common([&a, &a].into_iter()), BTreeMap::from([("a", "1")]));
     }
@@ -311,7 +311,7 @@ mod tests {
                 prop_assert!(order.windows(2).all(|w| w[0] < w[1]), "{:?}", order);
                 let any_firing = sent_alerts.iter().any(|a| a["status"] == "firing");
                 prop_assert_eq!(&sent["status"], if any_firing { "firing" } else { "resolved" });
-                let sets: Vec<LabelSet> =
+                let sets: Vec<BTreeMap<String, String>> =
                     order.iter().map(|&i| alerts[i].1.clone()).collect();
                 let expected: BTreeMap<String, String> = sets[0]
                     .iter()

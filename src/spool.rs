@@ -1010,6 +1010,8 @@ mod tests {
         spool.commit(vec![Op::Update { id: ids[1], meta: failed }]).await.unwrap();
         assert_eq!(spool.get(ids[1]).unwrap().unwrap().attempts, 1);
         assert_eq!(spool.payload(ids[1]).unwrap().as_deref(), Some(&b"same"[..]));
+        // So does one of the delivery whose id is the payload's key.
+        spool.commit(vec![Op::Update { id: ids[0], meta: meta("a") }]).await.unwrap();
         spool.commit(vec![Op::Remove { id: ids[0] }, Op::Remove { id: ids[3] }]).await.unwrap();
         assert_eq!(stored_payloads(&spool), (1, vec![(ids[0], 2)]));
         assert_eq!(spool.payload(ids[0]).unwrap(), None);
