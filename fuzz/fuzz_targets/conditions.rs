@@ -25,7 +25,7 @@ fuzz_target!(|data: &[u8]| {
     let values: Option<Vec<String>> =
         if values.is_empty() { None } else { Some(values.split(',').map(String::from).collect()) };
     let set: LabelSet =
-        labels.split(';').filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        labels.split(';').filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.into(), v.into())).collect();
     let spec = ConditionSpec { label: label.to_string(), operator, values };
     let Ok(condition) = Condition::try_new(spec.clone()) else { return };
     let result = condition.matches(&set);
