@@ -565,10 +565,17 @@ async fn send_resolved_false_gets_what_alertmanager_itself_sends_also_across_a_r
     let b: &[(&str, &str)] = &[("alertname", "Grp"), ("instance", "b")];
     let c: &[(&str, &str)] = &[("alertname", "Grp"), ("instance", "c")];
 
-    // A and B fire: both get them.
+    // A and B fire: both get them, in one notification or (on a machine
+    // slow enough that B joins the group after its group_wait) in two, the
+    // relay's receiver exactly as Alertmanager's own.
     fire(&am, &[a, b], false).await;
-    let both = vec![vec!["a/firing".to_string(), "b/firing".to_string()]];
-    eventually("A and B at both", || async { sequence(&quiet).await == both && sequence(&direct).await == both }).await;
+    let both = vec!["a/firing".to_string(), "b/firing".to_string()];
+    eventually("A and B at both", || async {
+        let reference = sequence(&direct).await;
+        reference.last() == Some(&both) && sequence(&quiet).await == reference
+    })
+    .await;
+    let first = sequence(&direct).await.len();
 
     // A resolves, B still fires: Alertmanager tells the relay (send_resolved:
     // true there) but sends its own send_resolved: false receiver nothing.
@@ -587,10 +594,10 @@ async fn send_resolved_false_gets_what_alertmanager_itself_sends_also_across_a_r
     // C fires: a new alert, so both get the firing set B, C.
     fire(&am, &[c], false).await;
     let then = [vec!["b/firing".to_string(), "c/firing".to_string()]];
-    eventually("B and C at the reference", || async { sequence(&direct).await[1..] == then[..] }).await;
+    eventually("B and C at the reference", || async { sequence(&direct).await[first..] == then[..] }).await;
     eventually("B and C at the relay's receiver", || async {
         let got = sequence(&quiet).await;
-        got.len() >= 2 && got[1..] == then[..]
+        got.len() > first && got[first..] == then[..]
     })
     .await;
     // B resolves: nothing for either. Once the relay has answered that
