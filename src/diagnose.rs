@@ -248,8 +248,9 @@ pub async fn send_test(target: &Target, test: &TestAlert) -> TestReport {
     let payload = &receiver.payload;
     let (attempt, body) = match payload.render(&routed, &receiver.name) {
         Ok(body) => {
-            let body = body.into_owned();
-            (target.send(&key, bytes::Bytes::from(body.clone())).await, body)
+            // Shared, not copied, between the attempt and the report.
+            let body = bytes::Bytes::from(body.into_owned());
+            (target.send(&key, body.clone()).await, body)
         }
         Err(e) => {
             let error = format!("template: {e}; nothing was sent");
@@ -259,7 +260,7 @@ pub async fn send_test(target: &Target, test: &TestAlert) -> TestReport {
                 error: Some(error),
                 latency: std::time::Duration::ZERO,
             };
-            (attempt, Vec::new())
+            (attempt, bytes::Bytes::new())
         }
     };
     let delivered = attempt.outcome == Outcome::Delivered;
