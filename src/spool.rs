@@ -209,7 +209,16 @@ struct Batch {
     ops: Vec<Op>,
     /// None for `commit_later`: nobody waits, and a failed commit is carried
     /// into the next one instead of being lost.
-    reply: Option<oneshot::Sender<Result<Vec<u64>, SpoolError>>>,
+    reply: Option<oneshot::Sender<Answer>>,
+}
+
+/// The writer's answer to a waiting batch, with the batch's ops handed back:
+/// they were allocated on the waiter's thread and are freed there. (glibc's
+/// free of another thread's memory takes that thread's arena lock; the
+/// writer freeing every request's body contended with the HTTP workers.)
+struct Answer {
+    ids: Result<Vec<u64>, SpoolError>,
+    _ops: Vec<Op>,
 }
 
 /// Whether the spool accepts writes, and why not.
@@ -383,7 +392,7 @@ impl Spool {
         writer.send(Batch { ops, reply: Some(reply) }).map_err(|_| SpoolError::Closed)?;
         #[cfg(test)]
         let _held = HoldPausedClock::new();
-        let ids = answer.await.map_err(|_| SpoolError::Closed)??;
+        let ids = answer.await.map_err(|_| SpoolError::Closed)?.ids?;
         let mut recent = lock(&self.recent);
         let mut next = ids.iter();
         for (attempted, body) in fresh {
@@ -750,7 +759,7 @@ impl Writer {
                     }
                     for (batch, ids) in all.into_iter().zip(ids).skip(first_new) {
                         if let Some(reply) = batch.reply {
-                            let _ = reply.send(Ok(ids));
+                            let _ = reply.send(Answer { ids: Ok(ids), _ops: batch.ops });
                         }
                     }
                 }
@@ -798,7 +807,8 @@ impl Writer {
         for batch in batches {
             match batch.reply {
                 Some(reply) => {
-                    let _ = reply.send(Err(SpoolError::Unavailable(problem.to_string())));
+                    let ids = Err(SpoolError::Unavailable(problem.to_string()));
+                    let _ = reply.send(Answer { ids, _ops: batch.ops });
                 }
                 None => carried.push(batch),
             }
