@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::alert::{Alert, Extra, Label, LabelSet, Notification, Status};
+use crate::alert::{Alert, Label, LabelSet, Notification, Status};
 use crate::conditions::first_failing;
 use crate::config::Receiver;
 
@@ -78,23 +78,6 @@ pub struct Routed {
     pub filtered: [usize; 4],
 }
 
-/// The forwarded payload: borrowed alerts and pass-through fields, recomputed rest.
-#[derive(Serialize)]
-struct Forward<'a> {
-    status: Status,
-    alerts: Vec<&'a Alert>,
-    #[serde(rename = "commonLabels")]
-    common_labels: BTreeMap<&'a str, &'a str>,
-    #[serde(rename = "commonAnnotations")]
-    common_annotations: BTreeMap<&'a str, &'a str>,
-    #[serde(rename = "truncatedAlerts")]
-    truncated_alerts: u64,
-    #[serde(rename = "groupKey", skip_serializing_if = "Option::is_none")]
-    group_key: Option<&'a str>,
-    #[serde(flatten)]
-    extra: &'a Extra,
-}
-
 pub fn route(notification: &Notification, receivers: &[Arc<Receiver>]) -> Vec<Routed> {
     // Receivers that keep the same alerts get the same bytes: serialized once.
     let mut made: Vec<(Vec<usize>, usize)> = Vec::new();
@@ -132,20 +115,46 @@ fn select(notification: &Notification, receiver: &Receiver) -> (Vec<usize>, [usi
     (kept, filtered)
 }
 
-/// The forwarded notification of the alerts at `kept`.
+/// The forwarded notification of the alerts at `kept`: the fields in the
+/// order serde gives them (`Forward` in the tests is the reference), each
+/// alert's JSON text copied as it came.
 fn forward(notification: &Notification, kept: &[usize], truncated: usize) -> Vec<u8> {
     let alerts: Vec<&Alert> = kept.iter().map(|&i| &notification.alerts[i]).collect();
-    let forward = Forward {
-        status: if alerts.iter().any(|a| a.status == Status::Firing) { Status::Firing } else { Status::Resolved },
-        common_labels: common(alerts.iter().map(|a| &a.labels)),
-        common_annotations: common(alerts.iter().map(|a| &a.annotations)),
-        truncated_alerts: notification.truncated_alerts + truncated as u64,
-        group_key: notification.group_key.as_deref(),
-        extra: &notification.extra,
-        alerts,
-    };
-    // Serializing owned JSON values into a Vec cannot fail.
-    serde_json::to_vec(&forward).unwrap_or_default()
+    let status = if alerts.iter().any(|a| a.status == Status::Firing) { Status::Firing } else { Status::Resolved };
+    let mut out = Vec::with_capacity(alerts.iter().map(|a| a.raw().len() + 1).sum::<usize>() + 512);
+    out.extend_from_slice(b"{\"status\":\"");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.extend_from_slice(b"\",\"alerts\":[");
+    for (i, alert) in alerts.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(alert.raw().as_bytes());
+    }
+    out.extend_from_slice(b"],\"commonLabels\":");
+    json(&mut out, &common(alerts.iter().map(|a| &a.labels)));
+    out.extend_from_slice(b",\"commonAnnotations\":");
+    json(&mut out, &common(alerts.iter().map(|a| &a.annotations)));
+    out.extend_from_slice(b",\"truncatedAlerts\":");
+    json(&mut out, &(notification.truncated_alerts + truncated as u64));
+    if let Some(key) = &notification.group_key {
+        out.extend_from_slice(b",\"groupKey\":");
+        json(&mut out, key);
+    }
+    for (key, value) in notification.extra.fields() {
+        out.push(b',');
+        json(&mut out, key);
+        out.push(b':');
+        out.extend_from_slice(value.get().as_bytes());
+    }
+    out.push(b'}');
+    out
+}
+
+/// Appends `value` as JSON. Serializing strings, numbers and maps of strings
+/// into a Vec cannot fail.
+fn json<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
+    let _ = serde_json::to_writer(out, value);
 }
 
 /// The pairs every set has, with the same value (borrowed: serialized once,
@@ -167,6 +176,7 @@ fn common<'a>(mut sets: impl Iterator<Item = &'a LabelSet>) -> BTreeMap<&'a str,
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::alert::Extra;
     use crate::config::Config;
     use serde_json::Value;
 
@@ -242,6 +252,59 @@ mod tests {
         assert_eq!(one["truncatedAlerts"], 1);
         assert_eq!(out[4].filtered, [0, 0, 0, 1]);
         assert_eq!(out[4].matched, 1);
+    }
+
+    /// The forwarded payload as serde writes it: the reference for `forward`.
+    #[derive(Serialize)]
+    struct Forward<'a> {
+        status: Status,
+        alerts: Vec<&'a Alert>,
+        #[serde(rename = "commonLabels")]
+        common_labels: BTreeMap<&'a str, &'a str>,
+        #[serde(rename = "commonAnnotations")]
+        common_annotations: BTreeMap<&'a str, &'a str>,
+        #[serde(rename = "truncatedAlerts")]
+        truncated_alerts: u64,
+        #[serde(rename = "groupKey", skip_serializing_if = "Option::is_none")]
+        group_key: Option<&'a str>,
+        #[serde(flatten)]
+        extra: &'a Extra,
+    }
+
+    fn forward_with_serde(notification: &Notification, kept: &[usize], truncated: usize) -> Vec<u8> {
+        let alerts: Vec<&Alert> = kept.iter().map(|&i| &notification.alerts[i]).collect();
+        let forward = Forward {
+            status: if alerts.iter().any(|a| a.status == Status::Firing) { Status::Firing } else { Status::Resolved },
+            common_labels: common(alerts.iter().map(|a| &a.labels)),
+            common_annotations: common(alerts.iter().map(|a| &a.annotations)),
+            truncated_alerts: notification.truncated_alerts + truncated as u64,
+            group_key: notification.group_key.as_deref(),
+            extra: &notification.extra,
+            alerts,
+        };
+        serde_json::to_vec(&forward).unwrap()
+    }
+
+    #[test]
+    fn the_forwarded_body_is_byte_for_byte_what_serde_writes() {
+        let odd = r#"{"receiver":"r\"x","status":"resolved","alerts":[{"status":"resolved","labels":{"a":"\u00e9\n"},"x":[1.5e3,{"y":null}]}],"groupLabels":{},"big":12345678901234567890123,"truncatedAlerts":7}"#;
+        let fixtures = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/alertmanager-0.25"))
+            .unwrap()
+            .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+            .filter(|text| text.trim_start().starts_with('{'));
+        let mut seen = 0;
+        for text in fixtures.chain([MIXED.to_string(), odd.to_string()]) {
+            let Ok(n) = Notification::parse(text.as_bytes()) else { continue };
+            let all: Vec<usize> = (0..n.alerts.len()).collect();
+            for (kept, truncated) in [(all.clone(), 0), (all.iter().copied().skip(1).collect(), 1), (vec![], 0)] {
+                assert_eq!(
+                    String::from_utf8(forward(&n, &kept, truncated)).unwrap(),
+                    String::from_utf8(forward_with_serde(&n, &kept, truncated)).unwrap()
+                );
+            }
+            seen += 1;
+        }
+        assert!(seen >= 3, "only {seen} payloads read");
     }
 
     #[test]
@@ -323,6 +386,8 @@ mod tests {
                 prop_assert_eq!(&sent["truncatedAlerts"], &json!(truncated + cut));
                 prop_assert!(max_alerts == 0 || r.matched <= max_alerts);
                 prop_assert_eq!(&sent["receiver"], "am", "pass-through field kept");
+                let kept: Vec<usize> = order.clone();
+                prop_assert_eq!(body, &forward_with_serde(&n, &kept, cut as usize));
             }
         }
     }

@@ -11,6 +11,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
+mod scan;
+
 /// Label or annotation set. Alertmanager sends them with sorted keys.
 pub type LabelSet = BTreeMap<Label, Label>;
 
@@ -40,7 +42,8 @@ pub struct Alert {
     pub status: Status,
     pub labels: LabelSet,
     pub annotations: LabelSet,
-    raw: Box<RawValue>,
+    /// The alert's JSON text (checked JSON: parsed, or serialized here).
+    raw: Box<str>,
 }
 
 /// The fields of an alert that routing reads; the others are skipped unparsed.
@@ -99,10 +102,13 @@ impl Alert {
         object.insert("status".into(), Value::String(status.as_str().into()));
         object.insert("labels".into(), serde_json::to_value(&labels).unwrap_or_default());
         object.insert("annotations".into(), serde_json::to_value(&annotations).unwrap_or_default());
-        let text = Value::Object(object).to_string();
-        // A serialized JSON object is valid raw JSON.
-        let raw = RawValue::from_string(text).unwrap_or_else(|_| empty_object());
+        let raw = Value::Object(object).to_string().into_boxed_str();
         Alert { status, labels, annotations, raw }
+    }
+
+    /// The alert's JSON text, as it came.
+    pub fn raw(&self) -> &str {
+        &self.raw
     }
 }
 
@@ -112,7 +118,7 @@ fn empty_object() -> Box<RawValue> {
 
 impl PartialEq for Alert {
     fn eq(&self, other: &Alert) -> bool {
-        self.raw.get() == other.raw.get()
+        self.raw == other.raw
     }
 }
 
@@ -120,13 +126,16 @@ impl<'de> Deserialize<'de> for Alert {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Alert, D::Error> {
         let raw = Box::<RawValue>::deserialize(deserializer)?;
         let fields: AlertFields = serde_json::from_str(raw.get()).map_err(D::Error::custom)?;
-        Ok(Alert { status: fields.status, labels: fields.labels.0, annotations: fields.annotations.0, raw })
+        Ok(Alert { status: fields.status, labels: fields.labels.0, annotations: fields.annotations.0, raw: raw.into() })
     }
 }
 
 impl Serialize for Alert {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.raw.serialize(serializer)
+        // Checked again here (off the webhook path: the forwarded body is
+        // written by `route` from `raw()`).
+        let raw: &RawValue = serde_json::from_str(&self.raw).map_err(serde::ser::Error::custom)?;
+        raw.serialize(serializer)
     }
 }
 
@@ -158,6 +167,11 @@ impl Extra {
     /// A field's JSON text.
     pub fn get(&self, key: &str) -> Option<&RawValue> {
         self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_ref())
+    }
+
+    /// Every field and its JSON text, in the order they came.
+    pub fn fields(&self) -> impl Iterator<Item = (&str, &RawValue)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_ref()))
     }
 
     /// Adds (or replaces) a field made here, for synthetic notifications.
@@ -320,19 +334,38 @@ impl PayloadError {
 impl Notification {
     /// Parses and validates a webhook body; the error names the offending field.
     pub fn parse(body: &[u8]) -> Result<Notification, PayloadError> {
+        let notification = match scan::notification(body) {
+            Some(notification) => notification,
+            None => Notification::parse_with_serde(body)?,
+        };
+        check_version(&notification)?;
+        Ok(notification)
+    }
+
+    /// `parse` without the one-pass scan: the reference the scan is held to,
+    /// and the path that names the field of an error.
+    #[doc(hidden)]
+    pub fn parse_with_serde(body: &[u8]) -> Result<Notification, PayloadError> {
         if deeper_than(body, MAX_DEPTH) {
             return Err(PayloadError::TooDeep);
         }
         let notification: Notification = serde_json::from_slice(body).map_err(|e| locate(body, &e))?;
-        if let Some(raw) = notification.extra.get("version") {
-            match serde_json::from_str::<Value>(raw.get()) {
-                // Alertmanager's, and Grafana Alerting's (the same shape, more fields).
-                Ok(Value::String(v)) if v == "4" || v == "1" => {}
-                Ok(Value::String(v)) => return Err(PayloadError::Version(format!("{v:?}"))),
-                _ => return Err(PayloadError::Version(format!("{} (not a string)", raw.get()))),
-            }
-        }
+        check_version(&notification)?;
         Ok(notification)
+    }
+}
+
+/// Alertmanager's version "4", and Grafana Alerting's "1" (the same shape,
+/// more fields); no version at all is read as Alertmanager's.
+fn check_version(notification: &Notification) -> Result<(), PayloadError> {
+    let Some(raw) = notification.extra.get("version") else { return Ok(()) };
+    match raw.get() {
+        r#""4""# | r#""1""# => Ok(()),
+        other => match serde_json::from_str::<Value>(other) {
+            Ok(Value::String(v)) if v == "4" || v == "1" => Ok(()),
+            Ok(Value::String(v)) => Err(PayloadError::Version(format!("{v:?}"))),
+            _ => Err(PayloadError::Version(format!("{other} (not a string)"))),
+        },
     }
 }
 
@@ -361,7 +394,7 @@ fn strip_position(message: &str) -> String {
 mod tests {
     use super::*;
 
-    const FIRING: &str = include_str!("../tests/fixtures/alertmanager-0.25/firing.json");
+    const FIRING: &str = include_str!("../../tests/fixtures/alertmanager-0.25/firing.json");
 
     #[test]
     fn wrong_type_names_the_field() {
