@@ -15,7 +15,7 @@
 //!   `FLUSH_INTERVAL` at the latest. A crash loses at most that much of them:
 //!   those deliveries are sent again, under the same `Idempotency-Key`.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -269,9 +269,13 @@ impl Drop for Spool {
 /// What the cache of recent bodies may hold.
 const RECENT_BYTES: usize = 8 * 1024 * 1024;
 
+/// Full, it keeps the newest: ids grow with time, so the oldest bodies are
+/// those of deliveries still waiting (behind a target that hangs, or for a
+/// retry) and go first; fresh ones, attempted within milliseconds by
+/// healthy receivers, stay served from memory.
 #[derive(Default)]
 struct Recent {
-    bodies: HashMap<u64, Bytes>,
+    bodies: BTreeMap<u64, Bytes>,
     bytes: usize,
 }
 
@@ -283,11 +287,20 @@ impl Recent {
     }
 
     fn put(&mut self, id: u64, body: &Bytes) {
-        if self.bytes + body.len() <= RECENT_BYTES {
-            self.bytes += body.len();
-            if let Some(old) = self.bodies.insert(id, body.clone()) {
-                self.bytes -= old.len();
+        if body.len() > RECENT_BYTES {
+            return;
+        }
+        while self.bytes + body.len() > RECENT_BYTES {
+            let Some(oldest) = self.bodies.first_entry() else { break };
+            if *oldest.key() > id {
+                // Older than all it holds: not cached.
+                return;
             }
+            self.bytes -= oldest.remove().len();
+        }
+        self.bytes += body.len();
+        if let Some(old) = self.bodies.insert(id, body.clone()) {
+            self.bytes -= old.len();
         }
     }
 }
@@ -1107,6 +1120,26 @@ mod tests {
         assert_eq!(stats.commit_duration.get_sample_count(), durable + 2);
         let spool = Spool::open(dir.path(), false, gauges()).unwrap();
         assert!(spool.load_all().unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_body_cache_full_keeps_the_newest() {
+        let quarter = Bytes::from(vec![b'x'; RECENT_BYTES / 4]);
+        let mut recent = Recent::default();
+        for id in 1..=6 {
+            recent.put(id, &quarter);
+        }
+        assert_eq!(recent.bodies.keys().copied().collect::<Vec<_>>(), [3, 4, 5, 6]);
+        assert_eq!(recent.bytes, RECENT_BYTES);
+        recent.put(2, &quarter);
+        assert!(!recent.bodies.contains_key(&2), "older than all it holds: not cached");
+        assert_eq!(recent.take(4).as_deref(), Some(&quarter[..]));
+        recent.put(7, &Bytes::from_static(b"small"));
+        assert_eq!(recent.bodies.keys().copied().collect::<Vec<_>>(), [3, 5, 6, 7], "room made by a take");
+        recent.put(8, &Bytes::from(vec![b'y'; RECENT_BYTES / 2]));
+        assert_eq!(recent.bodies.keys().copied().collect::<Vec<_>>(), [6, 7, 8]);
+        assert!(recent.bytes <= RECENT_BYTES);
+        assert_eq!(recent.bytes, recent.bodies.values().map(Bytes::len).sum::<usize>());
     }
 
     #[tokio::test]
