@@ -89,6 +89,12 @@ impl QueueState {
         superseded
     }
 
+    /// Whether any delivery waits for an attempt, due now or later (or
+    /// behind its group's one in flight): then another worker should look.
+    pub fn waiting(&self) -> bool {
+        !self.due.is_empty()
+    }
+
     /// The next delivery due at `now` whose group has nothing in flight.
     pub fn take(&mut self, now: u64) -> Step {
         let mut chosen = None;

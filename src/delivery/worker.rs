@@ -109,13 +109,26 @@ impl Worker {
         loop {
             let target = queue.target();
             if *stop.borrow() || queue.removed.load(Ordering::Relaxed) || self.index >= target.receiver.concurrency {
+                // A wake-up this worker may have taken goes to another.
+                queue.wake.notify_one();
                 return;
             }
-            let step = if target.receiver.enabled { lock(&queue.state).take(now_ms()) } else { Step::Idle };
+            let (step, more) = if target.receiver.enabled {
+                let mut state = lock(&queue.state);
+                let step = state.take(now_ms());
+                (step, state.waiting())
+            } else {
+                (Step::Idle, false)
+            };
             match step {
                 Step::Attempt(id, meta) => {
-                    // Others may find work too: pass the wake-up on.
-                    queue.wake.notify_one();
+                    // Another delivery waits (due now, or later: someone must
+                    // keep its time while this attempt runs): pass the wake-up
+                    // on. Not otherwise: a wake-up with nothing to take costs a
+                    // futex wake and a context switch on a busy machine.
+                    if more {
+                        queue.wake.notify_one();
+                    }
                     let finish = self.attempt(&target, id, meta).await;
                     self.finish(&target.receiver.name, id, finish).await;
                 }
@@ -230,7 +243,8 @@ impl Worker {
                 log::error!("receiver {name}: removing superseded delivery {id} failed: {e}");
             }
         }
-        // The group's next notification may be waiting for this one.
-        queue.wake.notify_one();
+        // No wake-up here: this worker loops and takes what this attempt's end
+        // made due (a retry, the group's next notification), and passes a
+        // wake-up on if anything else waits.
     }
 }
