@@ -277,7 +277,7 @@ async fn a_spool_that_existed_but_is_empty_or_missing_stops_the_start_unless_res
     assert_eq!(post_json(&format!("{}/webhook", relay.base), FIRING.into(), None).await.0, 200);
     relay.child.kill().unwrap();
     relay.child.wait().unwrap();
-    let file = dir.path().join("spool/spool.redb");
+    let file = dir.path().join("spool/spool-00000001.log");
     let start = |extra: &[&str]| {
         std::process::Command::new(BIN).args(["--config", &cfg]).args(extra).current_dir(dir.path()).output().unwrap()
     };
@@ -285,12 +285,12 @@ async fn a_spool_that_existed_but_is_empty_or_missing_stops_the_start_unless_res
     let out = start(&[]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("spool.redb is 0 bytes but the spool existed (instance "), "{stderr}");
+    assert!(stderr.contains("spool-00000001.log is 0 bytes but the spool existed (instance "), "{stderr}");
     assert!(stderr.contains("restore it, or start with --reset-spool"), "{stderr}");
     std::fs::remove_file(&file).unwrap();
     let out = start(&[]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("spool.redb is missing but the spool existed"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("holds no spool segment (spool-*.log) but the spool existed"));
     // The operator says so: a new, empty spool.
     let relay = Process::start(dir.path(), &["--config", &cfg, "--reset-spool"], port, &[]).await;
     assert_eq!(series(&relay.base, r#"alert_relay_spool_pending{receiver="r"}"#).await, 0.0);

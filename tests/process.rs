@@ -144,7 +144,7 @@ async fn runs_on_embedded_defaults_with_env_overrides() {
     let port = closed_port();
     let listen = format!("127.0.0.1:{port}");
     let mut relay = Process::start(dir.path(), &[], port, &[("ALERT_RELAY__SERVER__LISTEN", &listen)]).await;
-    assert!(dir.path().join("data/spool.redb").exists(), "spool in ./data");
+    assert!(dir.path().join("data/spool-00000001.log").exists(), "spool in ./data");
     let text = client().get(format!("{}/metrics", relay.base)).send().await.unwrap().text().await.unwrap();
     assert!(text.contains(r#"alert_relay_spool_pending{receiver="example"} 0"#));
     // The container health check, as the Dockerfile runs it.

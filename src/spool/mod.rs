@@ -1,19 +1,24 @@
-//! The durable spool: deliveries and their payloads in one redb file.
+//! The durable spool: deliveries and their payloads in an append-only log
+//! (`store.rs`), with the whole state indexed in memory.
 //!
 //! Every change goes through one writer thread that gathers whatever requests
-//! are waiting into a single transaction and one fsync (group commit). Readers
-//! use their own snapshots and never wait for the writer.
+//! are waiting into one frame and one `fdatasync` (group commit). Readers
+//! read the index in memory and payloads from the files, and never wait for
+//! the writer's disk.
 //!
 //! Two rules keep a commit near the cost of one fsync of the disk:
 //! - A payload routed to several receivers with the same bytes is stored once
-//!   (`Op::Insert` with several deliveries), with a count of the deliveries
-//!   that share it; the last one removed takes it along.
+//!   (`Op::Insert` with several deliveries); the last delivery removed takes
+//!   it along.
 //! - Changes nobody waits for (`commit_later`: removals of delivered
 //!   deliveries) wait up to `HOLD` for a commit that is fsynced anyway and go
-//!   with it; failing that they are committed without an fsync of their own.
+//!   with it; failing that they are written without an fsync of their own.
 //!   Either way they become durable with the next fsynced commit, or after
 //!   `FLUSH_INTERVAL` at the latest. A crash loses at most that much of them:
 //!   those deliveries are sent again, under the same `Idempotency-Key`.
+
+mod import;
+mod store;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -23,29 +28,14 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use prometheus::{Histogram, IntCounter, IntGauge};
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
+use self::store::{Log, ReplayError, State};
 use crate::reasons::DeadReason;
 use crate::sync::lock;
 
-const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-const DELIVERIES: TableDefinition<u64, &[u8]> = TableDefinition::new("deliveries");
-const PAYLOADS: TableDefinition<u64, &[u8]> = TableDefinition::new("payloads");
-/// Receivers created through the admin API: name → JSON spec.
-const RECEIVERS: TableDefinition<&str, &[u8]> = TableDefinition::new("receivers");
-/// What `send_resolved: false` receivers were last sent, per group (notify_log).
-const NOTIFIED: TableDefinition<&str, &[u8]> = TableDefinition::new("notified");
-/// Payloads shared by more than one delivery: payload key → deliveries left.
-const SHARED: TableDefinition<u64, u32> = TableDefinition::new("shared_payloads");
-
-const NEXT_ID: &str = "next_id";
-const INSTANCE: &str = "instance";
-/// redb's page cache. Its default (1 GiB) would hold the whole spool in memory;
-/// payloads are read once per attempt, so the OS page cache serves them as well.
-const CACHE_BYTES: usize = 16 * 1024 * 1024;
-/// Requests folded into one transaction at most.
+/// Requests folded into one commit at most.
 const MAX_BATCH: usize = 1024;
 /// A commit that takes longer is logged.
 const SLOW_COMMIT: Duration = Duration::from_millis(100);
@@ -99,18 +89,6 @@ impl DeliveryMeta {
     }
 }
 
-/// The part of a stored delivery the writer needs to find its payload.
-#[derive(Deserialize)]
-struct PayloadRef {
-    #[serde(default)]
-    payload: Option<u64>,
-}
-
-/// The payload key of a stored delivery.
-fn payload_key(id: u64, stored: &[u8]) -> u64 {
-    serde_json::from_slice::<PayloadRef>(stored).ok().and_then(|r| r.payload).unwrap_or(id)
-}
-
 #[derive(Debug)]
 pub enum Op {
     /// New deliveries with one body between them, stored once: a payload
@@ -160,8 +138,8 @@ pub enum SpoolError {
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     #[error(
-        "{path} is missing but the spool existed (instance {instance}, recorded in {marker}); restore it, \
-         or start with --reset-spool to begin with an empty queue"
+        "{path} holds no spool segment (spool-*.log) but the spool existed (instance {instance}, recorded in \
+         {marker}); restore them, or start with --reset-spool to begin with an empty queue"
     )]
     Vanished { path: String, marker: String, instance: String },
     #[error(
@@ -170,8 +148,8 @@ pub enum OpenError {
     )]
     Emptied { path: String, instance: String },
     #[error(
-        "{path} cannot be opened: {message}; restore it from a backup, or start with --reset-spool (the broken \
-         file is then kept beside it)"
+        "{path} cannot be read: {message}; restore the spool directory from a backup, or start with \
+         --reset-spool (the spool's files are then kept beside it, renamed .broken-<time>)"
     )]
     Unreadable { path: String, message: String },
     #[error("spool directory {path}: {message}")]
@@ -240,15 +218,13 @@ impl Health {
     }
 }
 
-/// The database, reopened in place by the writer after an I/O error (redb
-/// refuses every write after one until it is closed and opened again).
-type Db = Arc<RwLock<Option<Database>>>;
-
 pub struct Spool {
-    db: Db,
+    /// Every delivery and where its payload is; the writer changes it after
+    /// each commit.
+    state: Arc<RwLock<State>>,
     /// Bodies of deliveries just made durable, until their first attempt
     /// reads them: most are sent within milliseconds, and a read from the
-    /// cache costs no transaction and no decompression. Bounded in bytes.
+    /// cache costs no read of the file and no decompression. Bounded in bytes.
     recent: Mutex<Recent>,
     /// Taken on drop, so that the writer thread ends and closes the file.
     writer: Option<std::sync::mpsc::Sender<Batch>>,
@@ -305,57 +281,128 @@ impl Recent {
     }
 }
 
-/// A spool file's name in its directory.
-const FILE: &str = "spool.redb";
-/// Beside it: the instance id of the spool that lives there, so that a spool
-/// that vanished or was emptied is told apart from one never made.
+/// Beside the segments: the instance id of the spool that lives there, so
+/// that a spool that vanished or was emptied is told apart from one never made.
 const MARKER: &str = "spool.id";
+/// Locked while a process has the spool open.
+const LOCK: &str = "spool.lock";
 /// How often a failed spool tries to reopen, with nothing to write.
 const RECOVERY_INTERVAL: Duration = Duration::from_secs(1);
 
+fn new_instance() -> String {
+    format!("{:016x}", fastrand::u64(..))
+}
+
+/// Renames `path` to `path.<what>-<time>`; the new path.
+fn set_aside(path: &Path, what: &str) -> std::io::Result<PathBuf> {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".{what}-{}", now_secs()));
+    let aside = path.with_file_name(name);
+    std::fs::rename(path, &aside)?;
+    Ok(aside)
+}
+
 impl Spool {
-    /// Opens (or creates) `dir/spool.redb` and starts its writer thread. A spool
-    /// that existed (its `spool.id` is there) but is now missing, empty or
-    /// unreadable is an error unless `reset`.
+    /// Opens (or creates) the spool in `dir` and starts its writer thread. A
+    /// spool that existed (its `spool.id` is there) but whose segments are
+    /// now missing, empty or unreadable is an error unless `reset`. A
+    /// `spool.redb` of an earlier version is imported.
     pub fn open(dir: &Path, reset: bool, gauges: SpoolGauges) -> Result<Spool, OpenError> {
-        let path = dir.join(FILE);
-        let shown = path.display().to_string();
-        let dir_error = |message: String| OpenError::Directory { path: dir.display().to_string(), message };
+        Spool::open_with(dir, reset, gauges, store::SEGMENT_BYTES)
+    }
+
+    fn open_with(dir: &Path, reset: bool, gauges: SpoolGauges, segment_bytes: u64) -> Result<Spool, OpenError> {
+        let shown = dir.display().to_string();
+        let dir_error = |message: String| OpenError::Directory { path: shown.clone(), message };
         if !dir.exists() {
             std::fs::create_dir_all(dir).map_err(|e| dir_error(e.to_string()))?;
             set_mode(dir, 0o700).map_err(|e| dir_error(e.to_string()))?;
         }
+        // One process per spool: held by the writer thread until it ends.
+        let lock_path = dir.join(LOCK);
+        let held = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(|e| dir_error(format!("cannot open {}: {e}", lock_path.display())))?;
+        let _ = set_mode(&lock_path, 0o600);
+        if let Err(e) = held.try_lock() {
+            return Err(dir_error(format!("in use by another process ({}: {e})", lock_path.display())));
+        }
         let marker = dir.join(MARKER);
         let recorded = std::fs::read_to_string(&marker).ok().map(|t| t.trim().to_string()).filter(|t| !t.is_empty());
-        if let Some(instance) = recorded {
-            let lost = match std::fs::metadata(&path) {
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    Some(OpenError::Vanished { path: shown.clone(), marker: marker.display().to_string(), instance })
+        let legacy = dir.join(import::FILE);
+        let legacy_len = std::fs::metadata(&legacy).ok().map(|m| m.len());
+        let found = store::segments(dir).map_err(|e| dir_error(e.to_string()))?;
+        if !found.is_empty() {
+            if legacy_len.is_some() {
+                // Imported, and the process stopped before it was renamed.
+                let aside = set_aside(&legacy, "imported").map_err(|e| dir_error(e.to_string()))?;
+                log::info!("{} was imported before; kept as {}", legacy.display(), aside.display());
+            }
+        } else if legacy_len.is_some_and(|len| len > 0) {
+            match import::import(dir, &legacy) {
+                Ok((_, count)) => {
+                    let aside = set_aside(&legacy, "imported").map_err(|e| dir_error(e.to_string()))?;
+                    log::info!(
+                        "imported {count} deliveries from {} (an earlier version's spool); kept as {}, which may be \
+                         deleted",
+                        legacy.display(),
+                        aside.display()
+                    );
                 }
-                Ok(m) if m.len() == 0 => Some(OpenError::Emptied { path: shown.clone(), instance }),
-                _ => None,
-            };
+                Err(message) if reset => {
+                    let aside = set_aside(&legacy, "broken").map_err(|e| dir_error(e.to_string()))?;
+                    log::warn!(
+                        "--reset-spool: {} cannot be imported ({message}); kept as {}",
+                        legacy.display(),
+                        aside.display()
+                    );
+                    fresh(dir).map_err(dir_error)?;
+                }
+                Err(message) => return Err(OpenError::Unreadable { path: legacy.display().to_string(), message }),
+            }
+        } else {
+            let lost = recorded.clone().map(|instance| match legacy_len {
+                Some(_) => OpenError::Emptied { path: legacy.display().to_string(), instance },
+                None => OpenError::Vanished { path: shown.clone(), marker: marker.display().to_string(), instance },
+            });
             match lost {
                 Some(e) if !reset => return Err(e),
-                Some(e) => {
-                    log::warn!("--reset-spool: {e}; starting with an empty queue");
-                    let _ = std::fs::remove_file(&path);
-                }
+                Some(e) => log::warn!("--reset-spool: {e}; starting with an empty queue"),
                 None => {}
             }
+            fresh(dir).map_err(dir_error)?;
         }
-        let db = match open_db(&path) {
-            Ok(db) => db,
-            Err(message) if reset && path.exists() => {
-                let aside = dir.join(format!("{FILE}.broken-{}", now_secs()));
-                log::warn!("--reset-spool: {shown} cannot be opened ({message}); kept as {}", aside.display());
-                std::fs::rename(&path, &aside).map_err(|e| dir_error(format!("cannot move {shown} aside: {e}")))?;
-                open_db(&path).map_err(|message| OpenError::Unreadable { path: shown.clone(), message })?
+        let (log, state) = match Log::open(dir, segment_bytes) {
+            Ok(opened) => opened,
+            Err(e) if reset => {
+                let (path, message) = match e {
+                    ReplayError::Emptied(path) => (path, "0 bytes".to_string()),
+                    ReplayError::Damaged { path, message } => (path, message),
+                };
+                for (_, segment) in store::segments(dir).map_err(|e| dir_error(e.to_string()))? {
+                    set_aside(&segment, "broken")
+                        .map_err(|e| dir_error(format!("cannot move {}: {e}", segment.display())))?;
+                }
+                log::warn!(
+                    "--reset-spool: {} cannot be read ({message}); the segments are kept as *.broken-<time>",
+                    path.display()
+                );
+                fresh(dir).map_err(dir_error)?;
+                Log::open(dir, segment_bytes)
+                    .map_err(|e| OpenError::Unreadable { path: shown.clone(), message: format!("{e:?}") })?
             }
-            Err(message) => return Err(OpenError::Unreadable { path: shown, message }),
+            Err(ReplayError::Emptied(path)) => {
+                let instance = recorded.unwrap_or_else(|| "unknown".into());
+                return Err(OpenError::Emptied { path: path.display().to_string(), instance });
+            }
+            Err(ReplayError::Damaged { path, message }) => {
+                return Err(OpenError::Unreadable { path: path.display().to_string(), message })
+            }
         };
-        let _ = set_mode(&path, 0o600);
-        let instance = instance_of(&db).map_err(|message| OpenError::Unreadable { path: shown.clone(), message })?;
+        let instance = log.instance().to_string();
         let written = std::fs::write(&marker, format!("{instance}\n"))
             .and_then(|()| std::fs::File::open(&marker)?.sync_all())
             .and_then(|()| set_mode(&marker, 0o600));
@@ -368,14 +415,14 @@ impl Spool {
             gauge: gauges.healthy.clone(),
         });
         health.set(None);
-        let db: Db = Arc::new(RwLock::new(Some(db)));
+        let state = Arc::new(RwLock::new(state));
         let (tx, rx) = std::sync::mpsc::channel();
-        let writer = Writer { db: db.clone(), path, health: health.clone(), stats: gauges };
+        let writer = Writer { log, state: state.clone(), health: health.clone(), stats: gauges, _held: held };
         let thread = std::thread::Builder::new()
             .name("spool-writer".into())
             .spawn(move || writer.run(&rx))
             .map_err(|e| dir_error(format!("cannot start the spool writer thread: {e}")))?;
-        Ok(Spool { db, recent: Mutex::default(), writer: Some(tx), thread: Some(thread), instance, health })
+        Ok(Spool { state, recent: Mutex::default(), writer: Some(tx), thread: Some(thread), instance, health })
     }
 
     /// A random id of this spool, stable across restarts: with the delivery id it
@@ -457,41 +504,18 @@ impl Spool {
         }
     }
 
-    /// Runs `read` on a read transaction of the database in force.
-    fn read<T>(&self, read: impl FnOnce(&redb::ReadTransaction) -> Result<T, String>) -> Result<T, SpoolError> {
-        let guard = self.db.read().unwrap_or_else(|p| p.into_inner());
-        let db = guard.as_ref().ok_or_else(|| SpoolError::Unavailable(self.problem().unwrap_or_default()))?;
-        let txn = db.begin_read().map_err(|e| SpoolError::Unavailable(e.to_string()))?;
-        read(&txn).map_err(SpoolError::Unavailable)
+    fn state(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        store::read(&self.state)
     }
 
     /// Every delivery's state, oldest first.
     pub fn load_all(&self) -> Result<Vec<(u64, DeliveryMeta)>, SpoolError> {
-        self.read(|txn| {
-            let table = txn.open_table(DELIVERIES).map_err(|e| e.to_string())?;
-            let mut out = Vec::new();
-            for row in table.iter().map_err(|e| e.to_string())? {
-                let (id, value) = row.map_err(|e| e.to_string())?;
-                let id = id.value();
-                match serde_json::from_slice(value.value()) {
-                    Ok(meta) => out.push((id, meta)),
-                    Err(e) => log::error!("spool: delivery {id} is unreadable and skipped: {e}"),
-                }
-            }
-            Ok(out)
-        })
+        Ok(self.state().deliveries.iter().map(|(id, meta)| (*id, meta.clone())).collect())
     }
 
     /// One delivery's state.
     pub fn get(&self, id: u64) -> Result<Option<DeliveryMeta>, SpoolError> {
-        self.read(|txn| {
-            let table = txn.open_table(DELIVERIES).map_err(|e| e.to_string())?;
-            let value = table.get(id).map_err(|e| e.to_string())?;
-            match value {
-                Some(v) => serde_json::from_slice(v.value()).map(Some).map_err(|e| format!("delivery {id}: {e}")),
-                None => Ok(None),
-            }
-        })
+        Ok(self.state().deliveries.get(&id).cloned())
     }
 
     /// Deliveries newest first, those with ids below `before` that `keep`
@@ -502,49 +526,25 @@ impl Spool {
         limit: usize,
         keep: impl Fn(&DeliveryMeta) -> bool,
     ) -> Result<Vec<(u64, DeliveryMeta)>, SpoolError> {
-        self.read(|txn| {
-            let table = txn.open_table(DELIVERIES).map_err(|e| e.to_string())?;
-            let mut out = Vec::new();
-            for row in table.range(..before.unwrap_or(u64::MAX)).map_err(|e| e.to_string())?.rev() {
-                let (id, value) = row.map_err(|e| e.to_string())?;
-                let Ok(meta) = serde_json::from_slice::<DeliveryMeta>(value.value()) else {
-                    continue;
-                };
-                if keep(&meta) {
-                    out.push((id.value(), meta));
-                    if out.len() >= limit {
-                        break;
-                    }
-                }
-            }
-            Ok(out)
-        })
+        let state = self.state();
+        Ok(state
+            .deliveries
+            .range(..before.unwrap_or(u64::MAX))
+            .rev()
+            .filter(|(_, meta)| keep(meta))
+            .take(limit)
+            .map(|(id, meta)| (*id, meta.clone()))
+            .collect())
     }
 
     /// The API-managed receivers' specs (JSON), by name.
     pub fn receivers(&self) -> Result<Vec<(String, Vec<u8>)>, SpoolError> {
-        self.read(|txn| {
-            let table = txn.open_table(RECEIVERS).map_err(|e| e.to_string())?;
-            let mut out = Vec::new();
-            for row in table.iter().map_err(|e| e.to_string())? {
-                let (name, spec) = row.map_err(|e| e.to_string())?;
-                out.push((name.value().to_string(), spec.value().to_vec()));
-            }
-            Ok(out)
-        })
+        Ok(self.state().receivers.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
     }
 
     /// The notification log's entries (JSON), by key.
     pub fn notified(&self) -> Result<Vec<(String, Vec<u8>)>, SpoolError> {
-        self.read(|txn| {
-            let table = txn.open_table(NOTIFIED).map_err(|e| e.to_string())?;
-            let mut out = Vec::new();
-            for row in table.iter().map_err(|e| e.to_string())? {
-                let (key, entry) = row.map_err(|e| e.to_string())?;
-                out.push((key.value().to_string(), entry.value().to_vec()));
-            }
-            Ok(out)
-        })
+        Ok(self.state().notified.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
     }
 
     /// The body of a delivery for an attempt: from the cache of recent
@@ -558,15 +558,9 @@ impl Spool {
 
     /// The body of a delivery (None once it is gone), read from the file.
     pub fn payload(&self, id: u64) -> Result<Option<Vec<u8>>, SpoolError> {
-        self.read(|txn| {
-            let deliveries = txn.open_table(DELIVERIES).map_err(|e| e.to_string())?;
-            let Some(key) = deliveries.get(id).map_err(|e| e.to_string())?.map(|v| payload_key(id, v.value())) else {
-                return Ok(None);
-            };
-            let table = txn.open_table(PAYLOADS).map_err(|e| e.to_string())?;
-            let Some(value) = table.get(key).map_err(|e| e.to_string())? else { return Ok(None) };
-            decode_payload(value.value()).map(Some).map_err(|e| format!("payload of delivery {id}: {e}"))
-        })
+        let Some((file, at)) = self.state().payload_of(id) else { return Ok(None) };
+        let stored = store::read_at(&file, at).map_err(|e| SpoolError::Unavailable(e.to_string()))?;
+        decode_payload(&stored).map(Some).map_err(|e| SpoolError::Unavailable(format!("payload of delivery {id}: {e}")))
     }
 }
 
@@ -591,39 +585,9 @@ impl HoldPausedClock {
     }
 }
 
-fn open_db(path: &Path) -> Result<Database, String> {
-    let db = Database::builder().set_cache_size(CACHE_BYTES).create(path).map_err(|e| e.to_string())?;
-    let txn = db.begin_write().map_err(|e| e.to_string())?;
-    {
-        txn.open_table(META).map_err(|e| e.to_string())?;
-        txn.open_table(DELIVERIES).map_err(|e| e.to_string())?;
-        txn.open_table(PAYLOADS).map_err(|e| e.to_string())?;
-        txn.open_table(SHARED).map_err(|e| e.to_string())?;
-        txn.open_table(RECEIVERS).map_err(|e| e.to_string())?;
-        txn.open_table(NOTIFIED).map_err(|e| e.to_string())?;
-    }
-    txn.commit().map_err(|e| e.to_string())?;
-    Ok(db)
-}
-
-/// The spool's instance id, made on first open.
-fn instance_of(db: &Database) -> Result<String, String> {
-    let txn = db.begin_write().map_err(|e| e.to_string())?;
-    let instance = {
-        let mut meta = txn.open_table(META).map_err(|e| e.to_string())?;
-        let existing =
-            meta.get(INSTANCE).map_err(|e| e.to_string())?.map(|v| String::from_utf8_lossy(v.value()).into_owned());
-        match existing {
-            Some(id) => id,
-            None => {
-                let id = format!("{:016x}", fastrand::u64(..));
-                meta.insert(INSTANCE, id.as_bytes()).map_err(|e| e.to_string())?;
-                id
-            }
-        }
-    };
-    txn.commit().map_err(|e| e.to_string())?;
-    Ok(instance)
+/// Starts an empty spool in `dir`, under a new instance id.
+fn fresh(dir: &Path) -> Result<(), String> {
+    Log::create(dir, &new_instance(), &State::new(), Vec::new())
 }
 
 fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
@@ -680,14 +644,16 @@ fn needs_fsync(batch: &Batch) -> bool {
 
 /// The one thread that writes: group commits, and recovery after an error.
 struct Writer {
-    db: Db,
-    path: PathBuf,
+    /// The spool's lock file, locked: released when the writer ends.
+    _held: std::fs::File,
+    log: Log,
+    state: Arc<RwLock<State>>,
     health: Arc<Health>,
     stats: SpoolGauges,
 }
 
 impl Writer {
-    fn run(&self, rx: &std::sync::mpsc::Receiver<Batch>) {
+    fn run(mut self, rx: &std::sync::mpsc::Receiver<Batch>) {
         use std::sync::mpsc::RecvTimeoutError;
         // Ops of `commit_later` batches whose commit failed: they go first into
         // the next commit.
@@ -773,7 +739,7 @@ impl Writer {
             if took >= SLOW_COMMIT {
                 log::warn!(
                     "spool {}: commit took {} ms ({waited} requests waiting, {} changes, {})",
-                    self.path.display(),
+                    self.log.dir().display(),
                     took.as_millis(),
                     all.iter().map(|b| b.ops.len()).sum::<usize>(),
                     if durable { "fsynced" } else { "not fsynced" }
@@ -797,7 +763,7 @@ impl Writer {
                     log::error!(
                         "spool {}: commit of {} requests failed: {message}; answering 503 until the spool \
                          recovers (it retries by itself)",
-                        self.path.display(),
+                        self.log.dir().display(),
                         all.len()
                     );
                     self.health.set(Some(message.clone()));
@@ -813,7 +779,7 @@ impl Writer {
     }
 
     /// Makes the changes committed without an fsync durable.
-    fn flush(&self, unflushed: &mut Option<Instant>) {
+    fn flush(&mut self, unflushed: &mut Option<Instant>) {
         if unflushed.is_none() {
             return;
         }
@@ -825,7 +791,7 @@ impl Writer {
                 *unflushed = None;
             }
             Err(message) => {
-                log::error!("spool {}: flush failed: {message}; retrying", self.path.display());
+                log::error!("spool {}: flush failed: {message}; retrying", self.log.dir().display());
                 self.health.set(Some(message));
                 *unflushed = None;
             }
@@ -845,132 +811,34 @@ impl Writer {
         }
     }
 
-    /// Closes and reopens the database; healthy again if that works.
-    fn recover(&self) {
-        let mut guard = self.db.write().unwrap_or_else(|p| p.into_inner());
-        // The old handle must be gone before the file can be opened again.
-        *guard = None;
-        match open_db(&self.path) {
-            Ok(db) => {
-                *guard = Some(db);
+    /// Reopens the newest segment, cut back to its last whole frame;
+    /// healthy again if that works.
+    fn recover(&mut self) {
+        match self.log.reopen(&self.state) {
+            Ok(()) => {
                 self.health.set(None);
-                log::info!("spool {}: reopened after a storage error; accepting writes again", self.path.display());
+                log::info!(
+                    "spool {}: reopened after a storage error; accepting writes again",
+                    self.log.dir().display()
+                );
             }
             Err(e) => {
-                log::debug!("spool {}: still unavailable: {e}", self.path.display());
+                log::debug!("spool {}: still unavailable: {e}", self.log.dir().display());
                 self.health.set(Some(e));
             }
         }
     }
 
-    /// One write transaction for all batches; the inserted ids per batch.
-    fn apply(&self, batches: &[Batch], durable: bool) -> Result<Vec<Vec<u64>>, String> {
-        let guard = self.db.read().unwrap_or_else(|p| p.into_inner());
-        let db = guard.as_ref().ok_or("the spool is closed")?;
-        apply(db, batches, durable)
+    /// One frame for all batches; the inserted ids per batch. Not `durable`:
+    /// written without an fsync.
+    fn apply(&mut self, batches: &[Batch], durable: bool) -> Result<Vec<Vec<u64>>, String> {
+        self.log.commit(&self.state, batches.iter().map(|b| b.ops.as_slice()), durable)
     }
-}
-
-/// One write transaction for all batches; the inserted ids per batch. Not
-/// `durable`: committed without an fsync.
-fn apply(db: &Database, batches: &[Batch], durable: bool) -> Result<Vec<Vec<u64>>, String> {
-    let s = |e: &dyn std::fmt::Display| e.to_string();
-    let mut txn = db.begin_write().map_err(|e| s(&e))?;
-    if !durable {
-        txn.set_durability(Durability::None).map_err(|e| s(&e))?;
-    }
-    let mut all_ids = Vec::with_capacity(batches.len());
-    if !batches.is_empty() {
-        let mut meta = txn.open_table(META).map_err(|e| s(&e))?;
-        let mut deliveries = txn.open_table(DELIVERIES).map_err(|e| s(&e))?;
-        let mut payloads = txn.open_table(PAYLOADS).map_err(|e| s(&e))?;
-        let mut shared = txn.open_table(SHARED).map_err(|e| s(&e))?;
-        let mut receivers = txn.open_table(RECEIVERS).map_err(|e| s(&e))?;
-        let mut notified = txn.open_table(NOTIFIED).map_err(|e| s(&e))?;
-        let first_id = match meta.get(NEXT_ID).map_err(|e| s(&e))? {
-            Some(v) => u64::from_le_bytes(v.value().try_into().map_err(|_| "corrupt next_id".to_string())?),
-            None => 1,
-        };
-        let mut next_id = first_id;
-        for batch in batches {
-            let mut ids = Vec::new();
-            for op in &batch.ops {
-                match op {
-                    Op::Insert { metas, body } => {
-                        let key = next_id;
-                        let sharing = (metas.len() > 1).then_some(key);
-                        for meta in metas {
-                            let id = next_id;
-                            next_id += 1;
-                            let encoded = if sharing.is_some() {
-                                serde_json::to_vec(&DeliveryMeta { payload: sharing, ..meta.clone() })
-                            } else {
-                                serde_json::to_vec(meta)
-                            };
-                            deliveries.insert(id, encoded.map_err(|e| s(&e))?.as_slice()).map_err(|e| s(&e))?;
-                            ids.push(id);
-                        }
-                        if !metas.is_empty() {
-                            payloads.insert(key, body.as_slice()).map_err(|e| s(&e))?;
-                        }
-                        if let Some(key) = sharing {
-                            let count = u32::try_from(metas.len()).unwrap_or(u32::MAX);
-                            shared.insert(key, count).map_err(|e| s(&e))?;
-                        }
-                    }
-                    Op::Update { id, meta } => {
-                        let stored = deliveries.get(*id).map_err(|e| s(&e))?.map(|v| payload_key(*id, v.value()));
-                        if let Some(key) = stored {
-                            let payload = (key != *id).then_some(key);
-                            let encoded = serde_json::to_vec(&DeliveryMeta { payload, ..meta.clone() });
-                            deliveries.insert(*id, encoded.map_err(|e| s(&e))?.as_slice()).map_err(|e| s(&e))?;
-                        }
-                    }
-                    Op::Remove { id } => {
-                        let stored = deliveries.remove(*id).map_err(|e| s(&e))?.map(|v| payload_key(*id, v.value()));
-                        let Some(key) = stored else { continue };
-                        let left = shared.get(key).map_err(|e| s(&e))?.map(|v| v.value());
-                        match left {
-                            Some(left) if left > 1 => {
-                                shared.insert(key, left - 1).map_err(|e| s(&e))?;
-                            }
-                            Some(_) => {
-                                shared.remove(key).map_err(|e| s(&e))?;
-                                payloads.remove(key).map_err(|e| s(&e))?;
-                            }
-                            None => {
-                                payloads.remove(key).map_err(|e| s(&e))?;
-                            }
-                        }
-                    }
-                    Op::PutReceiver { name, spec } => {
-                        receivers.insert(name.as_str(), spec.as_slice()).map_err(|e| s(&e))?;
-                    }
-                    Op::DeleteReceiver { name } => {
-                        receivers.remove(name.as_str()).map_err(|e| s(&e))?;
-                    }
-                    Op::Notified { key, entry } => {
-                        notified.insert(key.as_str(), entry.as_slice()).map_err(|e| s(&e))?;
-                    }
-                    Op::ForgetNotified { key } => {
-                        notified.remove(key.as_str()).map_err(|e| s(&e))?;
-                    }
-                }
-            }
-            all_ids.push(ids);
-        }
-        if next_id != first_id {
-            meta.insert(NEXT_ID, next_id.to_le_bytes().as_slice()).map_err(|e| s(&e))?;
-        }
-    }
-    txn.commit().map_err(|e| s(&e))?;
-    Ok(all_ids)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use redb::ReadableTableMetadata;
 
     fn meta(receiver: &str) -> DeliveryMeta {
         DeliveryMeta::new(receiver.into(), "g".into(), 1, 1)
@@ -1010,20 +878,9 @@ mod tests {
         assert_eq!(spool.payload(first_ids[0]).unwrap(), None);
     }
 
-    /// Rows in the payload table and the sharing counts.
+    /// Payloads stored, and (key, deliveries left) of those shared.
     fn stored_payloads(spool: &Spool) -> (usize, Vec<(u64, u32)>) {
-        spool
-            .read(|txn| {
-                let payloads = txn.open_table(PAYLOADS).map_err(|e| e.to_string())?.len().map_err(|e| e.to_string())?;
-                let shared = txn.open_table(SHARED).map_err(|e| e.to_string())?;
-                let counts = shared
-                    .iter()
-                    .map_err(|e| e.to_string())?
-                    .map(|row| row.map(|(k, v)| (k.value(), v.value())).map_err(|e| e.to_string()))
-                    .collect::<Result<_, _>>()?;
-                Ok((usize::try_from(payloads).unwrap(), counts))
-            })
-            .unwrap()
+        spool.state().payload_counts()
     }
 
     #[tokio::test]
@@ -1063,23 +920,6 @@ mod tests {
         let spool = Spool::open(dir.path(), false, gauges()).unwrap();
         assert_eq!(spool.payload(ids[2]).unwrap().as_deref(), Some(&b"same"[..]));
         spool.commit(vec![Op::Remove { id: ids[2] }]).await.unwrap();
-        assert_eq!(stored_payloads(&spool), (0, vec![]));
-    }
-
-    #[tokio::test]
-    async fn a_delivery_stored_before_payloads_were_shared_still_finds_its_payload() {
-        let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(dir.path(), false, gauges()).unwrap();
-        let id = spool.commit(vec![Op::Insert { metas: vec![meta("a")], body: b"old".to_vec() }]).await.unwrap()[0];
-        // As the first round stored it: JSON without a payload field.
-        let stored = spool.read(|txn| {
-            let table = txn.open_table(DELIVERIES).map_err(|e| e.to_string())?;
-            let value = table.get(id).map_err(|e| e.to_string())?.unwrap().value().to_vec();
-            Ok(String::from_utf8(value).unwrap())
-        });
-        assert!(!stored.unwrap().contains("payload"));
-        assert_eq!(spool.payload(id).unwrap().as_deref(), Some(&b"old"[..]));
-        spool.commit(vec![Op::Remove { id }]).await.unwrap();
         assert_eq!(stored_payloads(&spool), (0, vec![]));
     }
 
@@ -1216,30 +1056,38 @@ mod tests {
         assert_eq!(spool.load_all().unwrap().len(), 50);
     }
 
+    fn segment_files(dir: &Path) -> Vec<PathBuf> {
+        store::segments(dir).unwrap().into_iter().map(|(_, p)| p).collect()
+    }
+
+    fn names_starting(dir: &Path, prefix: &str) -> usize {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with(prefix))
+            .count()
+    }
+
     #[test]
     fn a_spool_that_existed_is_not_silently_replaced() {
         let dir = tempfile::tempdir().unwrap();
         let instance = Spool::open(dir.path(), false, gauges()).unwrap().instance().to_string();
-        let file = dir.path().join(FILE);
-        std::fs::write(&file, b"").unwrap();
+        let [file] = &segment_files(dir.path())[..] else { panic!("one segment") };
+        std::fs::write(file, b"").unwrap();
         let e = Spool::open(dir.path(), false, gauges()).err().unwrap().to_string();
         assert!(
             e.contains("is 0 bytes but the spool existed") && e.contains(&instance) && e.contains("--reset-spool"),
             "{e}"
         );
-        std::fs::remove_file(&file).unwrap();
+        std::fs::remove_file(file).unwrap();
         let e = Spool::open(dir.path(), false, gauges()).err().unwrap().to_string();
-        assert!(e.contains("is missing but the spool existed"), "{e}");
-        std::fs::write(&file, b"not a redb file at all, just text").unwrap();
+        assert!(e.contains("holds no spool segment (spool-*.log) but the spool existed"), "{e}");
+        std::fs::write(file, b"not a spool segment at all, just text").unwrap();
         let e = Spool::open(dir.path(), false, gauges()).err().unwrap().to_string();
-        assert!(e.contains("cannot be opened"), "{e}");
+        assert!(e.contains("cannot be read: the frame at byte 0 is damaged"), "{e}");
         // With --reset-spool: a new spool, the broken file kept aside.
         let fresh = Spool::open(dir.path(), true, gauges()).unwrap();
         assert_ne!(fresh.instance(), instance);
-        let aside = std::fs::read_dir(dir.path())
-            .unwrap()
-            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("spool.redb.broken-"));
-        assert_eq!(aside.count(), 1);
+        assert_eq!(names_starting(dir.path(), "spool-00000001.log.broken-"), 1);
     }
 
     #[test]
@@ -1250,7 +1098,7 @@ mod tests {
         let _spool = Spool::open(&dir, false, gauges()).unwrap();
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&dir), 0o700);
-        assert_eq!(mode(&dir.join(FILE)), 0o600);
+        assert_eq!(mode(&segment_files(&dir)[0]), 0o600);
         assert_eq!(mode(&dir.join(MARKER)), 0o600);
     }
 
@@ -1294,5 +1142,248 @@ mod tests {
             }
             spool.commit(expected.iter().map(|(id, _, _)| Op::Remove { id: *id }).collect()).await.unwrap();
         }
+    }
+
+    /// The spool's deliveries as a model keeps them: state (without where
+    /// the payload is) and body.
+    fn contents(spool: &Spool) -> BTreeMap<u64, (DeliveryMeta, Vec<u8>)> {
+        spool
+            .load_all()
+            .unwrap()
+            .into_iter()
+            .map(|(id, meta)| (id, (DeliveryMeta { payload: None, ..meta }, spool.payload(id).unwrap().unwrap())))
+            .collect()
+    }
+
+    /// Random histories of every op against a model, with segments of 4 KiB
+    /// (so that nearly every commit begins one and compaction runs all the
+    /// time), reopened at random moments: what the spool reads back is what
+    /// the model holds, ids only grow, and the log stays bounded.
+    #[tokio::test]
+    async fn random_histories_read_back_as_the_model_across_reopens_and_compaction() {
+        const SEGMENT: u64 = 4096;
+        for seed in 0..6 {
+            let dir = tempfile::tempdir().unwrap();
+            let mut rng = fastrand::Rng::with_seed(seed);
+            let mut model: BTreeMap<u64, (DeliveryMeta, Vec<u8>)> = BTreeMap::new();
+            let mut receivers = BTreeMap::new();
+            let mut notified = BTreeMap::new();
+            let mut spool = Spool::open_with(dir.path(), false, gauges(), SEGMENT).unwrap();
+            let mut highest = 0;
+            let mut gone = 0;
+            for step in 0..300 {
+                let mut ops = Vec::new();
+                let mut later = Vec::new();
+                let mut inserts = Vec::new();
+                for _ in 0..rng.usize(1..5) {
+                    let existing = model.keys().nth(rng.usize(..model.len().max(1))).copied();
+                    match rng.u8(..10) {
+                        0..=2 => {
+                            let n = rng.usize(1..4);
+                            let len = rng.usize(0..1500);
+                            let body: Vec<u8> =
+                                if rng.bool() { vec![b'a'; len] } else { (0..len).map(|_| rng.u8(..)).collect() };
+                            let metas: Vec<_> = (0..n)
+                                .map(|i| DeliveryMeta::new(format!("r{i}"), format!("g{step}"), 1, step))
+                                .collect();
+                            inserts.push((metas.clone(), body.clone()));
+                            ops.push(Op::Insert { metas, body });
+                        }
+                        3 => {
+                            let id = existing.unwrap_or(gone + 1_000_000);
+                            let mut meta = DeliveryMeta::new("r0".into(), "u".into(), 2, step);
+                            meta.attempts = rng.u32(..9);
+                            if let Some((m, _)) = model.get_mut(&id) {
+                                *m = meta.clone();
+                            }
+                            ops.push(Op::Update { id, meta });
+                        }
+                        4..=7 => {
+                            let Some(id) = existing else { continue };
+                            model.remove(&id);
+                            gone += 1;
+                            if rng.bool() {
+                                ops.push(Op::Remove { id });
+                            } else {
+                                later.push(Op::Remove { id });
+                            }
+                        }
+                        8 => {
+                            let name = format!("recv{}", rng.u8(..4));
+                            if rng.bool() {
+                                let spec = vec![rng.u8(..)];
+                                receivers.insert(name.clone(), spec.clone());
+                                ops.push(Op::PutReceiver { name, spec });
+                            } else {
+                                receivers.remove(&name);
+                                ops.push(Op::DeleteReceiver { name });
+                            }
+                        }
+                        _ => {
+                            let key = format!("n{}", rng.u8(..4));
+                            if rng.bool() {
+                                let entry = vec![rng.u8(..); 3];
+                                notified.insert(key.clone(), entry.clone());
+                                ops.push(Op::Notified { key, entry });
+                            } else {
+                                notified.remove(&key);
+                                ops.push(Op::ForgetNotified { key });
+                            }
+                        }
+                    }
+                }
+                let reopen = rng.u8(..10) == 0;
+                // Removals nobody waits for only just before a reopen: the
+                // spool's drop makes them durable, and until then a read may
+                // or may not see them.
+                if !reopen {
+                    ops.append(&mut later);
+                }
+                let ids = spool.commit(ops).await.unwrap();
+                let mut next = ids.into_iter();
+                for (metas, body) in inserts {
+                    for meta in metas {
+                        let id = next.next().unwrap();
+                        assert!(id > highest, "ids only grow");
+                        highest = id;
+                        model.insert(id, (meta, body.clone()));
+                    }
+                }
+                if reopen {
+                    spool.commit_later(later);
+                    drop(spool);
+                    spool = Spool::open_with(dir.path(), false, gauges(), SEGMENT).unwrap();
+                }
+                if reopen || step % 25 == 0 {
+                    assert_eq!(contents(&spool), model, "seed {seed}, step {step}");
+                    assert_eq!(spool.receivers().unwrap(), receivers.clone().into_iter().collect::<Vec<_>>());
+                    assert_eq!(spool.notified().unwrap(), notified.clone().into_iter().collect::<Vec<_>>());
+                }
+                // Compaction keeps the log within a few times what is live.
+                let live = spool.state().live_bytes();
+                let bytes: u64 = segment_files(dir.path()).iter().map(|p| std::fs::metadata(p).unwrap().len()).sum();
+                assert!(
+                    bytes <= 2 * live.max(SEGMENT) + 8192,
+                    "seed {seed}, step {step}: {bytes} bytes for {live} live"
+                );
+            }
+            // Bounded: all removed, a few commits later the log is what is
+            // live (nothing) and garbage of at most one segment.
+            let all: Vec<_> = model.keys().map(|id| Op::Remove { id: *id }).collect();
+            spool.commit(all).await.unwrap();
+            for _ in 0..4 {
+                let id =
+                    spool.commit(vec![Op::Insert { metas: vec![meta("x")], body: vec![1; 2000] }]).await.unwrap()[0];
+                spool.commit(vec![Op::Remove { id }]).await.unwrap();
+            }
+            let bytes: u64 = segment_files(dir.path()).iter().map(|p| std::fs::metadata(p).unwrap().len()).sum();
+            assert!(bytes <= 3 * SEGMENT + 4096, "seed {seed}: {bytes} bytes left in {:?}", segment_files(dir.path()));
+            assert_eq!(stored_payloads(&spool), (0, vec![]));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_frame_cut_off_by_a_crash_is_dropped_and_what_came_before_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let kept = {
+            let spool = Spool::open(dir.path(), false, gauges()).unwrap();
+            let kept = spool.commit(vec![Op::Insert { metas: vec![meta("a")], body: b"kept".to_vec() }]).await.unwrap();
+            spool.commit(vec![Op::Insert { metas: vec![meta("b")], body: vec![7; 300] }]).await.unwrap();
+            kept[0]
+        };
+        let [file] = &segment_files(dir.path())[..] else { panic!("one segment") };
+        let whole = std::fs::metadata(file).unwrap().len();
+        // Every way the last frame can be cut: in its head, its records.
+        for cut in [1, 5, 9, 100] {
+            let copy = tempfile::tempdir().unwrap();
+            for entry in std::fs::read_dir(dir.path()).unwrap() {
+                let entry = entry.unwrap();
+                std::fs::copy(entry.path(), copy.path().join(entry.file_name())).unwrap();
+            }
+            let torn = copy.path().join(file.file_name().unwrap());
+            std::fs::OpenOptions::new().write(true).open(&torn).unwrap().set_len(whole - cut).unwrap();
+            let spool = Spool::open(copy.path(), false, gauges()).unwrap();
+            let all = spool.load_all().unwrap();
+            assert_eq!(all.iter().map(|(id, _)| *id).collect::<Vec<_>>(), [kept], "cut {cut}");
+            assert_eq!(spool.payload(kept).unwrap().as_deref(), Some(&b"kept"[..]));
+            // Appended after the cut, read back after another start.
+            let id = spool.commit(vec![Op::Insert { metas: vec![meta("c")], body: b"new".to_vec() }]).await.unwrap()[0];
+            drop(spool);
+            let spool = Spool::open(copy.path(), false, gauges()).unwrap();
+            assert_eq!(spool.payload(id).unwrap().as_deref(), Some(&b"new"[..]), "cut {cut}");
+        }
+        // A flipped byte in a frame that is not the last is damage, not a
+        // torn write: the start fails and names where.
+        let mut data = std::fs::read(file).unwrap();
+        let at = data.len() - 320;
+        data[at] ^= 0x40;
+        std::fs::write(file, &data).unwrap();
+        std::fs::write(dir.path().join(store::segment_name(2)), b"").unwrap();
+        let e = Spool::open(dir.path(), false, gauges()).err().unwrap().to_string();
+        assert!(e.contains("spool-00000001.log cannot be read: the frame at byte") && e.contains("is damaged"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_redb_spool_of_the_earlier_version_is_imported_whole() {
+        use redb::{Database, TableDefinition};
+        let dir = tempfile::tempdir().unwrap();
+        let legacy = dir.path().join("spool.redb");
+        let shared = DeliveryMeta { payload: Some(5), ..meta("a") };
+        {
+            let db = Database::create(&legacy).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut m = txn.open_table(import::META).unwrap();
+                m.insert("instance", b"0123456789abcdef".as_slice()).unwrap();
+                m.insert("next_id", 9u64.to_le_bytes().as_slice()).unwrap();
+                let mut d = txn.open_table(import::DELIVERIES).unwrap();
+                // As the first round stored it: no payload field.
+                d.insert(3, br#"{"receiver":"old","group_key":"g","alerts":1,"created_ms":1,"attempts":2,"first_attempt_ms":1,"next_due_ms":9,"last_error":"503","dead":null}"#.as_slice()).unwrap();
+                // Shared by 5 and 7 (6 was delivered); 5 after an update lost the field.
+                d.insert(5, serde_json::to_vec(&meta("a")).unwrap().as_slice()).unwrap();
+                d.insert(7, serde_json::to_vec(&shared).unwrap().as_slice()).unwrap();
+                let mut p = txn.open_table(import::PAYLOADS).unwrap();
+                p.insert(3, compress(b"three").as_slice()).unwrap();
+                p.insert(5, compress(b"shared").as_slice()).unwrap();
+                let shared_counts: TableDefinition<u64, u32> = TableDefinition::new("shared_payloads");
+                txn.open_table(shared_counts).unwrap().insert(5, 2).unwrap();
+                txn.open_table(import::RECEIVERS).unwrap().insert("api", b"{}".as_slice()).unwrap();
+                txn.open_table(import::NOTIFIED).unwrap().insert("k", b"[1]".as_slice()).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        std::fs::write(dir.path().join(MARKER), "0123456789abcdef\n").unwrap();
+        let spool = Spool::open(dir.path(), false, gauges()).unwrap();
+        assert_eq!(spool.instance(), "0123456789abcdef");
+        let all = spool.load_all().unwrap();
+        assert_eq!(all.iter().map(|(id, _)| *id).collect::<Vec<_>>(), [3, 5, 7]);
+        assert_eq!((all[0].1.attempts, all[0].1.last_error.as_deref()), (2, Some("503")));
+        assert_eq!(spool.payload(3).unwrap().as_deref(), Some(&b"three"[..]));
+        assert_eq!(spool.payload(5).unwrap().as_deref(), Some(&b"shared"[..]));
+        assert_eq!(spool.payload(7).unwrap().as_deref(), Some(&b"shared"[..]));
+        assert_eq!(spool.receivers().unwrap(), [("api".to_string(), b"{}".to_vec())]);
+        assert_eq!(spool.notified().unwrap(), [("k".to_string(), b"[1]".to_vec())]);
+        assert!(!legacy.exists());
+        assert_eq!(names_starting(dir.path(), "spool.redb.imported-"), 1);
+        let id = spool.commit(vec![Op::Insert { metas: vec![meta("b")], body: vec![] }]).await.unwrap()[0];
+        assert_eq!(id, 9, "ids go on from the imported next id");
+        // The shared payload goes with the last of its deliveries.
+        spool.commit(vec![Op::Remove { id: 5 }]).await.unwrap();
+        assert_eq!(spool.payload(7).unwrap().as_deref(), Some(&b"shared"[..]));
+        spool.commit(vec![Op::Remove { id: 7 }, Op::Remove { id: 3 }]).await.unwrap();
+        assert_eq!(stored_payloads(&spool).0, 1, "only the new delivery's");
+        drop(spool);
+        let spool = Spool::open(dir.path(), false, gauges()).unwrap();
+        assert_eq!(spool.load_all().unwrap().iter().map(|(id, _)| *id).collect::<Vec<_>>(), [9]);
+    }
+
+    #[test]
+    fn one_process_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), false, gauges()).unwrap();
+        let e = Spool::open(dir.path(), false, gauges()).err().unwrap().to_string();
+        assert!(e.contains("in use by another process"), "{e}");
+        drop(spool);
+        Spool::open(dir.path(), false, gauges()).unwrap();
     }
 }
