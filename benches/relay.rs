@@ -5,7 +5,7 @@
 //! - conditions: the condition engine vs hand-written label comparisons;
 //! - route: filtering, recomputing and serializing per receiver vs serializing
 //!   the whole payload once per receiver;
-//! - spool: a durable redb commit of a batch vs writing the same bytes to a
+//! - spool: a durable commit of a batch (one frame appended to the log) vs writing the same bytes to a
 //!   file and fsyncing it;
 //! - sign: a Standard Webhooks signature of a 10-alert body vs serializing that
 //!   body (what every attempt already costs);
@@ -140,7 +140,7 @@ fn bench_spool(c: &mut Criterion) {
     let body = payload(10);
     for batch in [1usize, 100] {
         group.throughput(Throughput::Elements(batch as u64));
-        group.bench_function(format!("{batch}-deliveries/ours-redb"), |b| {
+        group.bench_function(format!("{batch}-deliveries/ours-log"), |b| {
             b.iter_batched(
                 || (0..batch).map(|_| Op::Insert { metas: vec![meta()], body: body.clone() }).collect::<Vec<_>>(),
                 |ops| runtime.block_on(spool.commit(ops)).unwrap(),

@@ -321,7 +321,7 @@ impl State {
             Change::Payload { key, span, deliveries, at } => {
                 if let Some(old) = self.payloads.remove(&key) {
                     self.by_segment.remove(&(old.at.seg, key));
-                    self.live_bytes -= u64::from(old.at.len);
+                    self.live_bytes = self.live_bytes.saturating_sub(u64::from(old.at.len));
                 }
                 let refs = u32::try_from(deliveries.len()).unwrap_or(u32::MAX);
                 for (id, meta) in deliveries {
@@ -346,7 +346,7 @@ impl State {
             }
             Change::Remove { id } => {
                 let Some(meta) = self.deliveries.remove(&id) else { return };
-                self.live_bytes -= META_BYTES;
+                self.live_bytes = self.live_bytes.saturating_sub(META_BYTES);
                 let key = key_of(id, &meta);
                 let Some(placed) = self.payloads.get_mut(&key) else { return };
                 placed.refs = placed.refs.saturating_sub(1);
@@ -354,7 +354,7 @@ impl State {
                     let at = placed.at;
                     self.payloads.remove(&key);
                     self.by_segment.remove(&(at.seg, key));
-                    self.live_bytes -= u64::from(at.len);
+                    self.live_bytes = self.live_bytes.saturating_sub(u64::from(at.len));
                 }
             }
             Change::Receiver { name, spec: Some(spec) } => {
