@@ -75,7 +75,7 @@ pub(super) struct RawAdmin {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawSpool {
-    /// Directory of the redb spool file.
+    /// Directory of the spool's segment files.
     pub(super) dir: Option<PathBuf>,
     /// Pending deliveries at which `/webhook` answers 503.
     pub(super) max_pending: Option<u64>,
