@@ -215,14 +215,16 @@ async fn a_full_disk_answers_503_and_the_relay_recovers_by_itself_losing_nothing
     assert_eq!(series(&relay.base, "alert_relay_spool_healthy").await, 1.0);
     let filler = disk.0.join("filler");
     assert!(fill(&filler) > 0);
-    // Payloads large enough to need new pages; every 200 is remembered.
+    // Payloads that do not compress, so that the spool's segment (written
+    // over zeros made at start) fills and the next needs the disk; every 200
+    // is remembered.
     let mut acked = BTreeSet::new();
     let mut refused = 0;
-    let annotation = "x".repeat(64 * 1024);
+    let mut rng = fastrand::Rng::with_seed(5);
     for i in 0..400 {
         let key = format!("full-{i}");
         let mut body: Value = serde_json::from_slice(&payload(&key, &[("firing", &[("alertname", "Full")])])).unwrap();
-        body["alerts"][0]["annotations"]["big"] = json!(format!("{annotation}{i}"));
+        body["alerts"][0]["annotations"]["big"] = json!((0..96 * 1024).map(|_| rng.alphanumeric()).collect::<String>());
         match post_json(&hook, serde_json::to_vec(&body).unwrap(), None).await.0 {
             200 => {
                 acked.insert(key);

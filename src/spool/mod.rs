@@ -327,8 +327,20 @@ impl Spool {
             .open(&lock_path)
             .map_err(|e| dir_error(format!("cannot open {}: {e}", lock_path.display())))?;
         let _ = set_mode(&lock_path, 0o600);
-        if let Err(e) = held.try_lock() {
-            return Err(dir_error(format!("in use by another process ({}: {e})", lock_path.display())));
+        match held.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(dir_error(format!("in use by another process ({} is locked)", lock_path.display())));
+            }
+            // A file system without locks (some network ones): the start
+            // goes on, unguarded.
+            Err(std::fs::TryLockError::Error(e)) => {
+                log::warn!(
+                    "spool {}: cannot lock {}: {e}; make sure no other relay uses it",
+                    shown,
+                    lock_path.display()
+                )
+            }
         }
         let marker = dir.join(MARKER);
         let recorded = std::fs::read_to_string(&marker).ok().map(|t| t.trim().to_string()).filter(|t| !t.is_empty());
@@ -359,7 +371,7 @@ impl Spool {
                         legacy.display(),
                         aside.display()
                     );
-                    fresh(dir).map_err(dir_error)?;
+                    fresh(dir, segment_bytes).map_err(dir_error)?;
                 }
                 Err(message) => return Err(OpenError::Unreadable { path: legacy.display().to_string(), message }),
             }
@@ -373,7 +385,7 @@ impl Spool {
                 Some(e) => log::warn!("--reset-spool: {e}; starting with an empty queue"),
                 None => {}
             }
-            fresh(dir).map_err(dir_error)?;
+            fresh(dir, segment_bytes).map_err(dir_error)?;
         }
         let (log, state) = match Log::open(dir, segment_bytes) {
             Ok(opened) => opened,
@@ -390,7 +402,7 @@ impl Spool {
                     "--reset-spool: {} cannot be read ({message}); the segments are kept as *.broken-<time>",
                     path.display()
                 );
-                fresh(dir).map_err(dir_error)?;
+                fresh(dir, segment_bytes).map_err(dir_error)?;
                 Log::open(dir, segment_bytes)
                     .map_err(|e| OpenError::Unreadable { path: shown.clone(), message: format!("{e:?}") })?
             }
@@ -402,6 +414,7 @@ impl Spool {
                 return Err(OpenError::Unreadable { path: path.display().to_string(), message })
             }
         };
+        log.prepare_spare();
         let instance = log.instance().to_string();
         let written = std::fs::write(&marker, format!("{instance}\n"))
             .and_then(|()| std::fs::File::open(&marker)?.sync_all())
@@ -586,8 +599,8 @@ impl HoldPausedClock {
 }
 
 /// Starts an empty spool in `dir`, under a new instance id.
-fn fresh(dir: &Path) -> Result<(), String> {
-    Log::create(dir, &new_instance(), &State::new(), Vec::new())
+fn fresh(dir: &Path, segment_bytes: u64) -> Result<(), String> {
+    Log::create_empty(dir, &new_instance(), segment_bytes)
 }
 
 fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
@@ -1284,6 +1297,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_frame_cut_off_by_a_crash_is_dropped_and_what_came_before_stays() {
+        use std::os::unix::fs::FileExt;
         let dir = tempfile::tempdir().unwrap();
         let kept = {
             let spool = Spool::open(dir.path(), false, gauges()).unwrap();
@@ -1292,16 +1306,22 @@ mod tests {
             kept[0]
         };
         let [file] = &segment_files(dir.path())[..] else { panic!("one segment") };
-        let whole = std::fs::metadata(file).unwrap().len();
-        // Every way the last frame can be cut: in its head, its records.
-        for cut in [1, 5, 9, 100] {
+        let whole = store::frames_end(file) as u64;
+        // Every way the last frame can be cut: in its head, its records; the
+        // file cut there, or its old zeros still after the part written.
+        for (cut, zeros) in [1, 5, 9, 20, 100].into_iter().flat_map(|cut| [(cut, false), (cut, true)]) {
             let copy = tempfile::tempdir().unwrap();
             for entry in std::fs::read_dir(dir.path()).unwrap() {
                 let entry = entry.unwrap();
                 std::fs::copy(entry.path(), copy.path().join(entry.file_name())).unwrap();
             }
             let torn = copy.path().join(file.file_name().unwrap());
-            std::fs::OpenOptions::new().write(true).open(&torn).unwrap().set_len(whole - cut).unwrap();
+            let torn_file = std::fs::OpenOptions::new().write(true).open(&torn).unwrap();
+            if zeros {
+                torn_file.write_all_at(&vec![0; cut as usize], whole - cut).unwrap();
+            } else {
+                torn_file.set_len(whole - cut).unwrap();
+            }
             let spool = Spool::open(copy.path(), false, gauges()).unwrap();
             let all = spool.load_all().unwrap();
             assert_eq!(all.iter().map(|(id, _)| *id).collect::<Vec<_>>(), [kept], "cut {cut}");
@@ -1312,9 +1332,10 @@ mod tests {
             let spool = Spool::open(copy.path(), false, gauges()).unwrap();
             assert_eq!(spool.payload(id).unwrap().as_deref(), Some(&b"new"[..]), "cut {cut}");
         }
-        // A flipped byte in a frame that is not the last is damage, not a
-        // torn write: the start fails and names where.
+        // A flipped byte in a closed segment (cut to its last frame when the
+        // next began) is damage, not a torn write: the start fails, naming where.
         let mut data = std::fs::read(file).unwrap();
+        data.truncate(whole as usize);
         let at = data.len() - 320;
         data[at] ^= 0x40;
         std::fs::write(file, &data).unwrap();
@@ -1412,7 +1433,8 @@ mod tests {
         }
         let [file] = &segment_files(dir.path())[..] else { panic!("one segment") };
         let name = file.file_name().unwrap().to_owned();
-        let good = std::fs::read(file).unwrap();
+        let mut good = std::fs::read(file).unwrap();
+        good.truncate(store::frames_end(file));
         let mut rng = fastrand::Rng::with_seed(11);
         let (mut opened, mut refused) = (0, 0);
         for _ in 0..300 {
@@ -1449,5 +1471,83 @@ mod tests {
             }
         }
         assert!(opened > 0 && refused > 0, "{opened} opened, {refused} refused");
+    }
+
+    /// Segments deleted by compaction become the next ones: the spare made
+    /// at start (zeros), then each deleted segment's file in turn, its old
+    /// frames left behind the new ones and never read as theirs.
+    #[tokio::test]
+    async fn deleted_segments_are_written_over_as_the_next_ones() {
+        use std::os::unix::fs::MetadataExt;
+        const SEGMENT: u64 = 4096;
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open_with(dir.path(), false, gauges(), SEGMENT).unwrap();
+        let spare = dir.path().join("spool-spare.log");
+        assert_eq!(std::fs::read(&spare).unwrap(), vec![0; SEGMENT as usize], "a spare of zeros");
+        let mut rng = fastrand::Rng::with_seed(3);
+        let mut inodes: BTreeMap<u64, PathBuf> = BTreeMap::new();
+        let mut reused = 0;
+        let kept = spool.commit(vec![Op::Insert { metas: vec![meta("k")], body: b"kept".to_vec() }]).await.unwrap()[0];
+        for _ in 0..40 {
+            let body: Vec<u8> = (0..1500).map(|_| rng.u8(..)).collect();
+            let id = spool.commit(vec![Op::Insert { metas: vec![meta("a")], body }]).await.unwrap()[0];
+            spool.commit(vec![Op::Remove { id }]).await.unwrap();
+            for path in segment_files(dir.path()) {
+                let ino = std::fs::metadata(&path).unwrap().ino();
+                match inodes.insert(ino, path.clone()) {
+                    Some(before) if before != path => reused += 1,
+                    _ => {}
+                }
+            }
+        }
+        assert!(reused >= 5, "files written over as new segments: {reused}");
+        drop(spool);
+        let spool = Spool::open_with(dir.path(), false, gauges(), SEGMENT).unwrap();
+        assert_eq!(spool.load_all().unwrap().iter().map(|(id, _)| *id).collect::<Vec<_>>(), [kept]);
+        assert_eq!(spool.payload(kept).unwrap().as_deref(), Some(&b"kept"[..]));
+    }
+
+    /// Frames written after the last fsync may reach the disk in any order
+    /// when the power goes: a hole among them ends the log. A frame that was
+    /// fsynced and then does not check out, with frames after it, is damage.
+    #[tokio::test]
+    async fn a_hole_after_the_last_fsync_ends_the_log_and_one_before_it_is_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let stats = gauges();
+        let (ids, unsynced) = {
+            let spool = Spool::open(dir.path(), false, stats.clone()).unwrap();
+            let ids = spool
+                .commit(vec![Op::Insert { metas: vec![meta("a"), meta("b"), meta("c")], body: b"abc".to_vec() }])
+                .await
+                .unwrap();
+            let [file] = &segment_files(dir.path())[..] else { panic!("one segment") };
+            let synced = store::frames_end(file) as u64;
+            // Two frames nobody waits for, each its own.
+            spool.commit_later(vec![Op::Remove { id: ids[0] }]);
+            eventually("the first deferred frame", || stats.deferred_commits.get() == 1);
+            spool.commit_later(vec![Op::Remove { id: ids[1] }]);
+            eventually("the second deferred frame", || stats.deferred_commits.get() == 2);
+            (ids, synced)
+        };
+        let [file] = &segment_files(dir.path())[..] else { panic!("one segment") };
+        let good = std::fs::read(file).unwrap();
+        // The first unsynced frame lost, the second on disk: both dropped.
+        let mut holed = good.clone();
+        holed[unsynced as usize + 30] ^= 0xff;
+        std::fs::write(file, &holed).unwrap();
+        {
+            let spool = Spool::open(dir.path(), false, gauges()).unwrap();
+            assert_eq!(
+                spool.load_all().unwrap().iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+                ids,
+                "both removals gone"
+            );
+        }
+        // The insert's frame, fsynced before the others were written: damage.
+        let mut damaged = good.clone();
+        damaged[unsynced as usize - 10] ^= 0xff;
+        std::fs::write(file, &damaged).unwrap();
+        let e = Spool::open(dir.path(), false, gauges()).err().unwrap().to_string();
+        assert!(e.contains("is damaged"), "{e}");
     }
 }

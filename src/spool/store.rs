@@ -3,9 +3,17 @@
 //!
 //! A commit is one frame: the writer appends it and, for a durable commit,
 //! calls `fdatasync` once. A frame is all or nothing. One whose length or
-//! CRC-32 does not check out at the end of the newest segment is a write torn
-//! by a crash and is cut off at start; anywhere else it is damage, and the
-//! start fails.
+//! CRC-32 does not check out after the newest segment's last fsync is a write
+//! torn by a crash and ends the log; anywhere else (a closed segment, or
+//! before a frame that says the disk held more) it is damage, and the start
+//! fails.
+//!
+//! A deleted segment's file is kept as the spare and becomes the next
+//! segment: frames are then written over blocks the file system has already
+//! allocated, and an `fdatasync` has no new file size to journal (on ext4
+//! about a third cheaper than an append, BENCHMARKS.md). The file's old
+//! frames name the segment they belonged to and their offset in their
+//! checksum, so they never check out as the new segment's.
 //!
 //! Each segment (`spool-<n>.log`) begins with a frame naming its number and
 //! the spool's instance, with a snapshot of the small state (the next id, the
@@ -22,16 +30,27 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use super::{DeliveryMeta, Op};
 
 const MAGIC: &[u8; 8] = b"ARSPOOL1";
-/// A frame's length and CRC-32, before its records.
-const FRAME_HEAD: usize = 8;
+/// Before a frame's records: their length (u32), the CRC-32 of the segment
+/// number, the frame's offset, the synced end and the records (u32), the
+/// segment number (u64), and where the segment was known to be on disk when
+/// the frame was written (u64: the end of the last fsynced frame). A frame
+/// read at another offset or in another segment (a recycled file's old
+/// content) does not check out.
+const FRAME_HEAD: usize = 24;
+/// A deleted segment's file kept for the next segment: writing over blocks
+/// already allocated, an `fdatasync` has no file size to journal.
+const SPARE: &str = "spool-spare.log";
 /// A segment is closed and a new one begun once it passes this size.
-pub(super) const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+pub(super) const SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
 /// Payload bytes one commit copies out of the oldest segment at most.
 const COPY_BYTES: u64 = 1024 * 1024;
+/// How long after a failed rotation or deletion it is tried again.
+const TIDY_RETRY: Duration = Duration::from_secs(1);
 /// What a delivery's state counts for in the live bytes (its JSON is about
 /// this size).
 const META_BYTES: u64 = 256;
@@ -175,12 +194,16 @@ impl Frame {
         self.bytes(body)
     }
 
-    /// Fills in the head; the frame as it is written.
-    fn seal(&mut self) -> &[u8] {
+    /// Fills in the head for a frame at `offset` of segment `seq`, written
+    /// when the segment was on disk up to `synced`; the frame as it is
+    /// written.
+    fn seal(&mut self, seq: u64, offset: u64, synced: u64) -> &[u8] {
         let len = u32::try_from(self.buf.len() - FRAME_HEAD).unwrap_or(u32::MAX);
-        let crc = crc32fast::hash(&self.buf[FRAME_HEAD..]);
+        let crc = checksum(seq, offset, synced, &self.buf[FRAME_HEAD..]);
         self.buf[..4].copy_from_slice(&len.to_le_bytes());
         self.buf[4..8].copy_from_slice(&crc.to_le_bytes());
+        self.buf[8..16].copy_from_slice(&seq.to_le_bytes());
+        self.buf[16..24].copy_from_slice(&synced.to_le_bytes());
         &self.buf
     }
 }
@@ -402,6 +425,19 @@ pub(super) fn read_at(file: &File, at: Place) -> std::io::Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// Where the frames of a segment file end (its number from the name).
+#[cfg(test)]
+pub(super) fn frames_end(path: &Path) -> usize {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let seq = name.trim_start_matches("spool-").trim_end_matches(".log").parse().expect("a segment's name");
+    let data = std::fs::read(path).expect("a segment");
+    let mut pos = 0;
+    while let At::Frame(records, _) = frame_at(&data, pos, seq) {
+        pos += FRAME_HEAD + records.len();
+    }
+    pos
+}
+
 pub(super) fn segment_name(seq: u64) -> String {
     format!("spool-{seq:08}.log")
 }
@@ -454,9 +490,13 @@ pub(super) struct Log {
     file: Arc<File>,
     /// Where the next frame goes: the end of the last one written whole.
     end: u64,
+    /// The end of the last frame fsynced.
+    synced: u64,
     /// Every segment's size.
     sizes: BTreeMap<u64, u64>,
     segment_bytes: u64,
+    /// After a failed rotation or deletion: not before then again.
+    tidy_after: Option<Instant>,
 }
 
 impl Log {
@@ -466,8 +506,22 @@ impl Log {
         write_segment(dir, 1, instance, state, frames).map(|_| ())
     }
 
-    /// Reads every segment into a fresh state. A torn frame at the end of the
-    /// newest segment is cut off.
+    /// Starts an empty log in `dir`, its first segment in a file of zeros
+    /// (if one can be made): frames written over it need no file size
+    /// journaled.
+    pub fn create_empty(dir: &Path, instance: &str, segment_bytes: u64) -> Result<(), String> {
+        let state = State::new();
+        if let Err(e) = make_spare(dir, segment_bytes) {
+            log::warn!("spool {}: cannot prepare a segment of zeros: {e}", dir.display());
+        }
+        match reuse_spare(dir, 1, instance, &state) {
+            Some(_) => Ok(()),
+            None => write_segment(dir, 1, instance, &state, Vec::new()).map(|_| ()),
+        }
+    }
+
+    /// Reads every segment into a fresh state. What follows the last whole
+    /// frame of the newest segment is left to be written over.
     pub fn open(dir: &Path, segment_bytes: u64) -> Result<(Log, State), ReplayError> {
         let damaged = |path: &Path, message: String| ReplayError::Damaged { path: path.to_path_buf(), message };
         let listed = segments(dir).map_err(|e| damaged(dir, e.to_string()))?;
@@ -484,20 +538,20 @@ impl Log {
             }
             let mut pos = 0usize;
             while pos < data.len() {
-                let whole = frame_at(&data, pos);
-                let Some(records) = whole else {
-                    if newest && pos > 0 {
+                let records = match frame_at(&data, pos, *seq) {
+                    At::Frame(records, _) => records,
+                    // A closed segment ends with its last frame (it was cut
+                    // to it when the next began); the newest may go on with
+                    // what its file held before.
+                    At::End if newest && pos > 0 => break,
+                    At::Torn if newest && pos > 0 && !synced_past(&data, pos, *seq) => {
                         log::warn!(
-                            "spool {}: the last {} bytes are a write cut off by a crash (never acknowledged); dropped",
-                            path.display(),
-                            data.len() - pos
+                            "spool {}: the frame at byte {pos} was cut off by a crash (never acknowledged); dropped",
+                            path.display()
                         );
-                        file.set_len(pos as u64)
-                            .and_then(|()| file.sync_data())
-                            .map_err(|e| damaged(path, e.to_string()))?;
                         break;
                     }
-                    return Err(damaged(path, format!("the frame at byte {pos} is damaged (length or checksum)")));
+                    _ => return Err(damaged(path, format!("the frame at byte {pos} is damaged (length or checksum)"))),
                 };
                 let base = (pos + FRAME_HEAD) as u64;
                 let changes =
@@ -526,7 +580,13 @@ impl Log {
             return Err(damaged(dir, "no spool segment".into()));
         };
         let file = state.files[&head].clone();
-        Ok((Log { dir: dir.to_path_buf(), instance, head, file, end, sizes, segment_bytes }, state))
+        // What was read may have been only in the page cache (a kill -9).
+        file.sync_data().map_err(|e| damaged(&listed[listed.len() - 1].1, e.to_string()))?;
+        let synced = end;
+        Ok((
+            Log { dir: dir.to_path_buf(), instance, head, file, end, synced, sizes, segment_bytes, tidy_after: None },
+            state,
+        ))
     }
 
     pub fn instance(&self) -> &str {
@@ -560,9 +620,12 @@ impl Log {
             }
             all_ids.push(ids);
         }
+        if frame.buf.len() - FRAME_HEAD > u32::MAX as usize {
+            return Err(format!("a commit of {} bytes is too large for one frame", frame.buf.len()));
+        }
         let written = if frame.is_empty() { 0 } else { frame.buf.len() as u64 };
         if written > 0 {
-            if let Err(e) = self.file.write_all_at(frame.seal(), self.end) {
+            if let Err(e) = self.file.write_all_at(frame.seal(self.head, self.end, self.synced), self.end) {
                 let _ = self.file.set_len(self.end);
                 return Err(e.to_string());
             }
@@ -574,6 +637,9 @@ impl Log {
             }
         }
         self.end += written;
+        if durable {
+            self.synced = self.end;
+        }
         self.sizes.insert(self.head, self.end);
         {
             let mut state = write(state);
@@ -708,21 +774,36 @@ impl Log {
     /// deletes the oldest ones nothing lives in. Failures are logged and
     /// tried again after the next durable commit.
     fn tidy(&mut self, state: &RwLock<State>) {
+        if self.tidy_after.is_some_and(|after| Instant::now() < after) {
+            return;
+        }
+        self.tidy_after = None;
+        let failed = |what: String| {
+            log::warn!("spool {}: {what}; trying again in {} s", self.dir.display(), TIDY_RETRY.as_secs());
+            Some(Instant::now() + TIDY_RETRY)
+        };
         if self.end >= self.segment_bytes {
             let seq = self.head + 1;
-            let made = {
+            let made = self.close_head().and_then(|()| {
                 let state = read(state);
-                write_segment(&self.dir, seq, &self.instance, &state, Vec::new())
-            };
+                match reuse_spare(&self.dir, seq, &self.instance, &state) {
+                    Some(made) => Ok(made),
+                    None => write_segment(&self.dir, seq, &self.instance, &state, Vec::new()),
+                }
+            });
             match made {
                 Ok((file, end)) => {
                     write(state).files.insert(seq, file.clone());
                     self.head = seq;
                     self.file = file;
                     self.end = end;
+                    self.synced = end;
                     self.sizes.insert(seq, end);
                 }
-                Err(e) => log::warn!("spool {}: cannot begin segment {seq}: {e}", self.dir.display()),
+                Err(e) => {
+                    self.tidy_after = failed(format!("cannot begin segment {seq}: {e}"));
+                    return;
+                }
             }
         }
         while let Some(&oldest) = self.sizes.keys().next() {
@@ -730,12 +811,39 @@ impl Log {
                 break;
             }
             let path = self.dir.join(segment_name(oldest));
-            if let Err(e) = std::fs::remove_file(&path).and_then(|()| sync_dir(&self.dir)) {
-                log::warn!("spool {}: cannot delete {}: {e}", self.dir.display(), path.display());
-                break;
+            // Kept as the spare if there is none; its old frames name
+            // another segment and never check out as the new one's.
+            let spare = self.dir.join(SPARE);
+            let removed =
+                match if spare.exists() { std::fs::remove_file(&path) } else { std::fs::rename(&path, &spare) } {
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                    other => other,
+                };
+            if let Err(e) = removed.and_then(|()| sync_dir(&self.dir)) {
+                self.tidy_after = failed(format!("cannot delete {}: {e}", path.display()));
+                return;
             }
             write(state).files.remove(&oldest);
             self.sizes.remove(&oldest);
+        }
+    }
+
+    /// Cuts the newest segment to its last frame before the next begins: a
+    /// closed segment ends with its last frame, so that anything else read
+    /// there at start is damage.
+    fn close_head(&self) -> Result<(), String> {
+        let len = self.file.metadata().map_err(|e| e.to_string())?.len();
+        if len != self.end {
+            self.file.set_len(self.end).and_then(|()| self.file.sync_data()).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Makes a spare for the next segment if there is none. A failure only
+    /// costs the speed.
+    pub fn prepare_spare(&self) {
+        if let Err(e) = make_spare(&self.dir, self.segment_bytes) {
+            log::warn!("spool {}: cannot prepare a spare segment: {e}", self.dir.display());
         }
     }
 
@@ -752,13 +860,124 @@ impl Log {
     }
 }
 
-/// The records of the whole frame at `pos`, if its length and checksum hold.
-fn frame_at(data: &[u8], pos: usize) -> Option<&[u8]> {
-    let head = data.get(pos..pos + FRAME_HEAD)?;
-    let len = u32::from_le_bytes(head[..4].try_into().ok()?) as usize;
-    let crc = u32::from_le_bytes(head[4..].try_into().ok()?);
-    let records = data.get(pos + FRAME_HEAD..(pos + FRAME_HEAD).checked_add(len)?)?;
-    (len > 0 && crc32fast::hash(records) == crc).then_some(records)
+fn checksum(seq: u64, offset: u64, synced: u64, records: &[u8]) -> u32 {
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&seq.to_le_bytes());
+    crc.update(&offset.to_le_bytes());
+    crc.update(&synced.to_le_bytes());
+    crc.update(records);
+    crc.finalize()
+}
+
+/// What is at a position of segment `seq`.
+enum At<'a> {
+    /// A whole frame: its records, and the segment's synced end when it was
+    /// written.
+    Frame(&'a [u8], u64),
+    /// The end of what was written: nothing, zeros, or a frame of the
+    /// file's earlier life as another segment.
+    End,
+    /// A frame of this segment that does not check out: a write cut off by a
+    /// crash, or damage.
+    Torn,
+}
+
+fn frame_at(data: &[u8], pos: usize, seq: u64) -> At<'_> {
+    let rest = &data[pos.min(data.len())..];
+    let Some(head) = rest.get(..FRAME_HEAD) else {
+        return if rest.iter().all(|b| *b == 0) { At::End } else { At::Torn };
+    };
+    let word = |r: std::ops::Range<usize>| head[r].iter().rev().fold(0u64, |v, b| v << 8 | u64::from(*b));
+    let (len, crc, of, synced) = (word(0..4) as usize, word(4..8) as u32, word(8..16), word(16..24));
+    if of != seq {
+        return At::End;
+    }
+    match rest.get(FRAME_HEAD..FRAME_HEAD.saturating_add(len)) {
+        Some(records) if len > 0 && checksum(seq, pos as u64, synced, records) == crc => At::Frame(records, synced),
+        _ => At::Torn,
+    }
+}
+
+/// Whether a whole frame of segment `seq` after `pos` was written when the
+/// segment was already on disk past `pos`: then what stopped the reading at
+/// `pos` had been fsynced, and is damage. (Frames written after the last
+/// fsync may reach the disk in any order when the power goes: a hole among
+/// them is the end of the log.)
+fn synced_past(data: &[u8], pos: usize, seq: u64) -> bool {
+    let tag = seq.to_le_bytes();
+    let mut from = pos + 1;
+    while let Some(found) = data.get(from..).and_then(|rest| memchr::memmem::find(rest, &tag)) {
+        let at = from + found;
+        if let Some(start) = at.checked_sub(8).filter(|start| *start > pos) {
+            if let At::Frame(_, synced) = frame_at(data, start, seq) {
+                if synced > pos as u64 {
+                    return true;
+                }
+            }
+        }
+        from = at + 1;
+    }
+    false
+}
+
+/// Makes the spare if there is none: zeros, `bytes` long, written through
+/// once, then given its name.
+fn make_spare(dir: &Path, bytes: u64) -> std::io::Result<()> {
+    let spare = dir.join(SPARE);
+    if spare.exists() {
+        return Ok(());
+    }
+    let tmp = dir.join(format!("{SPARE}.tmp"));
+    let made = (|| -> std::io::Result<()> {
+        let file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
+        let _ = super::set_mode(&tmp, 0o600);
+        let zeros = vec![0u8; 1024 * 1024];
+        let mut at = 0;
+        while at < bytes {
+            let n = zeros.len().min((bytes - at) as usize);
+            file.write_all_at(&zeros[..n], at)?;
+            at += n as u64;
+        }
+        file.sync_data()?;
+        std::fs::rename(&tmp, &spare)?;
+        sync_dir(dir)
+    })();
+    if made.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    made
+}
+
+/// Begins segment `seq` in the spare file: its opening frame written over
+/// the start, then its name. None if there is no spare or it fails (the
+/// spare is then dropped).
+fn reuse_spare(dir: &Path, seq: u64, instance: &str, state: &State) -> Option<(Arc<File>, u64)> {
+    let spare = dir.join(SPARE);
+    if !spare.exists() {
+        return None;
+    }
+    let path = dir.join(segment_name(seq));
+    let made = (|| -> Result<(File, u64), String> {
+        let file = open_rw(&spare).map_err(|e| e.to_string())?;
+        let mut opening = Frame::opening(seq, instance, state)?;
+        let bytes = opening.seal(seq, 0, 0);
+        file.write_all_at(bytes, 0).map_err(|e| e.to_string())?;
+        file.sync_data().map_err(|e| e.to_string())?;
+        std::fs::rename(&spare, &path).map_err(|e| e.to_string())?;
+        if let Err(e) = sync_dir(dir) {
+            let _ = std::fs::remove_file(&path);
+            return Err(e.to_string());
+        }
+        Ok((file, bytes.len() as u64))
+    })();
+    match made {
+        Ok((file, end)) => Some((Arc::new(file), end)),
+        Err(e) => {
+            log::debug!("spool {}: the spare segment is not used: {e}", dir.display());
+            let _ = std::fs::remove_file(&spare);
+            None
+        }
+    }
 }
 
 /// Makes segment `seq` whole under a temporary name, then gives it its own:
@@ -786,13 +1005,19 @@ fn write_segment(
             if frame.is_empty() {
                 continue;
             }
-            let bytes = frame.seal();
+            // Nothing of it counts before the rename, after its fsync.
+            let bytes = frame.seal(seq, end, 0);
             file.write_all_at(bytes, end).map_err(|e| e.to_string())?;
             end += bytes.len() as u64;
         }
         file.sync_data().map_err(|e| e.to_string())?;
         std::fs::rename(&tmp, &path).map_err(|e| e.to_string())?;
-        sync_dir(dir).map_err(|e| e.to_string())?;
+        if let Err(e) = sync_dir(dir) {
+            // Not begun: a segment that might not survive a crash must not
+            // follow frames still written to the one before it.
+            let _ = std::fs::remove_file(&path);
+            return Err(e.to_string());
+        }
         Ok((file, end))
     })();
     match made {
