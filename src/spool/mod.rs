@@ -371,7 +371,7 @@ impl Spool {
                         legacy.display(),
                         aside.display()
                     );
-                    fresh(dir, segment_bytes).map_err(dir_error)?;
+                    fresh(dir).map_err(dir_error)?;
                 }
                 Err(message) => return Err(OpenError::Unreadable { path: legacy.display().to_string(), message }),
             }
@@ -385,7 +385,7 @@ impl Spool {
                 Some(e) => log::warn!("--reset-spool: {e}; starting with an empty queue"),
                 None => {}
             }
-            fresh(dir, segment_bytes).map_err(dir_error)?;
+            fresh(dir).map_err(dir_error)?;
         }
         let (log, state) = match Log::open(dir, segment_bytes) {
             Ok(opened) => opened,
@@ -402,7 +402,7 @@ impl Spool {
                     "--reset-spool: {} cannot be read ({message}); the segments are kept as *.broken-<time>",
                     path.display()
                 );
-                fresh(dir, segment_bytes).map_err(dir_error)?;
+                fresh(dir).map_err(dir_error)?;
                 Log::open(dir, segment_bytes)
                     .map_err(|e| OpenError::Unreadable { path: shown.clone(), message: format!("{e:?}") })?
             }
@@ -414,7 +414,6 @@ impl Spool {
                 return Err(OpenError::Unreadable { path: path.display().to_string(), message })
             }
         };
-        log.prepare_spare();
         let instance = log.instance().to_string();
         let written = std::fs::write(&marker, format!("{instance}\n"))
             .and_then(|()| std::fs::File::open(&marker)?.sync_all())
@@ -599,8 +598,8 @@ impl HoldPausedClock {
 }
 
 /// Starts an empty spool in `dir`, under a new instance id.
-fn fresh(dir: &Path, segment_bytes: u64) -> Result<(), String> {
-    Log::create_empty(dir, &new_instance(), segment_bytes)
+fn fresh(dir: &Path) -> Result<(), String> {
+    Log::create(dir, &new_instance(), &State::new(), Vec::new())
 }
 
 fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
@@ -1308,7 +1307,7 @@ mod tests {
         let [file] = &segment_files(dir.path())[..] else { panic!("one segment") };
         let whole = store::frames_end(file) as u64;
         // Every way the last frame can be cut: in its head, its records; the
-        // file cut there, or its old zeros still after the part written.
+        // file cut there, or zeros where the rest should be (blocks a crash left unwritten).
         for (cut, zeros) in [1, 5, 9, 20, 100].into_iter().flat_map(|cut| [(cut, false), (cut, true)]) {
             let copy = tempfile::tempdir().unwrap();
             for entry in std::fs::read_dir(dir.path()).unwrap() {
@@ -1471,40 +1470,6 @@ mod tests {
             }
         }
         assert!(opened > 0 && refused > 0, "{opened} opened, {refused} refused");
-    }
-
-    /// Segments deleted by compaction become the next ones: the spare made
-    /// at start (zeros), then each deleted segment's file in turn, its old
-    /// frames left behind the new ones and never read as theirs.
-    #[tokio::test]
-    async fn deleted_segments_are_written_over_as_the_next_ones() {
-        use std::os::unix::fs::MetadataExt;
-        const SEGMENT: u64 = 4096;
-        let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open_with(dir.path(), false, gauges(), SEGMENT).unwrap();
-        let spare = dir.path().join("spool-spare.log");
-        assert_eq!(std::fs::read(&spare).unwrap(), vec![0; SEGMENT as usize], "a spare of zeros");
-        let mut rng = fastrand::Rng::with_seed(3);
-        let mut inodes: BTreeMap<u64, PathBuf> = BTreeMap::new();
-        let mut reused = 0;
-        let kept = spool.commit(vec![Op::Insert { metas: vec![meta("k")], body: b"kept".to_vec() }]).await.unwrap()[0];
-        for _ in 0..40 {
-            let body: Vec<u8> = (0..1500).map(|_| rng.u8(..)).collect();
-            let id = spool.commit(vec![Op::Insert { metas: vec![meta("a")], body }]).await.unwrap()[0];
-            spool.commit(vec![Op::Remove { id }]).await.unwrap();
-            for path in segment_files(dir.path()) {
-                let ino = std::fs::metadata(&path).unwrap().ino();
-                match inodes.insert(ino, path.clone()) {
-                    Some(before) if before != path => reused += 1,
-                    _ => {}
-                }
-            }
-        }
-        assert!(reused >= 5, "files written over as new segments: {reused}");
-        drop(spool);
-        let spool = Spool::open_with(dir.path(), false, gauges(), SEGMENT).unwrap();
-        assert_eq!(spool.load_all().unwrap().iter().map(|(id, _)| *id).collect::<Vec<_>>(), [kept]);
-        assert_eq!(spool.payload(kept).unwrap().as_deref(), Some(&b"kept"[..]));
     }
 
     /// Frames written after the last fsync may reach the disk in any order

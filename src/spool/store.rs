@@ -8,13 +8,6 @@
 //! before a frame that says the disk held more) it is damage, and the start
 //! fails.
 //!
-//! A deleted segment's file is kept as the spare and becomes the next
-//! segment: frames are then written over blocks the file system has already
-//! allocated, and an `fdatasync` has no new file size to journal (on ext4
-//! about a third cheaper than an append, BENCHMARKS.md). The file's old
-//! frames name the segment they belonged to and their offset in their
-//! checksum, so they never check out as the new segment's.
-//!
 //! Each segment (`spool-<n>.log`) begins with a frame naming its number and
 //! the spool's instance, with a snapshot of the small state (the next id, the
 //! API-managed receivers, the notification log). So an older segment is only
@@ -39,12 +32,8 @@ const MAGIC: &[u8; 8] = b"ARSPOOL1";
 /// number, the frame's offset, the synced end and the records (u32), the
 /// segment number (u64), and where the segment was known to be on disk when
 /// the frame was written (u64: the end of the last fsynced frame). A frame
-/// read at another offset or in another segment (a recycled file's old
-/// content) does not check out.
+/// copied to another offset or segment does not check out.
 const FRAME_HEAD: usize = 24;
-/// A deleted segment's file kept for the next segment: writing over blocks
-/// already allocated, an `fdatasync` has no file size to journal.
-const SPARE: &str = "spool-spare.log";
 /// A segment is closed and a new one begun once it passes this size.
 pub(super) const SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
 /// Payload bytes one commit copies out of the oldest segment at most.
@@ -506,20 +495,6 @@ impl Log {
         write_segment(dir, 1, instance, state, frames).map(|_| ())
     }
 
-    /// Starts an empty log in `dir`, its first segment in a file of zeros
-    /// (if one can be made): frames written over it need no file size
-    /// journaled.
-    pub fn create_empty(dir: &Path, instance: &str, segment_bytes: u64) -> Result<(), String> {
-        let state = State::new();
-        if let Err(e) = make_spare(dir, segment_bytes) {
-            log::warn!("spool {}: cannot prepare a segment of zeros: {e}", dir.display());
-        }
-        match reuse_spare(dir, 1, instance, &state) {
-            Some(_) => Ok(()),
-            None => write_segment(dir, 1, instance, &state, Vec::new()).map(|_| ()),
-        }
-    }
-
     /// Reads every segment into a fresh state. What follows the last whole
     /// frame of the newest segment is left to be written over.
     pub fn open(dir: &Path, segment_bytes: u64) -> Result<(Log, State), ReplayError> {
@@ -541,8 +516,8 @@ impl Log {
                 let records = match frame_at(&data, pos, *seq) {
                     At::Frame(records, _) => records,
                     // A closed segment ends with its last frame (it was cut
-                    // to it when the next began); the newest may go on with
-                    // what its file held before.
+                    // to it when the next began); the newest may end in
+                    // zeros a crash left.
                     At::End if newest && pos > 0 => break,
                     At::Torn if newest && pos > 0 && !synced_past(&data, pos, *seq) => {
                         log::warn!(
@@ -786,10 +761,7 @@ impl Log {
             let seq = self.head + 1;
             let made = self.close_head().and_then(|()| {
                 let state = read(state);
-                match reuse_spare(&self.dir, seq, &self.instance, &state) {
-                    Some(made) => Ok(made),
-                    None => write_segment(&self.dir, seq, &self.instance, &state, Vec::new()),
-                }
+                write_segment(&self.dir, seq, &self.instance, &state, Vec::new())
             });
             match made {
                 Ok((file, end)) => {
@@ -811,14 +783,10 @@ impl Log {
                 break;
             }
             let path = self.dir.join(segment_name(oldest));
-            // Kept as the spare if there is none; its old frames name
-            // another segment and never check out as the new one's.
-            let spare = self.dir.join(SPARE);
-            let removed =
-                match if spare.exists() { std::fs::remove_file(&path) } else { std::fs::rename(&path, &spare) } {
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                    other => other,
-                };
+            let removed = match std::fs::remove_file(&path) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                other => other,
+            };
             if let Err(e) = removed.and_then(|()| sync_dir(&self.dir)) {
                 self.tidy_after = failed(format!("cannot delete {}: {e}", path.display()));
                 return;
@@ -837,14 +805,6 @@ impl Log {
             self.file.set_len(self.end).and_then(|()| self.file.sync_data()).map_err(|e| e.to_string())?;
         }
         Ok(())
-    }
-
-    /// Makes a spare for the next segment if there is none. A failure only
-    /// costs the speed.
-    pub fn prepare_spare(&self) {
-        if let Err(e) = make_spare(&self.dir, self.segment_bytes) {
-            log::warn!("spool {}: cannot prepare a spare segment: {e}", self.dir.display());
-        }
     }
 
     /// After a failed write: reopens the newest segment and cuts it back to
@@ -874,8 +834,8 @@ enum At<'a> {
     /// A whole frame: its records, and the segment's synced end when it was
     /// written.
     Frame(&'a [u8], u64),
-    /// The end of what was written: nothing, zeros, or a frame of the
-    /// file's earlier life as another segment.
+    /// The end of what was written: nothing, or zeros (a file system may
+    /// show the blocks of a write cut off by a crash as zeros).
     End,
     /// A frame of this segment that does not check out: a write cut off by a
     /// crash, or damage.
@@ -918,66 +878,6 @@ fn synced_past(data: &[u8], pos: usize, seq: u64) -> bool {
         from = at + 1;
     }
     false
-}
-
-/// Makes the spare if there is none: zeros, `bytes` long, written through
-/// once, then given its name.
-fn make_spare(dir: &Path, bytes: u64) -> std::io::Result<()> {
-    let spare = dir.join(SPARE);
-    if spare.exists() {
-        return Ok(());
-    }
-    let tmp = dir.join(format!("{SPARE}.tmp"));
-    let made = (|| -> std::io::Result<()> {
-        let file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
-        let _ = super::set_mode(&tmp, 0o600);
-        let zeros = vec![0u8; 1024 * 1024];
-        let mut at = 0;
-        while at < bytes {
-            let n = zeros.len().min((bytes - at) as usize);
-            file.write_all_at(&zeros[..n], at)?;
-            at += n as u64;
-        }
-        file.sync_data()?;
-        std::fs::rename(&tmp, &spare)?;
-        sync_dir(dir)
-    })();
-    if made.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    made
-}
-
-/// Begins segment `seq` in the spare file: its opening frame written over
-/// the start, then its name. None if there is no spare or it fails (the
-/// spare is then dropped).
-fn reuse_spare(dir: &Path, seq: u64, instance: &str, state: &State) -> Option<(Arc<File>, u64)> {
-    let spare = dir.join(SPARE);
-    if !spare.exists() {
-        return None;
-    }
-    let path = dir.join(segment_name(seq));
-    let made = (|| -> Result<(File, u64), String> {
-        let file = open_rw(&spare).map_err(|e| e.to_string())?;
-        let mut opening = Frame::opening(seq, instance, state)?;
-        let bytes = opening.seal(seq, 0, 0);
-        file.write_all_at(bytes, 0).map_err(|e| e.to_string())?;
-        file.sync_data().map_err(|e| e.to_string())?;
-        std::fs::rename(&spare, &path).map_err(|e| e.to_string())?;
-        if let Err(e) = sync_dir(dir) {
-            let _ = std::fs::remove_file(&path);
-            return Err(e.to_string());
-        }
-        Ok((file, bytes.len() as u64))
-    })();
-    match made {
-        Ok((file, end)) => Some((Arc::new(file), end)),
-        Err(e) => {
-            log::debug!("spool {}: the spare segment is not used: {e}", dir.display());
-            let _ = std::fs::remove_file(&spare);
-            None
-        }
-    }
 }
 
 /// Makes segment `seq` whole under a temporary name, then gives it its own:
