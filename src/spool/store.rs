@@ -421,7 +421,7 @@ pub(super) fn frames_end(path: &Path) -> usize {
     let seq = name.trim_start_matches("spool-").trim_end_matches(".log").parse().expect("a segment's name");
     let data = std::fs::read(path).expect("a segment");
     let mut pos = 0;
-    while let At::Frame(records, _) = frame_at(&data, pos, seq) {
+    while let At::Frame(records, _) = frame_at(&data, pos, 0, seq) {
         pos += FRAME_HEAD + records.len();
     }
     pos
@@ -506,20 +506,29 @@ impl Log {
         let mut head = None;
         for (i, (seq, path)) in listed.iter().enumerate() {
             let newest = i + 1 == listed.len();
-            let file = open_rw(path).map_err(|e| damaged(path, e.to_string()))?;
-            let data = std::fs::read(path).map_err(|e| damaged(path, e.to_string()))?;
-            if data.is_empty() {
+            let io = |e: std::io::Error| damaged(path, e.to_string());
+            let file = open_rw(path).map_err(io)?;
+            let len = file.metadata().map_err(io)?.len();
+            if len == 0 {
                 return Err(ReplayError::Emptied(path.clone()));
             }
+            // Frame by frame, into one buffer: a segment is never in memory
+            // whole (glibc keeps a freed 16 MiB block as the process's).
+            let mut buf = Vec::new();
             let mut pos = 0usize;
-            while pos < data.len() {
-                let records = match frame_at(&data, pos, *seq) {
+            while (pos as u64) < len {
+                load_frame(&file, len, pos as u64, *seq, &mut buf).map_err(io)?;
+                let torn_at_end = || {
+                    let data = std::fs::read(path).unwrap_or_default();
+                    !synced_past(&data, pos, *seq)
+                };
+                let records = match frame_at(&buf, 0, pos as u64, *seq) {
                     At::Frame(records, _) => records,
                     // A closed segment ends with its last frame (it was cut
                     // to it when the next began); the newest may end in
                     // zeros a crash left.
                     At::End if newest && pos > 0 => break,
-                    At::Torn if newest && pos > 0 && !synced_past(&data, pos, *seq) => {
+                    At::Torn if newest && pos > 0 && torn_at_end() => {
                         log::warn!(
                             "spool {}: the frame at byte {pos} was cut off by a crash (never acknowledged); dropped",
                             path.display()
@@ -842,7 +851,8 @@ enum At<'a> {
     Torn,
 }
 
-fn frame_at(data: &[u8], pos: usize, seq: u64) -> At<'_> {
+/// What is at `pos` of `data`, which begins at byte `base` of segment `seq`.
+fn frame_at(data: &[u8], pos: usize, base: u64, seq: u64) -> At<'_> {
     let rest = &data[pos.min(data.len())..];
     let Some(head) = rest.get(..FRAME_HEAD) else {
         return if rest.iter().all(|b| *b == 0) { At::End } else { At::Torn };
@@ -853,9 +863,28 @@ fn frame_at(data: &[u8], pos: usize, seq: u64) -> At<'_> {
         return At::End;
     }
     match rest.get(FRAME_HEAD..FRAME_HEAD.saturating_add(len)) {
-        Some(records) if len > 0 && checksum(seq, pos as u64, synced, records) == crc => At::Frame(records, synced),
+        Some(records) if len > 0 && checksum(seq, base + pos as u64, synced, records) == crc => {
+            At::Frame(records, synced)
+        }
         _ => At::Torn,
     }
+}
+
+/// Reads into `buf` what is at `pos` of a segment file `len` bytes long: a
+/// frame's head and, if the head names this segment and a length that fits,
+/// its records.
+fn load_frame(file: &File, len: u64, pos: u64, seq: u64, buf: &mut Vec<u8>) -> std::io::Result<()> {
+    let head = (len - pos).min(FRAME_HEAD as u64) as usize;
+    buf.resize(head, 0);
+    file.read_exact_at(buf, pos)?;
+    if head == FRAME_HEAD && buf[8..16] == seq.to_le_bytes() {
+        let records = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as u64;
+        if records <= len - pos - FRAME_HEAD as u64 {
+            buf.resize(FRAME_HEAD + records as usize, 0);
+            file.read_exact_at(&mut buf[FRAME_HEAD..], pos + FRAME_HEAD as u64)?;
+        }
+    }
+    Ok(())
 }
 
 /// Whether a whole frame of segment `seq` after `pos` was written when the
@@ -864,12 +893,13 @@ fn frame_at(data: &[u8], pos: usize, seq: u64) -> At<'_> {
 /// fsync may reach the disk in any order when the power goes: a hole among
 /// them is the end of the log.)
 fn synced_past(data: &[u8], pos: usize, seq: u64) -> bool {
+    // `data` is the whole segment.
     let tag = seq.to_le_bytes();
     let mut from = pos + 1;
     while let Some(found) = data.get(from..).and_then(|rest| memchr::memmem::find(rest, &tag)) {
         let at = from + found;
         if let Some(start) = at.checked_sub(8).filter(|start| *start > pos) {
-            if let At::Frame(_, synced) = frame_at(data, start, seq) {
+            if let At::Frame(_, synced) = frame_at(data, start, 0, seq) {
                 if synced > pos as u64 {
                     return true;
                 }
