@@ -825,6 +825,7 @@ impl Log {
         let file = Arc::new(file);
         write(state).files.insert(self.head, file.clone());
         self.file = file;
+        self.synced = self.end;
         Ok(())
     }
 }
