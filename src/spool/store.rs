@@ -141,6 +141,17 @@ impl Frame {
         self.bytes(&json).map(|_| ())
     }
 
+    /// A keyed record (a receiver's spec, a notification-log entry): its
+    /// tag, key and, unless it says the key is gone, value.
+    fn entry(&mut self, tag: u8, key: &str, value: Option<&[u8]>) -> Result<(), String> {
+        self.u8(tag);
+        self.bytes(key.as_bytes())?;
+        if let Some(value) = value {
+            self.bytes(value)?;
+        }
+        Ok(())
+    }
+
     fn map(&mut self, map: &BTreeMap<String, Vec<u8>>) -> Result<(), String> {
         self.u32(u32::try_from(map.len()).map_err(|_| "too many entries".to_string())?);
         for (k, v) in map {
@@ -677,25 +688,19 @@ impl Log {
                 changes.push(Change::Remove { id: *id });
             }
             Op::PutReceiver { name, spec } => {
-                frame.u8(tag::RECEIVER);
-                frame.bytes(name.as_bytes())?;
-                frame.bytes(spec)?;
+                frame.entry(tag::RECEIVER, name, Some(spec))?;
                 changes.push(Change::Receiver { name: name.clone(), spec: Some(spec.clone()) });
             }
             Op::DeleteReceiver { name } => {
-                frame.u8(tag::RECEIVER_GONE);
-                frame.bytes(name.as_bytes())?;
+                frame.entry(tag::RECEIVER_GONE, name, None)?;
                 changes.push(Change::Receiver { name: name.clone(), spec: None });
             }
             Op::Notified { key, entry } => {
-                frame.u8(tag::NOTIFIED);
-                frame.bytes(key.as_bytes())?;
-                frame.bytes(entry)?;
+                frame.entry(tag::NOTIFIED, key, Some(entry))?;
                 changes.push(Change::Notified { key: key.clone(), entry: Some(entry.clone()) });
             }
             Op::ForgetNotified { key } => {
-                frame.u8(tag::NOTIFIED_GONE);
-                frame.bytes(key.as_bytes())?;
+                frame.entry(tag::NOTIFIED_GONE, key, None)?;
                 changes.push(Change::Notified { key: key.clone(), entry: None });
             }
         }
