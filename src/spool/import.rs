@@ -26,9 +26,9 @@ pub(super) const NOTIFIED: TableDefinition<&str, &[u8]> = TableDefinition::new("
 /// may pass it).
 const FRAME_BYTES: usize = 4 * 1024 * 1024;
 
-/// Writes the redb spool at `path` into a new log in `dir`; returns its
-/// instance and how many deliveries came over.
-pub(super) fn import(dir: &Path, path: &Path) -> Result<(String, usize), String> {
+/// Writes the redb spool at `path` into a new log in `dir`, under its
+/// instance; returns how many deliveries came over.
+pub(super) fn import(dir: &Path, path: &Path) -> Result<usize, String> {
     let s = |e: &dyn std::fmt::Display| e.to_string();
     let db = Database::open(path).map_err(|e| s(&e))?;
     let txn = db.begin_read().map_err(|e| s(&e))?;
@@ -92,7 +92,7 @@ pub(super) fn import(dir: &Path, path: &Path) -> Result<(String, usize), String>
     }
     let instance = instance.unwrap_or_else(|| format!("{:016x}", fastrand::u64(..)));
     Log::create(dir, &instance, &state, frames)?;
-    Ok((instance, imported))
+    Ok(imported)
 }
 
 fn ids(deliveries: &[(u64, DeliveryMeta)]) -> Vec<u64> {

@@ -210,11 +210,11 @@ impl Health {
     fn set(&self, problem: Option<String>) {
         self.healthy.store(problem.is_none(), Ordering::SeqCst);
         self.gauge.set(i64::from(problem.is_none()));
-        *self.problem.lock().unwrap_or_else(|p| p.into_inner()) = problem;
+        *lock(&self.problem) = problem;
     }
 
     fn problem(&self) -> Option<String> {
-        self.problem.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        lock(&self.problem).clone()
     }
 }
 
@@ -319,29 +319,7 @@ impl Spool {
             set_mode(dir, 0o700).map_err(|e| dir_error(e.to_string()))?;
         }
         // One process per spool: held by the writer thread until it ends.
-        let lock_path = dir.join(LOCK);
-        let held = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&lock_path)
-            .map_err(|e| dir_error(format!("cannot open {}: {e}", lock_path.display())))?;
-        let _ = set_mode(&lock_path, 0o600);
-        match held.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(dir_error(format!("in use by another process ({} is locked)", lock_path.display())));
-            }
-            // A file system without locks (some network ones): the start
-            // goes on, unguarded.
-            Err(std::fs::TryLockError::Error(e)) => {
-                log::warn!(
-                    "spool {}: cannot lock {}: {e}; make sure no other relay uses it",
-                    shown,
-                    lock_path.display()
-                )
-            }
-        }
+        let held = lock_dir(dir).map_err(dir_error)?;
         let marker = dir.join(MARKER);
         let recorded = std::fs::read_to_string(&marker).ok().map(|t| t.trim().to_string()).filter(|t| !t.is_empty());
         let legacy = dir.join(import::FILE);
@@ -355,7 +333,7 @@ impl Spool {
             }
         } else if legacy_len.is_some_and(|len| len > 0) {
             match import::import(dir, &legacy) {
-                Ok((_, count)) => {
+                Ok(count) => {
                     let aside = set_aside(&legacy, "imported").map_err(|e| dir_error(e.to_string()))?;
                     log::info!(
                         "imported {count} deliveries from {} (an earlier version's spool); kept as {}, which may be \
@@ -390,10 +368,7 @@ impl Spool {
         let (log, state) = match Log::open(dir, segment_bytes) {
             Ok(opened) => opened,
             Err(e) if reset => {
-                let (path, message) = match e {
-                    ReplayError::Emptied(path) => (path, "0 bytes".to_string()),
-                    ReplayError::Damaged { path, message } => (path, message),
-                };
+                let (path, message) = e.parts();
                 for (_, segment) in store::segments(dir).map_err(|e| dir_error(e.to_string()))? {
                     set_aside(&segment, "broken")
                         .map_err(|e| dir_error(format!("cannot move {}: {e}", segment.display())))?;
@@ -403,8 +378,10 @@ impl Spool {
                     path.display()
                 );
                 fresh(dir).map_err(dir_error)?;
-                Log::open(dir, segment_bytes)
-                    .map_err(|e| OpenError::Unreadable { path: shown.clone(), message: format!("{e:?}") })?
+                Log::open(dir, segment_bytes).map_err(|e| {
+                    let (path, message) = e.parts();
+                    OpenError::Unreadable { path: path.display().to_string(), message }
+                })?
             }
             Err(ReplayError::Emptied(path)) => {
                 let instance = recorded.unwrap_or_else(|| "unknown".into());
@@ -517,7 +494,7 @@ impl Spool {
     }
 
     fn state(&self) -> std::sync::RwLockReadGuard<'_, State> {
-        store::read(&self.state)
+        crate::sync::read(&self.state)
     }
 
     /// Every delivery's state, oldest first.
@@ -595,6 +572,29 @@ impl HoldPausedClock {
         });
         HoldPausedClock { _release: Some(release) }
     }
+}
+
+/// Takes `dir`'s lock file. On a file system without locks (some network
+/// ones) the start goes on, unguarded, with a warning.
+fn lock_dir(dir: &Path) -> Result<std::fs::File, String> {
+    let path = dir.join(LOCK);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let _ = set_mode(&path, 0o600);
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            return Err(format!("in use by another process ({} is locked)", path.display()));
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            log::warn!("spool {}: cannot lock {}: {e}; make sure no other relay uses it", dir.display(), path.display())
+        }
+    }
+    Ok(file)
 }
 
 /// Starts an empty spool in `dir`, under a new instance id.

@@ -26,13 +26,10 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use super::{DeliveryMeta, Op};
+use crate::sync::{read, write};
 
 const MAGIC: &[u8; 8] = b"ARSPOOL1";
-/// Before a frame's records: their length (u32), the CRC-32 of the segment
-/// number, the frame's offset, the synced end and the records (u32), the
-/// segment number (u64), and where the segment was known to be on disk when
-/// the frame was written (u64: the end of the last fsynced frame). A frame
-/// copied to another offset or segment does not check out.
+/// Before a frame's records: its `Head`.
 const FRAME_HEAD: usize = 24;
 /// A segment is closed and a new one begun once it passes this size.
 pub(super) const SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
@@ -200,11 +197,35 @@ impl Frame {
     fn seal(&mut self, seq: u64, offset: u64, synced: u64) -> &[u8] {
         let len = u32::try_from(self.buf.len() - FRAME_HEAD).unwrap_or(u32::MAX);
         let crc = checksum(seq, offset, synced, &self.buf[FRAME_HEAD..]);
-        self.buf[..4].copy_from_slice(&len.to_le_bytes());
-        self.buf[4..8].copy_from_slice(&crc.to_le_bytes());
-        self.buf[8..16].copy_from_slice(&seq.to_le_bytes());
-        self.buf[16..24].copy_from_slice(&synced.to_le_bytes());
+        Head { len, crc, seq, synced }.write(&mut self.buf);
         &self.buf
+    }
+}
+
+/// A frame's head, little-endian: the records' length (u32), their CRC-32
+/// (u32, over segment number, the frame's offset, the synced end and the
+/// records: a frame copied to another offset or segment does not check
+/// out), the segment number (u64), and where the segment was known to be on
+/// disk when the frame was written (u64: the end of the last fsynced frame).
+struct Head {
+    len: u32,
+    crc: u32,
+    seq: u64,
+    synced: u64,
+}
+
+impl Head {
+    fn read(bytes: &[u8; FRAME_HEAD]) -> Head {
+        let u32_at = |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+        let u64_at = |i: usize| u64::from(u32_at(i)) | u64::from(u32_at(i + 4)) << 32;
+        Head { len: u32_at(0), crc: u32_at(4), seq: u64_at(8), synced: u64_at(16) }
+    }
+
+    fn write(&self, bytes: &mut [u8]) {
+        bytes[..4].copy_from_slice(&self.len.to_le_bytes());
+        bytes[4..8].copy_from_slice(&self.crc.to_le_bytes());
+        bytes[8..16].copy_from_slice(&self.seq.to_le_bytes());
+        bytes[16..24].copy_from_slice(&self.synced.to_le_bytes());
     }
 }
 
@@ -472,6 +493,16 @@ pub(super) enum ReplayError {
         path: PathBuf,
         message: String,
     },
+}
+
+impl ReplayError {
+    /// The file, and what is wrong with it.
+    pub fn parts(self) -> (PathBuf, String) {
+        match self {
+            ReplayError::Emptied(path) => (path, "0 bytes".to_string()),
+            ReplayError::Damaged { path, message } => (path, message),
+        }
+    }
 }
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
@@ -860,17 +891,16 @@ enum At<'a> {
 /// What is at `pos` of `data`, which begins at byte `base` of segment `seq`.
 fn frame_at(data: &[u8], pos: usize, base: u64, seq: u64) -> At<'_> {
     let rest = &data[pos.min(data.len())..];
-    let Some(head) = rest.get(..FRAME_HEAD) else {
+    let Some(head) = rest.first_chunk::<FRAME_HEAD>() else {
         return if rest.iter().all(|b| *b == 0) { At::End } else { At::Torn };
     };
-    let word = |r: std::ops::Range<usize>| head[r].iter().rev().fold(0u64, |v, b| v << 8 | u64::from(*b));
-    let (len, crc, of, synced) = (word(0..4) as usize, word(4..8) as u32, word(8..16), word(16..24));
-    if of != seq {
+    let head = Head::read(head);
+    if head.seq != seq {
         return At::End;
     }
-    match rest.get(FRAME_HEAD..FRAME_HEAD.saturating_add(len)) {
-        Some(records) if len > 0 && checksum(seq, base + pos as u64, synced, records) == crc => {
-            At::Frame(records, synced)
+    match rest.get(FRAME_HEAD..FRAME_HEAD + head.len as usize) {
+        Some(records) if head.len > 0 && checksum(seq, base + pos as u64, head.synced, records) == head.crc => {
+            At::Frame(records, head.synced)
         }
         _ => At::Torn,
     }
@@ -883,12 +913,10 @@ fn load_frame(file: &File, len: u64, pos: u64, seq: u64, buf: &mut Vec<u8>) -> s
     let head = (len - pos).min(FRAME_HEAD as u64) as usize;
     buf.resize(head, 0);
     file.read_exact_at(buf, pos)?;
-    if head == FRAME_HEAD && buf[8..16] == seq.to_le_bytes() {
-        let records = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as u64;
-        if records <= len - pos - FRAME_HEAD as u64 {
-            buf.resize(FRAME_HEAD + records as usize, 0);
-            file.read_exact_at(&mut buf[FRAME_HEAD..], pos + FRAME_HEAD as u64)?;
-        }
+    let Some(head) = buf.first_chunk::<FRAME_HEAD>().map(Head::read) else { return Ok(()) };
+    if head.seq == seq && u64::from(head.len) <= len - pos - FRAME_HEAD as u64 {
+        buf.resize(FRAME_HEAD + head.len as usize, 0);
+        file.read_exact_at(&mut buf[FRAME_HEAD..], pos + FRAME_HEAD as u64)?;
     }
     Ok(())
 }
@@ -963,12 +991,4 @@ fn write_segment(
             Err(e)
         }
     }
-}
-
-pub(super) fn read(state: &RwLock<State>) -> std::sync::RwLockReadGuard<'_, State> {
-    state.read().unwrap_or_else(|p| p.into_inner())
-}
-
-pub(super) fn write(state: &RwLock<State>) -> std::sync::RwLockWriteGuard<'_, State> {
-    state.write().unwrap_or_else(|p| p.into_inner())
 }
