@@ -17,6 +17,7 @@
 //!   `FLUSH_INTERVAL` at the latest. A crash loses at most that much of them:
 //!   those deliveries are sent again, under the same `Idempotency-Key`.
 
+mod direct;
 mod import;
 mod store;
 
@@ -31,7 +32,7 @@ use prometheus::{Histogram, IntCounter, IntGauge};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use self::store::{Log, ReplayError, State};
+use self::store::{Layout, Log, ReplayError, State};
 use crate::reasons::DeadReason;
 use crate::sync::lock;
 
@@ -308,10 +309,10 @@ impl Spool {
     /// now missing, empty or unreadable is an error unless `reset`. A
     /// `spool.redb` of an earlier version is imported.
     pub fn open(dir: &Path, reset: bool, gauges: SpoolGauges) -> Result<Spool, OpenError> {
-        Spool::open_with(dir, reset, gauges, store::SEGMENT_BYTES)
+        Spool::open_with(dir, reset, gauges, Layout::DEFAULT)
     }
 
-    fn open_with(dir: &Path, reset: bool, gauges: SpoolGauges, segment_bytes: u64) -> Result<Spool, OpenError> {
+    fn open_with(dir: &Path, reset: bool, gauges: SpoolGauges, layout: Layout) -> Result<Spool, OpenError> {
         let shown = dir.display().to_string();
         let dir_error = |message: String| OpenError::Directory { path: shown.clone(), message };
         if !dir.exists() {
@@ -365,7 +366,7 @@ impl Spool {
             }
             fresh(dir).map_err(dir_error)?;
         }
-        let (log, state) = match Log::open(dir, segment_bytes) {
+        let (log, state) = match Log::open(dir, layout) {
             Ok(opened) => opened,
             Err(e) if reset => {
                 let (path, message) = e.parts();
@@ -378,7 +379,7 @@ impl Spool {
                     path.display()
                 );
                 fresh(dir).map_err(dir_error)?;
-                Log::open(dir, segment_bytes).map_err(|e| {
+                Log::open(dir, layout).map_err(|e| {
                     let (path, message) = e.parts();
                     OpenError::Unreadable { path: path.display().to_string(), message }
                 })?
@@ -1174,13 +1175,15 @@ mod tests {
     #[tokio::test]
     async fn random_histories_read_back_as_the_model_across_reopens_and_compaction() {
         const SEGMENT: u64 = 4096;
-        for seed in 0..6 {
+        // Direct writes over spares, and appends through the page cache.
+        for (seed, direct) in (0..6).flat_map(|seed| [(seed, true), (seed, false)]) {
+            let layout = Layout { segment_bytes: SEGMENT, direct };
             let dir = tempfile::tempdir().unwrap();
             let mut rng = fastrand::Rng::with_seed(seed);
             let mut model: BTreeMap<u64, (DeliveryMeta, Vec<u8>)> = BTreeMap::new();
             let mut receivers = BTreeMap::new();
             let mut notified = BTreeMap::new();
-            let mut spool = Spool::open_with(dir.path(), false, gauges(), SEGMENT).unwrap();
+            let mut spool = Spool::open_with(dir.path(), false, gauges(), layout).unwrap();
             let mut highest = 0;
             let mut gone = 0;
             for step in 0..300 {
@@ -1264,10 +1267,10 @@ mod tests {
                 if reopen {
                     spool.commit_later(later);
                     drop(spool);
-                    spool = Spool::open_with(dir.path(), false, gauges(), SEGMENT).unwrap();
+                    spool = Spool::open_with(dir.path(), false, gauges(), layout).unwrap();
                 }
                 if reopen || step % 25 == 0 {
-                    assert_eq!(contents(&spool), model, "seed {seed}, step {step}");
+                    assert_eq!(contents(&spool), model, "seed {seed}, direct {direct}, step {step}");
                     assert_eq!(spool.receivers().unwrap(), receivers.clone().into_iter().collect::<Vec<_>>());
                     assert_eq!(spool.notified().unwrap(), notified.clone().into_iter().collect::<Vec<_>>());
                 }
@@ -1276,7 +1279,7 @@ mod tests {
                 let bytes: u64 = segment_files(dir.path()).iter().map(|p| std::fs::metadata(p).unwrap().len()).sum();
                 assert!(
                     bytes <= 2 * live.max(SEGMENT) + 8192,
-                    "seed {seed}, step {step}: {bytes} bytes for {live} live"
+                    "seed {seed}, direct {direct}, step {step}: {bytes} bytes for {live} live"
                 );
             }
             // Bounded: all removed, a few commits later the log is what is
@@ -1289,9 +1292,58 @@ mod tests {
                 spool.commit(vec![Op::Remove { id }]).await.unwrap();
             }
             let bytes: u64 = segment_files(dir.path()).iter().map(|p| std::fs::metadata(p).unwrap().len()).sum();
-            assert!(bytes <= 3 * SEGMENT + 4096, "seed {seed}: {bytes} bytes left in {:?}", segment_files(dir.path()));
+            assert!(
+                bytes <= 3 * SEGMENT + 4096,
+                "seed {seed}, direct {direct}: {bytes} bytes left in {:?}",
+                segment_files(dir.path())
+            );
             assert_eq!(stored_payloads(&spool), (0, vec![]));
         }
+    }
+
+    /// With direct writes, a segment nothing lives in any more is kept as the
+    /// spare and written over as a later segment: its old frames stay in the
+    /// file past the new ones and must never read as the new segment's.
+    #[tokio::test]
+    async fn a_dead_segment_is_written_over_as_a_later_one_and_its_old_frames_stay_dead() {
+        const SEGMENT: u64 = 8192;
+        let layout = Layout { segment_bytes: SEGMENT, direct: true };
+        let dir = tempfile::tempdir().unwrap();
+        let spare = dir.path().join("spool-spare.log");
+        let mut rng = fastrand::Rng::with_seed(7);
+        let mut kept = BTreeMap::new();
+        let (mut recycled, mut stale) = (false, false);
+        let mut spool = Spool::open_with(dir.path(), false, gauges(), layout).unwrap();
+        for i in 0..120 {
+            // Incompressible, so that segments fill.
+            let body: Vec<u8> = (0..1500).map(|_| rng.u8(..)).collect();
+            let id = spool.commit(vec![Op::Insert { metas: vec![meta("a")], body: body.clone() }]).await.unwrap()[0];
+            if i % 5 == 0 {
+                kept.insert(id, body);
+            } else {
+                spool.commit(vec![Op::Remove { id }]).await.unwrap();
+            }
+            // A dead segment as the spare: not the zeros a spare is made of.
+            recycled |= std::fs::read(&spare).is_ok_and(|data| data.iter().any(|b| *b != 0));
+            // A segment whose file goes on, past its own frames and the
+            // zeros after them to the next block, with another's.
+            for file in segment_files(dir.path()) {
+                let data = std::fs::read(&file).unwrap();
+                let past = store::frames_end(&file).div_ceil(4096) * 4096;
+                stale |= data.get(past..).is_some_and(|rest| rest.iter().any(|b| *b != 0));
+            }
+            if i % 40 == 39 {
+                drop(spool);
+                spool = Spool::open_with(dir.path(), false, gauges(), layout).unwrap();
+            }
+            let all = spool.load_all().unwrap();
+            assert_eq!(all.iter().map(|(id, _)| *id).collect::<Vec<_>>(), kept.keys().copied().collect::<Vec<_>>());
+            for (id, body) in &kept {
+                assert_eq!(spool.payload(*id).unwrap().as_ref(), Some(body), "step {i}, delivery {id}");
+            }
+        }
+        assert!(recycled, "no dead segment was kept as the spare (are direct writes possible in {:?}?)", dir.path());
+        assert!(stale, "no segment was written over a dead one");
     }
 
     #[tokio::test]

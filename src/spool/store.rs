@@ -17,22 +17,51 @@
 //! into the newest; a segment nothing lives in any more is deleted. Only the
 //! oldest is ever compacted, so a removal never has to outlive the records
 //! it removes.
+//!
+//! Frames reach the newest segment with direct writes where the file system
+//! has them (`direct.rs`), over blocks written before: a segment nothing
+//! lives in any more is kept as the spare (`spool-spare.log`) and becomes the
+//! next one, and while there is none a thread writes one of zeros. Its old
+//! frames name the segment they belonged to and their offset in their
+//! checksum, so they never check out as the new segment's. Where there are no
+//! direct writes, frames are appended through the page cache and segments
+//! are deleted.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use super::direct::{self, Direct};
 use super::{DeliveryMeta, Op};
 use crate::sync::{read, write};
 
 const MAGIC: &[u8; 8] = b"ARSPOOL1";
 /// Before a frame's records: its `Head`.
 const FRAME_HEAD: usize = 24;
+/// A segment nothing lives in, kept to be written over as the next one.
+const SPARE: &str = "spool-spare.log";
+/// A spare being written.
+const SPARE_TMP: &str = "spool-spare.tmp";
 /// A segment is closed and a new one begun once it passes this size.
 pub(super) const SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
+/// How the log lays out its files.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Layout {
+    /// A segment is closed and a new one begun once it passes this size.
+    pub segment_bytes: u64,
+    /// Direct writes over spare segments where the file system takes them
+    /// (tests turn them off to cover the other way).
+    pub direct: bool,
+}
+
+impl Layout {
+    pub const DEFAULT: Layout = Layout { segment_bytes: SEGMENT_BYTES, direct: true };
+}
+
 /// Payload bytes one commit copies out of the oldest segment at most.
 const COPY_BYTES: u64 = 1024 * 1024;
 /// How long after a failed rotation or deletion it is tried again.
@@ -528,6 +557,11 @@ pub(super) struct Log {
     segment_bytes: u64,
     /// After a failed rotation or deletion: not before then again.
     tidy_after: Option<Instant>,
+    /// The newest segment, for direct writes; None where the file system
+    /// does not take them.
+    direct: Option<Direct>,
+    /// Whether a thread is writing a spare.
+    making_spare: Arc<AtomicBool>,
 }
 
 impl Log {
@@ -539,7 +573,7 @@ impl Log {
 
     /// Reads every segment into a fresh state. What follows the last whole
     /// frame of the newest segment is left to be written over.
-    pub fn open(dir: &Path, segment_bytes: u64) -> Result<(Log, State), ReplayError> {
+    pub fn open(dir: &Path, layout: Layout) -> Result<(Log, State), ReplayError> {
         let damaged = |path: &Path, message: String| ReplayError::Damaged { path: path.to_path_buf(), message };
         let listed = segments(dir).map_err(|e| damaged(dir, e.to_string()))?;
         let mut state = State::new();
@@ -606,13 +640,28 @@ impl Log {
             return Err(damaged(dir, "no spool segment".into()));
         };
         let file = state.files[&head].clone();
+        let path = &listed[listed.len() - 1].1;
         // What was read may have been only in the page cache (a kill -9).
-        file.sync_data().map_err(|e| damaged(&listed[listed.len() - 1].1, e.to_string()))?;
-        let synced = end;
-        Ok((
-            Log { dir: dir.to_path_buf(), instance, head, file, end, synced, sizes, segment_bytes, tidy_after: None },
-            state,
-        ))
+        file.sync_data().map_err(|e| damaged(path, e.to_string()))?;
+        let direct = if layout.direct { Direct::open(path, &file, end) } else { None };
+        if layout.direct && direct.is_none() {
+            log::info!("spool {}: no direct writes here; frames are appended through the page cache", dir.display());
+        }
+        let log = Log {
+            dir: dir.to_path_buf(),
+            instance,
+            head,
+            file,
+            end,
+            synced: end,
+            sizes,
+            segment_bytes: layout.segment_bytes,
+            tidy_after: None,
+            direct,
+            making_spare: Arc::default(),
+        };
+        log.want_spare();
+        Ok((log, state))
     }
 
     pub fn instance(&self) -> &str {
@@ -651,7 +700,20 @@ impl Log {
         }
         let written = if frame.is_empty() { 0 } else { frame.buf.len() as u64 };
         if written > 0 {
-            if let Err(e) = self.file.write_all_at(frame.seal(self.head, self.end, self.synced), self.end) {
+            let bytes = frame.seal(self.head, self.end, self.synced);
+            let wrote = match self.direct.as_mut().map(|direct| direct.write(bytes, self.end)) {
+                Some(Err(e)) if direct::unsupported(&e) => {
+                    log::warn!(
+                        "spool {}: the file system refuses direct writes ({e}); appending through the page cache",
+                        self.dir.display()
+                    );
+                    self.direct = None;
+                    self.file.write_all_at(bytes, self.end)
+                }
+                Some(wrote) => wrote,
+                None => self.file.write_all_at(bytes, self.end),
+            };
+            if let Err(e) = wrote {
                 let _ = self.file.set_len(self.end);
                 return Err(e.to_string());
             }
@@ -802,20 +864,32 @@ impl Log {
             log::warn!("spool {}: {what}; trying again in {} s", self.dir.display(), TIDY_RETRY.as_secs());
             Some(Instant::now() + TIDY_RETRY)
         };
-        if self.end >= self.segment_bytes {
+        let rotate = self.end >= self.segment_bytes;
+        if rotate {
             let seq = self.head + 1;
             let made = self.close_head().and_then(|()| {
                 let state = read(state);
-                write_segment(&self.dir, seq, &self.instance, &state, Vec::new())
+                let spare = self.direct.as_ref().and_then(|_| reuse_spare(&self.dir, seq, &self.instance, &state));
+                match spare {
+                    Some(made) => Ok(made),
+                    None => write_segment(&self.dir, seq, &self.instance, &state, Vec::new()).map(|(file, end)| {
+                        let direct = self
+                            .direct
+                            .as_ref()
+                            .and_then(|_| Direct::open(&self.dir.join(segment_name(seq)), &file, end));
+                        (file, end, direct)
+                    }),
+                }
             });
             match made {
-                Ok((file, end)) => {
+                Ok((file, end, direct)) => {
                     write(state).files.insert(seq, file.clone());
                     self.head = seq;
                     self.file = file;
                     self.end = end;
                     self.synced = end;
                     self.sizes.insert(seq, end);
+                    self.direct = direct;
                 }
                 Err(e) => {
                     self.tidy_after = failed(format!("cannot begin segment {seq}: {e}"));
@@ -828,7 +902,10 @@ impl Log {
                 break;
             }
             let path = self.dir.join(segment_name(oldest));
-            let removed = match std::fs::remove_file(&path) {
+            // Kept as the spare if there is none (and direct writes can use it).
+            let spare = self.dir.join(SPARE);
+            let keep = self.direct.is_some() && !spare.exists();
+            let removed = match if keep { std::fs::rename(&path, &spare) } else { std::fs::remove_file(&path) } {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
                 other => other,
             };
@@ -838,6 +915,11 @@ impl Log {
             }
             write(state).files.remove(&oldest);
             self.sizes.remove(&oldest);
+        }
+        // After the deletions: a dead segment kept as the spare needs no
+        // spare written.
+        if rotate {
+            self.want_spare();
         }
     }
 
@@ -858,11 +940,85 @@ impl Log {
         let path = self.dir.join(segment_name(self.head));
         let file = open_rw(&path).map_err(|e| e.to_string())?;
         file.set_len(self.end).and_then(|()| file.sync_data()).map_err(|e| e.to_string())?;
+        if self.direct.is_some() {
+            self.direct = Direct::open(&path, &file, self.end);
+        }
         let file = Arc::new(file);
         write(state).files.insert(self.head, file.clone());
         self.file = file;
         self.synced = self.end;
         Ok(())
+    }
+
+    /// Starts a thread writing a spare of zeros if there is none and direct
+    /// writes can use it. A failure only costs the speed of the next
+    /// segment's commits.
+    fn want_spare(&self) {
+        if self.direct.is_none() || self.dir.join(SPARE).exists() || self.making_spare.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let (dir, bytes, making) = (self.dir.clone(), self.segment_bytes, self.making_spare.clone());
+        let spawned = std::thread::Builder::new().name("spool-spare".into()).spawn(move || {
+            if let Err(e) = make_spare(&dir, bytes) {
+                log::warn!("spool {}: cannot prepare the next segment's file: {e}", dir.display());
+            }
+            making.store(false, Ordering::SeqCst);
+        });
+        if spawned.is_err() {
+            self.making_spare.store(false, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Writes a spare: `bytes` of zeros, every block allocated and written, then
+/// given its name.
+fn make_spare(dir: &Path, bytes: u64) -> std::io::Result<()> {
+    let tmp = dir.join(SPARE_TMP);
+    let made = (|| {
+        let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp)?;
+        let _ = super::set_mode(&tmp, 0o600);
+        direct::zeros(&tmp, &file, bytes)?;
+        // Not over a dead segment kept as the spare meanwhile: that one is
+        // as good, and nothing need be written to have it.
+        match std::fs::hard_link(&tmp, dir.join(SPARE)) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+            _ => {}
+        }
+        sync_dir(dir)
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    made
+}
+
+/// Begins segment `seq` in the spare, if there is one: taken by renaming it
+/// (so that a spare written meanwhile is another file), its opening frame
+/// written over its start, then given the segment's name. None if there is
+/// no spare or it fails (the spare is then dropped).
+fn reuse_spare(dir: &Path, seq: u64, instance: &str, state: &State) -> Option<(Arc<File>, u64, Option<Direct>)> {
+    let path = dir.join(segment_name(seq));
+    let tmp = dir.join(format!("{}.tmp", segment_name(seq)));
+    std::fs::rename(dir.join(SPARE), &tmp).ok()?;
+    let made = (|| -> Result<(File, u64, Direct), String> {
+        let file = open_rw(&tmp).map_err(|e| e.to_string())?;
+        let mut direct = Direct::open(&tmp, &file, 0).ok_or("no direct writes")?;
+        let mut opening = Frame::opening(seq, instance, state)?;
+        // Nothing of it counts before the rename, after its fsync.
+        let bytes = opening.seal(seq, 0, 0);
+        direct.write(bytes, 0).and_then(|()| file.sync_data()).map_err(|e| e.to_string())?;
+        std::fs::rename(&tmp, &path).map_err(|e| e.to_string())?;
+        if let Err(e) = sync_dir(dir) {
+            let _ = std::fs::remove_file(&path);
+            return Err(e.to_string());
+        }
+        Ok((file, bytes.len() as u64, direct))
+    })();
+    match made {
+        Ok((file, end, direct)) => Some((Arc::new(file), end, Some(direct))),
+        Err(e) => {
+            log::warn!("spool {}: the spare segment file is not used: {e}", dir.display());
+            let _ = std::fs::remove_file(&tmp);
+            None
+        }
     }
 }
 
