@@ -138,51 +138,6 @@ async fn sigterm_exits_zero_and_keeps_pending_deliveries() {
     assert!(log.contains("1 deliveries left pending"), "{log}");
 }
 
-/// The nice value of the relay's spool writer thread.
-fn writer_nice(pid: u32) -> i32 {
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
-        let task = task.unwrap().path();
-        if std::fs::read_to_string(task.join("comm")).unwrap().trim() == "spool-writer" {
-            let stat = std::fs::read_to_string(task.join("stat")).unwrap();
-            // After the command's closing parenthesis: state is field 3, nice field 19.
-            let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
-            return fields[16].parse().unwrap();
-        }
-    }
-    panic!("no spool-writer thread in process {pid}");
-}
-
-/// The spool writer asks for nice -10 (its commits then wait less for a CPU
-/// on a busy machine); where that is not allowed it stays at 0, says so
-/// once, and the relay works as before.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_spool_writer_runs_at_a_higher_priority_where_it_may() {
-    let root = std::process::Command::new("id").arg("-u").output().unwrap().stdout == b"0\n";
-    let target = wiremock::MockServer::start().await;
-    Mock::given(method("POST")).respond_with(ResponseTemplate::new(204)).mount(&target).await;
-    // As root without CAP_SYS_NICE (setpriv drops it), and as it is.
-    let unprivileged: &[&str] = &["setpriv", "--bounding-set=-sys_nice", "--inh-caps=-sys_nice"];
-    let ways: &[(&[&str], bool)] = if root { &[(&[], true), (unprivileged, false)] } else { &[(&[], false)] };
-    for (done, (wrapper, allowed)) in ways.iter().enumerate() {
-        let dir = tempfile::tempdir().unwrap();
-        let port = closed_port();
-        let cfg = config(dir.path(), port, &format!("receivers: [{{ name: r, url: '{}/' }}]", target.uri()));
-        let relay = Process::start_via(wrapper, dir.path(), &["--config", &cfg], port, &[]).await;
-        let log = || std::fs::read_to_string(dir.path().join("relay.log")).unwrap();
-        let said = "the writer thread stays at nice 0";
-        if *allowed {
-            eventually("the writer at nice -10", || async { writer_nice(relay.child.id()) == -10 }).await;
-            assert!(!log().contains(said), "{}", log());
-        } else {
-            eventually("the log to say why the writer stays at 0", || async { log().contains(said) }).await;
-            assert_eq!(writer_nice(relay.child.id()), 0, "{wrapper:?}");
-        }
-        let (status, _) = post_json(&format!("{}/webhook", relay.base), FIRING.into(), None).await;
-        assert_eq!(status, 200, "{wrapper:?}");
-        eventually("the delivery", || async { target.received_requests().await.unwrap().len() == done + 1 }).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_on_embedded_defaults_with_env_overrides() {
     let dir = tempfile::tempdir().unwrap();

@@ -598,28 +598,6 @@ fn lock_dir(dir: &Path) -> Result<std::fs::File, String> {
     Ok(file)
 }
 
-/// The spool writer's nice value where the relay may set it (root,
-/// `CAP_SYS_NICE`, or an `RLIMIT_NICE` of 30 or more).
-pub const WRITER_NICE: i32 = -10;
-
-/// Gives the calling thread (the spool writer) the nice value `WRITER_NICE`.
-/// Every webhook's answer waits for a commit, and a commit is the writer's
-/// few microseconds of CPU around the disk's write and flush: on a machine
-/// busy with HTTP, the writer woken by the disk waited for a core for
-/// milliseconds (BENCHMARKS.md). With a higher weight the scheduler runs it
-/// as soon as it wakes. Refused, the relay works as before.
-fn raise_priority(dir: &Path) {
-    let thread = rustix::thread::gettid();
-    match rustix::process::setpriority_process(Some(thread), WRITER_NICE) {
-        Ok(()) => log::debug!("spool {}: writer thread at nice {WRITER_NICE}", dir.display()),
-        Err(e) => log::info!(
-            "spool {}: the writer thread stays at nice 0 ({e}; nice {WRITER_NICE} needs CAP_SYS_NICE or an \
-             RLIMIT_NICE of 30): on a busy machine its commits may wait for a CPU",
-            dir.display()
-        ),
-    }
-}
-
 /// Starts an empty spool in `dir`, under a new instance id.
 fn fresh(dir: &Path) -> Result<(), String> {
     Log::create(dir, &new_instance(), &State::new(), Vec::new())
@@ -690,7 +668,6 @@ struct Writer {
 impl Writer {
     fn run(mut self, rx: &std::sync::mpsc::Receiver<Batch>) {
         use std::sync::mpsc::RecvTimeoutError;
-        raise_priority(self.log.dir());
         // Ops of `commit_later` batches whose commit failed: they go first into
         // the next commit.
         let mut carried: Vec<Batch> = Vec::new();

@@ -545,19 +545,8 @@ pub struct Process {
 impl Process {
     /// Starts the binary in `dir` with `args` and waits until it is ready.
     pub async fn start(dir: &Path, args: &[&str], port: u16, env: &[(&str, &str)]) -> Process {
-        Process::start_via(&[], dir, args, port, env).await
-    }
-
-    /// Like `start`, the binary run by `wrapper` (a command and its
-    /// arguments, the binary's path and `args` after them).
-    pub async fn start_via(wrapper: &[&str], dir: &Path, args: &[&str], port: u16, env: &[(&str, &str)]) -> Process {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("relay.log")).unwrap();
-        let (program, before) = match wrapper {
-            [program, rest @ ..] => (*program, [rest, &[BIN]].concat()),
-            [] => (BIN, vec![]),
-        };
-        let child = std::process::Command::new(program)
-            .args(before)
+        let child = std::process::Command::new(BIN)
             .args(args)
             .current_dir(dir)
             .envs(env.iter().copied())
