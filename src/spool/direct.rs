@@ -2,8 +2,9 @@
 //!
 //! An `fdatasync` after writing over blocks the file already has needs no
 //! file size or block map written, only the device's cache flushed: on this
-//! project's ext4 disk a 4 KiB write and flush took 0.19 ms and 65 µs of
-//! kernel time against 0.45 ms and 190 µs for an append (BENCHMARKS.md).
+//! project's ext4 disk a direct 4 KiB write and flush took 0.17-0.23 ms and
+//! 53-70 µs of kernel time, against 0.48-0.56 ms and 180-200 µs for a 4 KiB
+//! append through the page cache (BENCHMARKS.md, "Session 7").
 //! Written through the page cache, the same overwrite can cost far more: a
 //! file read with readahead is cached in large folios, and a frame of 800
 //! bytes then dirties and writes a whole folio of up to 1 MiB. Direct writes

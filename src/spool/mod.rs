@@ -1346,6 +1346,22 @@ mod tests {
         assert!(stale, "no segment was written over a dead one");
     }
 
+    /// Spares written by several threads at once (a spool closed and opened
+    /// again while its thread still writes one): each writes a file of its
+    /// own, one becomes the spare, all zeros, and nothing is left behind.
+    #[test]
+    fn spares_written_at_once_leave_one_spare_of_zeros() {
+        let dir = tempfile::tempdir().unwrap();
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| store::make_spare(dir.path(), 1 << 20).unwrap());
+            }
+        });
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, ["spool-spare.log"]);
+        assert_eq!(std::fs::read(dir.path().join("spool-spare.log")).unwrap(), vec![0; 1 << 20]);
+    }
+
     #[tokio::test]
     async fn a_frame_cut_off_by_a_crash_is_dropped_and_what_came_before_stays() {
         use std::os::unix::fs::FileExt;

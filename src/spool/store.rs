@@ -21,11 +21,11 @@
 //! Frames reach the newest segment with direct writes where the file system
 //! has them (`direct.rs`), over blocks written before: a segment nothing
 //! lives in any more is kept as the spare (`spool-spare.log`) and becomes the
-//! next one, and while there is none a thread writes one of zeros. Its old
-//! frames name the segment they belonged to and their offset in their
-//! checksum, so they never check out as the new segment's. Where there are no
-//! direct writes, frames are appended through the page cache and segments
-//! are deleted.
+//! next one; if there is none once the newest segment is half full, a
+//! thread writes one of zeros. Its old frames name the segment they belonged
+//! to and their offset in their checksum, so they never check out as the new
+//! segment's. Where there are no direct writes, frames are appended through
+//! the page cache and segments are deleted.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
@@ -44,8 +44,6 @@ const MAGIC: &[u8; 8] = b"ARSPOOL1";
 const FRAME_HEAD: usize = 24;
 /// A segment nothing lives in, kept to be written over as the next one.
 const SPARE: &str = "spool-spare.log";
-/// A spare being written.
-const SPARE_TMP: &str = "spool-spare.tmp";
 /// A segment is closed and a new one begun once it passes this size.
 pub(super) const SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
 /// How the log lays out its files.
@@ -562,6 +560,8 @@ pub(super) struct Log {
     direct: Option<Direct>,
     /// Whether a thread is writing a spare.
     making_spare: Arc<AtomicBool>,
+    /// The segment for which a spare was last asked for.
+    spare_asked: u64,
 }
 
 impl Log {
@@ -659,8 +659,8 @@ impl Log {
             tidy_after: None,
             direct,
             making_spare: Arc::default(),
+            spare_asked: 0,
         };
-        log.want_spare();
         Ok((log, state))
     }
 
@@ -864,8 +864,7 @@ impl Log {
             log::warn!("spool {}: {what}; trying again in {} s", self.dir.display(), TIDY_RETRY.as_secs());
             Some(Instant::now() + TIDY_RETRY)
         };
-        let rotate = self.end >= self.segment_bytes;
-        if rotate {
+        if self.end >= self.segment_bytes {
             let seq = self.head + 1;
             let made = self.close_head().and_then(|()| {
                 let state = read(state);
@@ -916,9 +915,11 @@ impl Log {
             write(state).files.remove(&oldest);
             self.sizes.remove(&oldest);
         }
-        // After the deletions: a dead segment kept as the spare needs no
-        // spare written.
-        if rotate {
+        // Once the newest segment is half full, its successor's file: a dead
+        // segment kept meanwhile, or else zeros written now. (A spool that
+        // never fills half a segment never writes a spare.)
+        if self.spare_asked != self.head && self.end >= self.segment_bytes / 2 {
+            self.spare_asked = self.head;
             self.want_spare();
         }
     }
@@ -972,8 +973,12 @@ impl Log {
 
 /// Writes a spare: `bytes` of zeros, every block allocated and written, then
 /// given its name.
-fn make_spare(dir: &Path, bytes: u64) -> std::io::Result<()> {
-    let tmp = dir.join(SPARE_TMP);
+pub(super) fn make_spare(dir: &Path, bytes: u64) -> std::io::Result<()> {
+    // A name of its own: a thread of a spool closed meanwhile may still be
+    // writing another (and a start deletes what a crash left, `segments`).
+    static MADE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = MADE.fetch_add(1, Ordering::Relaxed);
+    let tmp = dir.join(format!("spool-spare-{}-{n}.log.tmp", std::process::id()));
     let made = (|| {
         let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp)?;
         let _ = super::set_mode(&tmp, 0o600);
