@@ -55,9 +55,7 @@ impl Direct {
         if self.buf.len() < len + BLOCK {
             self.buf = vec![0; (len + BLOCK).next_power_of_two()];
         }
-        // The first block-aligned address in the buffer.
-        let skew = (BLOCK - self.buf.as_ptr() as usize % BLOCK) % BLOCK;
-        let out = &mut self.buf[skew..skew + len];
+        let out = aligned(&mut self.buf, len);
         out[..self.tail.len()].copy_from_slice(&self.tail);
         out[self.tail.len()..used].copy_from_slice(frame);
         out[used..].fill(0);
@@ -67,6 +65,13 @@ impl Direct {
         self.tail.extend_from_slice(&out[last..used]);
         Ok(())
     }
+}
+
+/// `len` bytes of `buf` from its first block-aligned address (`buf` has a
+/// block to spare): what a direct write takes.
+fn aligned(buf: &mut [u8], len: usize) -> &mut [u8] {
+    let skew = buf.as_ptr().align_offset(BLOCK);
+    &mut buf[skew..skew + len]
 }
 
 #[cfg(target_os = "linux")]
@@ -92,8 +97,7 @@ pub(super) fn unsupported(e: &std::io::Error) -> bool {
 pub(super) fn zeros(path: &Path, file: &File, len: u64) -> std::io::Result<()> {
     let chunk = 1024 * 1024;
     let mut buf = vec![0u8; chunk + BLOCK];
-    let skew = (BLOCK - buf.as_ptr() as usize % BLOCK) % BLOCK;
-    let zeros = &mut buf[skew..skew + chunk];
+    let zeros = aligned(&mut buf, chunk);
     let direct = open_direct(path);
     let mut at = 0;
     while at < len {

@@ -1329,7 +1329,7 @@ mod tests {
             // zeros after them to the next block, with another's.
             for file in segment_files(dir.path()) {
                 let data = std::fs::read(&file).unwrap();
-                let past = store::frames_end(&file).div_ceil(4096) * 4096;
+                let past = store::frames_end(&file).div_ceil(direct::BLOCK) * direct::BLOCK;
                 stale |= data.get(past..).is_some_and(|rest| rest.iter().any(|b| *b != 0));
             }
             if i % 40 == 39 {

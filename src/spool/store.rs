@@ -872,10 +872,7 @@ impl Log {
                 match spare {
                     Some(made) => Ok(made),
                     None => write_segment(&self.dir, seq, &self.instance, &state, Vec::new()).map(|(file, end)| {
-                        let direct = self
-                            .direct
-                            .as_ref()
-                            .and_then(|_| Direct::open(&self.dir.join(segment_name(seq)), &file, end));
+                        let direct = self.direct_for(seq, &file, end);
                         (file, end, direct)
                     }),
                 }
@@ -941,14 +938,18 @@ impl Log {
         let path = self.dir.join(segment_name(self.head));
         let file = open_rw(&path).map_err(|e| e.to_string())?;
         file.set_len(self.end).and_then(|()| file.sync_data()).map_err(|e| e.to_string())?;
-        if self.direct.is_some() {
-            self.direct = Direct::open(&path, &file, self.end);
-        }
+        self.direct = self.direct_for(self.head, &file, self.end);
         let file = Arc::new(file);
         write(state).files.insert(self.head, file.clone());
         self.file = file;
         self.synced = self.end;
         Ok(())
+    }
+
+    /// Direct writes to segment `seq` (`file`, its frames ending at `end`),
+    /// if the log writes directly.
+    fn direct_for(&self, seq: u64, file: &File, end: u64) -> Option<Direct> {
+        self.direct.as_ref().and_then(|_| Direct::open(&self.dir.join(segment_name(seq)), file, end))
     }
 
     /// Starts a thread writing a spare of zeros if there is none and direct
@@ -1041,8 +1042,9 @@ enum At<'a> {
     /// A whole frame: its records, and the segment's synced end when it was
     /// written.
     Frame(&'a [u8], u64),
-    /// The end of what was written: nothing, or zeros (a file system may
-    /// show the blocks of a write cut off by a crash as zeros).
+    /// The end of what was written: nothing, zeros (past the last frame's
+    /// block, or blocks a crash left unwritten), or a frame of a recycled
+    /// file's earlier life as another segment.
     End,
     /// A frame of this segment that does not check out: a write cut off by a
     /// crash, or damage.
