@@ -7,6 +7,11 @@ use tokio::signal::unix::{signal, SignalKind};
 use alert_relay::config::{Config, Source, DEFAULT_PATH};
 use alert_relay::{Options, Relay};
 
+/// mimalloc rather than glibc's malloc: under load glibc's malloc and free were
+/// a quarter of the HTTP threads' CPU (BENCHMARKS.md, session 8).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Durable Alertmanager webhook relay.
 #[derive(Parser)]
 #[command(version, about)]
