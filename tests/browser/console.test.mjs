@@ -109,8 +109,19 @@ before(async () => {
 
 after(async () => {
   if (browser) await browser.close();
-  for (const r of [relay, offRelay]) if (r) r.child.kill('SIGTERM');
+  for (const r of [relay, offRelay]) {
+    if (!r || r.child.exitCode !== null || r.child.signalCode !== null) continue;
+    const exited = new Promise((resolve) => r.child.once('exit', resolve));
+    r.child.kill('SIGTERM');
+    await exited;
+  }
   if (target) target.server.close();
+  if (!dir) return;
+  // The relays' logs go beside the screenshots, the rest (spools, configs) away.
+  for (const [from, name] of [['relay.log', 'relay.log'], ['off/relay.log', 'relay-off.log']]) {
+    if (fs.existsSync(path.join(dir, from))) fs.copyFileSync(path.join(dir, from), path.join(SHOTS, name));
+  }
+  fs.rmSync(dir, { recursive: true, force: true });
 });
 
 test('sign-in explains a wrong token and an admin API that is off', async () => {
