@@ -113,7 +113,10 @@ after(async () => {
     if (!r || r.child.exitCode !== null || r.child.signalCode !== null) continue;
     const exited = new Promise((resolve) => r.child.once('exit', resolve));
     r.child.kill('SIGTERM');
+    // Its shutdown is bounded (25 s at most); past 30 s it is killed.
+    const killer = setTimeout(() => r.child.kill('SIGKILL'), 30_000);
     await exited;
+    clearTimeout(killer);
   }
   if (target) target.server.close();
   if (!dir) return;
