@@ -10,7 +10,7 @@
 //!   loadgen disk --dir DIR --bytes B --count N
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -317,6 +317,7 @@ async fn soak(args: &[String]) -> Value {
     let seconds = num(args, "--seconds", 1800);
     let receivers = num(args, "--receivers", 2) as usize;
     let pid = num(args, "--pid", 0) as u32;
+    let probe = arg(args, "--disk-dir").map(|dir| DiskProbe::start(&dir));
     let listener = TcpListener::bind(arg(args, "--target").expect("--target")).await.unwrap();
     let started = Instant::now();
     // groupKey → (sent, arrivals so far)
@@ -380,7 +381,11 @@ async fn soak(args: &[String]) -> Value {
         }
         if now >= next_minute {
             next_minute += Duration::from_secs(60);
-            minutes.push(stretch.lock().unwrap().summary(minutes.len()));
+            let mut minute = stretch.lock().unwrap().summary(minutes.len());
+            if let Some(probe) = &probe {
+                probe.add_to(&mut minute);
+            }
+            minutes.push(minute);
         }
     }
     for t in in_flight {
@@ -391,7 +396,12 @@ async fn soak(args: &[String]) -> Value {
     while delivered.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    minutes.push(stretch.lock().unwrap().summary(minutes.len()));
+    let mut minute = stretch.lock().unwrap().summary(minutes.len());
+    if let Some(probe) = &probe {
+        probe.add_to(&mut minute);
+    }
+    minutes.push(minute);
+    drop(probe);
     let all_p99: Vec<f64> = minutes.iter().filter_map(|m| m["p99_ms"].as_f64()).collect();
     let (max_ms, max_at) = *worst.lock().unwrap();
     let rss_values: Vec<u64> = rss.iter().filter_map(|r| r[1].as_u64()).collect();
@@ -406,10 +416,66 @@ async fn soak(args: &[String]) -> Value {
     })
 }
 
+/// Appends `block` to `file` and `fdatasync`s it; the milliseconds it took.
+fn append_synced(file: &mut std::fs::File, block: &[u8]) -> f64 {
+    use std::io::Write;
+    let t = Instant::now();
+    file.write_all(block).unwrap();
+    file.sync_data().unwrap();
+    t.elapsed().as_secs_f64() * 1000.0
+}
+
+/// The disk beside a soak: once a second, 4 KiB appended to a file in the
+/// spool's folder and `fdatasync`ed, so that a slow minute of the relay can
+/// be set beside the disk's own figures for that minute.
+struct DiskProbe {
+    samples: Arc<Mutex<Vec<f64>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl DiskProbe {
+    fn start(dir: &str) -> DiskProbe {
+        let path = std::path::Path::new(dir).join(format!("disk-probe-{}", std::process::id()));
+        let samples: Arc<Mutex<Vec<f64>>> = Arc::default();
+        let stop: Arc<AtomicBool> = Arc::default();
+        let (into, stopped) = (samples.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&path).unwrap();
+            let block = vec![0x5a_u8; 4096];
+            let mut next = Instant::now();
+            while !stopped.load(Ordering::Relaxed) {
+                into.lock().unwrap().push(append_synced(&mut file, &block));
+                next += Duration::from_secs(1);
+                std::thread::sleep(next.saturating_duration_since(Instant::now()));
+            }
+            drop(file);
+            let _ = std::fs::remove_file(&path);
+        });
+        DiskProbe { samples, stop, thread: Some(thread) }
+    }
+
+    /// The samples since the last call: p50 and max, into `minute`.
+    fn add_to(&self, minute: &mut Value) {
+        let mut ms = std::mem::take(&mut *self.samples.lock().unwrap());
+        ms.sort_by(f64::total_cmp);
+        minute["disk_p50_ms"] = json!(percentile(&ms, 50.0));
+        minute["disk_max_ms"] = json!(ms.last().copied().unwrap_or(f64::NAN));
+    }
+}
+
+impl Drop for DiskProbe {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// The disk's own floor for a durable forwarder: `bytes` appended to a file
 /// and `fdatasync`ed, `count` times, as one commit writes them.
 fn disk(args: &[String]) -> Value {
-    use std::io::Write;
     let dir = std::path::PathBuf::from(arg(args, "--dir").expect("--dir"));
     let bytes = num(args, "--bytes", 4096) as usize;
     let count = num(args, "--count", 2000);
@@ -419,10 +485,7 @@ fn disk(args: &[String]) -> Value {
     let mut ms = Vec::with_capacity(count as usize);
     let started = Instant::now();
     for _ in 0..count {
-        let t = Instant::now();
-        file.write_all(&block).unwrap();
-        file.sync_data().unwrap();
-        ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        ms.push(append_synced(&mut file, &block));
     }
     let seconds = started.elapsed().as_secs_f64();
     drop(file);
