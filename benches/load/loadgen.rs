@@ -351,6 +351,14 @@ async fn soak(args: &[String]) -> Value {
     let mut tick = tokio::time::interval(Duration::from_nanos(1_000_000_000 / rate.max(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut minutes = Vec::new();
+    // A minute's figures, with the disk's beside them when it is probed.
+    let minute_of = |index: usize| {
+        let mut minute = stretch.lock().unwrap().summary(index);
+        if let Some(probe) = &probe {
+            probe.add_to(&mut minute);
+        }
+        minute
+    };
     let mut rss = Vec::new();
     let mut slow = Vec::new();
     let mut next_sample = Instant::now();
@@ -381,11 +389,7 @@ async fn soak(args: &[String]) -> Value {
         }
         if now >= next_minute {
             next_minute += Duration::from_secs(60);
-            let mut minute = stretch.lock().unwrap().summary(minutes.len());
-            if let Some(probe) = &probe {
-                probe.add_to(&mut minute);
-            }
-            minutes.push(minute);
+            minutes.push(minute_of(minutes.len()));
         }
     }
     for t in in_flight {
@@ -396,11 +400,7 @@ async fn soak(args: &[String]) -> Value {
     while delivered.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let mut minute = stretch.lock().unwrap().summary(minutes.len());
-    if let Some(probe) = &probe {
-        probe.add_to(&mut minute);
-    }
-    minutes.push(minute);
+    minutes.push(minute_of(minutes.len()));
     drop(probe);
     let all_p99: Vec<f64> = minutes.iter().filter_map(|m| m["p99_ms"].as_f64()).collect();
     let (max_ms, max_at) = *worst.lock().unwrap();
@@ -446,7 +446,9 @@ impl DiskProbe {
             let mut next = Instant::now();
             while !stopped.load(Ordering::Relaxed) {
                 into.lock().unwrap().push(append_synced(&mut file, &block));
-                next += Duration::from_secs(1);
+                // After a write slower than a second the next goes at once,
+                // and the seconds count on from there: no burst to catch up.
+                next = (next + Duration::from_secs(1)).max(Instant::now());
                 std::thread::sleep(next.saturating_duration_since(Instant::now()));
             }
             drop(file);
