@@ -6,7 +6,7 @@
 //!   loadgen latency --url URL --target ADDR --rate R --seconds S
 //!   loadgen hang --listen ADDR
 //!   loadgen hop --alertmanager URL --target ADDR --count N
-//!   loadgen soak --url URL --target ADDR --rate R --seconds S --receivers N --pid PID
+//!   loadgen soak --url URL --target ADDR --rate R --seconds S --receivers N --pid PID [--disk-dir DIR]
 //!   loadgen disk --dir DIR --bytes B --count N
 
 use std::collections::HashMap;
