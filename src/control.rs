@@ -16,7 +16,7 @@ use crate::config::{
     validate_payload, validate_receiver, Config, ConfigErrors, PayloadSpec, Receiver, ReceiverSpec, Source,
 };
 use crate::delivery::sender::Target;
-use crate::delivery::{DeadLetterError, DispatchError, Dispatcher, Dropped, WorkerThreads};
+use crate::delivery::{DeadLetterError, DispatchError, Dispatcher, Dropped};
 use crate::diagnose::{self, shown_body, ExplainInput, Explanation, TestAlert, TestReport};
 use crate::format::PRESETS;
 use crate::intake::{self, IntakeError, LastSeen};
@@ -187,13 +187,12 @@ pub struct Preview {
 
 impl Control {
     /// Loads the API-managed receivers from the spool and starts the dispatcher
-    /// with them and the file's, its workers on `threads`.
+    /// with them and the file's.
     pub async fn start(
         source: Source,
         config: Config,
         spool: Arc<Spool>,
         metrics: Arc<Metrics>,
-        threads: Arc<WorkerThreads>,
     ) -> Result<Arc<Control>, DispatchError> {
         let mut api = BTreeMap::new();
         for (name, json) in spool.receivers()? {
@@ -208,7 +207,7 @@ impl Control {
         for e in errors {
             log::error!("API receiver ignored: {e}");
         }
-        let dispatcher = Dispatcher::start(spool.clone(), metrics.clone(), receivers, threads).await?;
+        let dispatcher = Dispatcher::start(spool.clone(), metrics.clone(), receivers).await?;
         let (notify_log, expired) = NotifyLog::load(spool.notified()?, crate::clock::now_ms());
         spool.commit_later(expired);
         metrics.reload_successful.set(1);

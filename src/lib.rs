@@ -35,7 +35,6 @@ use actix_web::{web, HttpServer};
 
 use crate::config::{Config, ConfigErrors, Source};
 use crate::control::Control;
-use crate::delivery::WorkerThreads;
 use crate::http::Shared;
 use crate::metrics::Metrics;
 use crate::spool::{Spool, SpoolGauges};
@@ -104,16 +103,13 @@ impl Relay {
         let tls = config.server.tls.clone().map(tls::server::ListenerTls::load).transpose()?;
         let rustls_config = tls.as_ref().map(|t| t.server_config()).transpose()?;
         let gate = tls.as_ref().map(|t| Arc::new(t.files().clone()));
-        // Delivery workers run on the HTTP server's threads (`delivery::threads`).
-        let threads = WorkerThreads::expecting(workers);
-        let control = Control::start(source, config, spool, metrics.clone(), threads.clone()).await?;
+        let control = Control::start(source, config, spool, metrics.clone()).await?;
         Control::watch_file(&control, FILE_CHECK_INTERVAL);
         let receivers = control.receiver_count();
         let reload_metrics = metrics.clone();
         let shared = web::Data::new(Shared { control, metrics, shutting_down: AtomicBool::new(false) });
         let data = shared.clone();
         let server = HttpServer::new(move || {
-            threads.register();
             let gate = gate.clone();
             actix_web::App::new()
                 .app_data(data.clone())

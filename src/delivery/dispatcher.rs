@@ -13,7 +13,6 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::sender::{Target, TargetError};
-use super::threads::WorkerThreads;
 use super::worker::Queue;
 use crate::clock::now_ms;
 use crate::config::Receiver;
@@ -76,22 +75,19 @@ pub struct Dispatcher {
     stop: watch::Sender<bool>,
     /// Builds a receiver's target: `Target::new`, or in tests a scripted one.
     connect: Connect,
-    /// Where the workers run.
-    threads: Arc<WorkerThreads>,
 }
 
 type Connect = Arc<dyn Fn(Arc<Receiver>) -> Result<Target, TargetError> + Send + Sync>;
 
 impl Dispatcher {
-    /// Resumes what the spool holds and starts every receiver's workers on
-    /// `threads`.
+    /// Resumes what the spool holds and starts every receiver's workers on the
+    /// current Tokio runtime.
     pub async fn start(
         spool: Arc<Spool>,
         metrics: Arc<Metrics>,
         receivers: Vec<Arc<Receiver>>,
-        threads: Arc<WorkerThreads>,
     ) -> Result<Arc<Dispatcher>, DispatchError> {
-        Dispatcher::start_connecting(spool, metrics, receivers, Arc::new(Target::new), threads).await
+        Dispatcher::start_connecting(spool, metrics, receivers, Arc::new(Target::new)).await
     }
 
     /// As `start`, with targets built by `connect`.
@@ -100,7 +96,6 @@ impl Dispatcher {
         metrics: Arc<Metrics>,
         receivers: Vec<Arc<Receiver>>,
         connect: Connect,
-        threads: Arc<WorkerThreads>,
     ) -> Result<Arc<Dispatcher>, DispatchError> {
         // One read of the spool serves the queues, the orphans and the warnings.
         let rows = spool.load_all()?;
@@ -117,7 +112,6 @@ impl Dispatcher {
             orphans: Mutex::new(orphans),
             stop,
             connect,
-            threads,
         });
         dispatcher.apply_with(receivers, Some(rows)).await?;
         for (name, count) in dispatcher.orphans() {
@@ -186,7 +180,7 @@ impl Dispatcher {
             self.adopt(&created, rows).await?;
         }
         for queue in read(&self.queues).values() {
-            queue.spawn_workers(&self.spool, &self.stop, &self.threads);
+            queue.spawn_workers(&self.spool, &self.stop);
             queue.wake_all();
         }
         Ok(())

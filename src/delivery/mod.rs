@@ -7,10 +7,8 @@ pub mod dispatcher;
 pub mod oauth;
 pub mod queue;
 pub mod sender;
-mod threads;
 #[cfg(test)]
 mod timing_tests;
 mod worker;
 
 pub use dispatcher::{DeadLetterError, DispatchError, Dispatcher, Dropped, NewDelivery};
-pub use threads::WorkerThreads;

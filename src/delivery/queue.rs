@@ -163,16 +163,6 @@ impl QueueState {
         superseded
     }
 
-    /// An attempt that ended without an outcome (its worker was dropped in
-    /// the middle): the delivery is due again as it was when taken. True
-    /// when it was superseded meanwhile, as for `finish`.
-    pub fn abandon(&mut self, id: u64) -> bool {
-        let Some(meta) = self.entries.get(&id).map(|e| e.meta.clone()) else {
-            return false;
-        };
-        self.finish(id, Finish::Retry(meta))
-    }
-
     /// Forgets every pending delivery; their ids.
     pub fn clear(&mut self) -> Vec<u64> {
         self.due.clear();
@@ -218,22 +208,6 @@ mod tests {
         assert!(matches!(q.take(0), Step::Attempt(2, _)));
         assert_eq!(q.take(0), Step::Idle);
         assert_eq!(q.pending(), 1);
-    }
-
-    #[test]
-    fn an_abandoned_attempt_is_due_again_as_taken_unless_superseded() {
-        let mut q = QueueState::default();
-        q.add(1, meta("g", 30));
-        assert!(matches!(q.take(40), Step::Attempt(1, _)));
-        assert_eq!(q.take(40), Step::Idle, "its group has one in flight");
-        assert!(!q.abandon(1));
-        assert!(matches!(q.take(40), Step::Attempt(1, m) if m.next_due_ms == 30), "taken again, as it was");
-        assert_eq!(q.pending(), 1);
-        // A newer notification came while it was in flight: abandoned, it goes.
-        assert!(q.add(2, meta("g", 0)).is_empty());
-        assert!(q.abandon(1));
-        assert!(matches!(q.take(40), Step::Attempt(2, _)));
-        assert!(!q.abandon(7), "unknown: nothing happens");
     }
 
     #[test]

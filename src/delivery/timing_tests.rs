@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::sender::{Attempt, Target};
-use super::{Dispatcher, NewDelivery, WorkerThreads};
+use super::{Dispatcher, NewDelivery};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::reasons::{DeadReason, FailureReason};
@@ -76,15 +76,8 @@ async fn start(fields: &str, answers: Vec<Attempt>, after: Attempt) -> Run {
         };
         Target::scripted(receiver, Arc::new(script))
     });
-    let dispatcher = Dispatcher::start_connecting(
-        spool.clone(),
-        metrics.clone(),
-        config.receivers.clone(),
-        connect,
-        WorkerThreads::here(),
-    )
-    .await
-    .unwrap();
+    let dispatcher =
+        Dispatcher::start_connecting(spool.clone(), metrics.clone(), config.receivers.clone(), connect).await.unwrap();
     Run { dispatcher, spool, metrics, attempts, _dir: dir }
 }
 

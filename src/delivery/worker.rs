@@ -12,7 +12,6 @@ use tokio::task::JoinHandle;
 
 use super::queue::{Finish, QueueState, Step};
 use super::sender::Target;
-use super::threads::WorkerThreads;
 use crate::clock::now_ms;
 use crate::metrics::ReceiverMetrics;
 use crate::reasons::FilterReason;
@@ -87,44 +86,14 @@ impl Queue {
 
     /// Starts workers up to the receiver's concurrency; workers past it end on
     /// their own once idle.
-    pub fn spawn_workers(
-        self: &Arc<Self>,
-        spool: &Arc<Spool>,
-        stop: &watch::Sender<bool>,
-        threads: &Arc<WorkerThreads>,
-    ) {
+    pub fn spawn_workers(self: &Arc<Self>, spool: &Arc<Spool>, stop: &watch::Sender<bool>) {
         let concurrency = self.target().receiver.concurrency;
         let mut workers = lock(&self.workers);
         workers.truncate(concurrency);
         for index in workers.len()..concurrency {
-            let (spool, queue, stop) = (spool.clone(), self.clone(), stop.subscribe());
-            let make = move || Worker { spool: spool.clone(), queue: queue.clone(), index }.run(stop.clone());
-            workers.push(threads.spawn(make));
+            let worker = Worker { spool: spool.clone(), queue: self.clone(), index };
+            workers.push(tokio::spawn(worker.run(stop.subscribe())));
         }
-    }
-}
-
-/// An attempt under way: if the worker is dropped before it ends (its
-/// thread's runtime went away, `threads`), the delivery is put back, due now,
-/// for the worker made again elsewhere.
-struct InFlight<'a> {
-    worker: &'a Worker,
-    id: u64,
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        let (queue, id) = (&self.worker.queue, self.id);
-        let superseded = {
-            let mut state = lock(&queue.state);
-            let superseded = state.abandon(id);
-            queue.show(&state);
-            superseded
-        };
-        if superseded {
-            self.worker.spool.commit_later(vec![Op::Remove { id }]);
-        }
-        queue.wake.notify_one();
     }
 }
 
@@ -160,9 +129,7 @@ impl Worker {
                     if more {
                         queue.wake.notify_one();
                     }
-                    let in_flight = InFlight { worker: &self, id };
                     let finish = self.attempt(&target, id, meta).await;
-                    std::mem::forget(in_flight);
                     self.finish(&target.receiver.name, id, finish).await;
                 }
                 Step::WaitUntil(due) => {
