@@ -16,6 +16,9 @@
 //!   Either way they become durable with the next fsynced commit, or after
 //!   `FLUSH_INTERVAL` at the latest. A crash loses at most that much of them:
 //!   those deliveries are sent again, under the same `Idempotency-Key`.
+//!   They wait in a buffer the writer empties into each commit, and only
+//!   the first after a commit wakes the writer (under load, one wake-up per
+//!   commit instead of one per delivery).
 
 mod direct;
 mod import;
@@ -229,6 +232,10 @@ pub struct Spool {
     recent: Mutex<Recent>,
     /// Taken on drop, so that the writer thread ends and closes the file.
     writer: Option<std::sync::mpsc::Sender<Batch>>,
+    /// Changes nobody waits for (`commit_later`), until the writer's next
+    /// commit takes them all: the writer is woken once for a commit's worth,
+    /// not once per delivered delivery.
+    later: Arc<Mutex<Vec<Op>>>,
     thread: Option<std::thread::JoinHandle<()>>,
     instance: String,
     health: Arc<Health>,
@@ -407,12 +414,20 @@ impl Spool {
         health.set(None);
         let state = Arc::new(RwLock::new(state));
         let (tx, rx) = std::sync::mpsc::channel();
-        let writer = Writer { log, state: state.clone(), health: health.clone(), stats: gauges, _held: held };
+        let later = Arc::new(Mutex::new(Vec::new()));
+        let writer = Writer {
+            log,
+            state: state.clone(),
+            later: later.clone(),
+            health: health.clone(),
+            stats: gauges,
+            _held: held,
+        };
         let thread = std::thread::Builder::new()
             .name("spool-writer".into())
             .spawn(move || writer.run(&rx))
             .map_err(|e| dir_error(format!("cannot start the spool writer thread: {e}")))?;
-        Ok(Spool { state, recent: Mutex::default(), writer: Some(tx), thread: Some(thread), instance, health })
+        Ok(Spool { state, recent: Mutex::default(), writer: Some(tx), later, thread: Some(thread), instance, health })
     }
 
     /// A random id of this spool, stable across restarts: with the delivery id it
@@ -489,7 +504,15 @@ impl Spool {
             return;
         }
         let (ops, _) = self.prepare(ops);
-        if self.writer.as_ref().is_none_or(|w| w.send(Batch { ops, reply: None }).is_err()) {
+        let first = {
+            let mut later = lock(&self.later);
+            let first = later.is_empty();
+            later.extend(ops);
+            first
+        };
+        // The first since the writer last took them wakes it (an empty
+        // batch); the others ride along.
+        if first && self.writer.as_ref().is_none_or(|w| w.send(Batch { ops: Vec::new(), reply: None }).is_err()) {
             log::error!("spool writer has stopped; a removal is kept in memory only until restart");
         }
     }
@@ -661,11 +684,19 @@ struct Writer {
     _held: std::fs::File,
     log: Log,
     state: Arc<RwLock<State>>,
+    /// `Spool::later`'s changes.
+    later: Arc<Mutex<Vec<Op>>>,
     health: Arc<Health>,
     stats: SpoolGauges,
 }
 
 impl Writer {
+    /// The changes `commit_later` left, as one batch nobody waits for.
+    fn take_later(&self) -> Option<Batch> {
+        let ops = std::mem::take(&mut *lock(&self.later));
+        (!ops.is_empty()).then_some(Batch { ops, reply: None })
+    }
+
     fn run(mut self, rx: &std::sync::mpsc::Receiver<Batch>) {
         use std::sync::mpsc::RecvTimeoutError;
         // Ops of `commit_later` batches whose commit failed: they go first into
@@ -688,7 +719,7 @@ impl Writer {
             let mut batches = match first {
                 Ok(b) => vec![b],
                 Err(RecvTimeoutError::Timeout) if healthy => {
-                    self.flush(&mut unflushed);
+                    self.flush(&mut unflushed, &[]);
                     continue;
                 }
                 Err(RecvTimeoutError::Timeout) => {
@@ -697,7 +728,8 @@ impl Writer {
                     continue;
                 }
                 Err(RecvTimeoutError::Disconnected) => {
-                    self.flush(&mut unflushed);
+                    let later: Vec<Batch> = self.take_later().into_iter().collect();
+                    self.flush(&mut unflushed, &later);
                     return;
                 }
             };
@@ -735,8 +767,15 @@ impl Writer {
                 continue;
             }
             let mut all: Vec<Batch> = std::mem::take(&mut carried);
+            all.extend(self.take_later());
             let first_new = all.len();
             all.append(&mut batches);
+            // Woken for changes an earlier commit has taken already.
+            if all.iter().all(|b| b.ops.is_empty() && b.reply.is_none())
+                && unflushed.is_none_or(|since| since.elapsed() < FLUSH_INTERVAL)
+            {
+                continue;
+            }
             // An fsync when somebody waits for this commit (or it creates
             // deliveries), or when unflushed changes have waited long enough.
             let waited = all.iter().filter(|b| b.reply.is_some()).count();
@@ -791,13 +830,14 @@ impl Writer {
         }
     }
 
-    /// Makes the changes committed without an fsync durable.
-    fn flush(&mut self, unflushed: &mut Option<Instant>) {
-        if unflushed.is_none() {
+    /// Makes the changes committed without an fsync durable, with `later`
+    /// (what `commit_later` left when the spool closes).
+    fn flush(&mut self, unflushed: &mut Option<Instant>, later: &[Batch]) {
+        if unflushed.is_none() && later.is_empty() {
             return;
         }
         let started = Instant::now();
-        match self.apply(&[], true) {
+        match self.apply(later, true) {
             Ok(_) => {
                 self.stats.commit_duration.observe(started.elapsed().as_secs_f64());
                 self.stats.commit_requests.observe(0.0);
@@ -819,6 +859,7 @@ impl Writer {
                     let ids = Err(SpoolError::Unavailable(problem.to_string()));
                     let _ = reply.send(Answer { ids, _ops: batch.ops });
                 }
+                None if batch.ops.is_empty() => {}
                 None => carried.push(batch),
             }
         }
@@ -971,6 +1012,16 @@ mod tests {
         eventually("the second deferred commit", || stats.deferred_commits.get() == 2);
         drop(spool);
         assert_eq!(stats.commit_duration.get_sample_count(), durable + 2);
+        let spool = Spool::open(dir.path(), false, gauges()).unwrap();
+        assert!(spool.load_all().unwrap().is_empty());
+        // Removals queued one by one and the spool closed at once, whether
+        // or not the writer took them before: on disk all the same.
+        let insert = |n: u8| Op::Insert { metas: vec![meta("c")], body: vec![n] };
+        let ids = spool.commit((0..50).map(insert).collect()).await.unwrap();
+        for id in &ids {
+            spool.commit_later(vec![Op::Remove { id: *id }]);
+        }
+        drop(spool);
         let spool = Spool::open(dir.path(), false, gauges()).unwrap();
         assert!(spool.load_all().unwrap().is_empty());
     }
