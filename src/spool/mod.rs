@@ -513,6 +513,9 @@ impl Spool {
         // The first since the writer last took them wakes it (an empty
         // batch); the others ride along.
         if first && self.writer.as_ref().is_none_or(|w| w.send(Batch { ops: Vec::new(), reply: None }).is_err()) {
+            // Not kept for a writer that is gone: the deliveries are sent
+            // again after a restart.
+            lock(&self.later).clear();
             log::error!("spool writer has stopped; a removal is kept in memory only until restart");
         }
     }
