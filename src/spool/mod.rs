@@ -189,8 +189,9 @@ impl SpoolGauges {
 
 struct Batch {
     ops: Vec<Op>,
-    /// None for `commit_later`: nobody waits, and a failed commit is carried
-    /// into the next one instead of being lost.
+    /// None for changes nobody waits for (`commit_later`'s, or the empty
+    /// batch that wakes the writer for them): if their commit fails, they
+    /// go with the next one instead of being lost.
     reply: Option<oneshot::Sender<Answer>>,
 }
 
@@ -234,7 +235,8 @@ pub struct Spool {
     writer: Option<std::sync::mpsc::Sender<Batch>>,
     /// Changes nobody waits for (`commit_later`), until the writer's next
     /// commit takes them all: the writer is woken once for a commit's worth,
-    /// not once per delivered delivery.
+    /// not once per delivered delivery. Those of a commit that failed are
+    /// put back in front.
     later: Arc<Mutex<Vec<Op>>>,
     thread: Option<std::thread::JoinHandle<()>>,
     instance: String,
@@ -694,7 +696,8 @@ struct Writer {
 }
 
 impl Writer {
-    /// The changes `commit_later` left, as one batch nobody waits for.
+    /// The changes nobody waits for (`commit_later`'s, and those of a
+    /// commit that failed), as one batch.
     fn take_later(&self) -> Option<Batch> {
         let ops = std::mem::take(&mut *lock(&self.later));
         (!ops.is_empty()).then_some(Batch { ops, reply: None })
@@ -702,9 +705,6 @@ impl Writer {
 
     fn run(mut self, rx: &std::sync::mpsc::Receiver<Batch>) {
         use std::sync::mpsc::RecvTimeoutError;
-        // Ops of `commit_later` batches whose commit failed: they go first into
-        // the next commit.
-        let mut carried: Vec<Batch> = Vec::new();
         let mut last_try = Instant::now();
         // Since when changes are committed but not yet fsynced.
         let mut unflushed: Option<Instant> = None;
@@ -766,11 +766,10 @@ impl Writer {
             }
             if !self.health.healthy.load(Ordering::SeqCst) {
                 let problem = self.health.problem().unwrap_or_default();
-                self.fail(batches, &mut carried, &problem);
+                self.fail(batches, &problem);
                 continue;
             }
-            let mut all: Vec<Batch> = std::mem::take(&mut carried);
-            all.extend(self.take_later());
+            let mut all: Vec<Batch> = self.take_later().into_iter().collect();
             let first_new = all.len();
             all.append(&mut batches);
             // Woken for changes an earlier commit has taken already.
@@ -827,7 +826,7 @@ impl Writer {
                     // handle if the reopen finds it gone: removals only, whose
                     // deliveries are then sent again.
                     unflushed = None;
-                    self.fail(all, &mut carried, &message);
+                    self.fail(all, &message);
                 }
             }
         }
@@ -854,17 +853,23 @@ impl Writer {
         }
     }
 
-    /// Answers every waiting batch with the error; keeps the others' ops.
-    fn fail(&self, batches: Vec<Batch>, carried: &mut Vec<Batch>, problem: &str) {
+    /// Answers every waiting batch with the error; puts the others' ops back
+    /// in front of the later changes, for the next commit.
+    fn fail(&self, batches: Vec<Batch>, problem: &str) {
+        let mut kept = Vec::new();
         for batch in batches {
             match batch.reply {
                 Some(reply) => {
                     let ids = Err(SpoolError::Unavailable(problem.to_string()));
                     let _ = reply.send(Answer { ids, _ops: batch.ops });
                 }
-                None if batch.ops.is_empty() => {}
-                None => carried.push(batch),
+                None => kept.extend(batch.ops),
             }
+        }
+        if !kept.is_empty() {
+            let mut later = lock(&self.later);
+            kept.append(&mut later);
+            *later = kept;
         }
     }
 
