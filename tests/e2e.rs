@@ -570,12 +570,17 @@ async fn send_resolved_false_gets_what_alertmanager_itself_sends_also_across_a_r
     // relay's receiver exactly as Alertmanager's own.
     fire(&am, &[a, b], false).await;
     let both = vec!["a/firing".to_string(), "b/firing".to_string()];
+    // Each new state is printed, shown if the wait times out (seen twice
+    // under load): which of the two got what.
+    let shown = std::sync::Mutex::new(String::new());
     eventually("A and B at both", || async {
         let reference = sequence(&direct).await;
         let relayed = sequence(&quiet).await;
-        // Shown if the wait times out (seen twice under load): which of
-        // the two got what.
-        eprintln!("Alertmanager's own receiver: {reference:?}; the relay's: {relayed:?}");
+        let state = format!("Alertmanager's own receiver: {reference:?}; the relay's: {relayed:?}");
+        if *shown.lock().unwrap() != state {
+            eprintln!("{state}");
+            *shown.lock().unwrap() = state;
+        }
         reference.last() == Some(&both) && relayed == reference
     })
     .await;
