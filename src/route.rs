@@ -201,7 +201,7 @@ fn common<'a>(mut sets: impl Iterator<Item = &'a LabelSet>) -> BTreeMap<&'a str,
     };
     let mut common: BTreeMap<&str, &str> = first.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     for set in sets {
-        common.retain(|k, v| set.get(*k).map(Label::as_str) == Some(*v));
+        common.retain(|k, v| set.get(k).map(Label::as_str) == Some(*v));
         if common.is_empty() {
             break;
         }

@@ -4,17 +4,15 @@
 //! known or not, is kept (in `extra`, or as each alert's raw JSON) and
 //! forwarded unchanged.
 
-use std::collections::BTreeMap;
-
 use serde::de::{Error as _, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
+mod labels;
 mod scan;
 
-/// Label or annotation set. Alertmanager sends them with sorted keys.
-pub type LabelSet = BTreeMap<Label, Label>;
+pub use labels::LabelSet;
 
 /// A label name or value (or an annotation's): short ones are kept inline.
 pub type Label = smol_str::SmolStr;
@@ -76,16 +74,10 @@ impl<'de> Deserialize<'de> for UniqueKeys {
                 let mut set = LabelSet::new();
                 while let Some(key) = map.next_key::<Label>()? {
                     let value: Label = map.next_value()?;
-                    // One search of the map per key, not two.
-                    match set.entry(key) {
-                        std::collections::btree_map::Entry::Vacant(slot) => {
-                            slot.insert(value);
-                        }
-                        std::collections::btree_map::Entry::Occupied(taken) => {
-                            let key = taken.key();
-                            return Err(A::Error::custom(format!("duplicate key {key:?}: each key may appear once")));
-                        }
+                    if set.contains_key(&key) {
+                        return Err(A::Error::custom(format!("duplicate key {key:?}: each key may appear once")));
                     }
+                    set.insert_new(key, value);
                 }
                 Ok(UniqueKeys(set))
             }

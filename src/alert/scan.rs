@@ -11,7 +11,6 @@
 //! reads a body differently: tests and the payload fuzz target hold it to that.
 
 use std::borrow::Cow;
-use std::collections::btree_map::Entry;
 
 use serde_json::value::RawValue;
 
@@ -194,13 +193,7 @@ impl<'a> Scan<'a> {
             }
             scan.at += 1;
             let value = Label::new(scan.string()?);
-            match set.entry(Label::new(key)) {
-                Entry::Vacant(slot) => {
-                    slot.insert(value);
-                    Some(())
-                }
-                Entry::Occupied(_) => None,
-            }
+            set.insert_new(Label::new(key), value).then_some(())
         })?;
         Some(set)
     }
