@@ -16,7 +16,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::Label;
 
-#[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct LabelSet(Vec<(Label, Label)>);
 
 impl LabelSet {
@@ -75,10 +75,6 @@ impl LabelSet {
     /// The pairs, sorted by name.
     pub fn iter(&self) -> Iter<'_> {
         self.0.iter().map(|(k, v)| (k, v))
-    }
-
-    pub fn keys(&self) -> impl Iterator<Item = &Label> {
-        self.0.iter().map(|(k, _)| k)
     }
 }
 
