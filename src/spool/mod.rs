@@ -518,7 +518,9 @@ impl Spool {
             // Not kept for a writer that is gone: the deliveries are sent
             // again after a restart.
             lock(&self.later).clear();
-            log::error!("spool writer has stopped; a removal is kept in memory only until restart");
+            log::error!(
+                "spool writer has stopped; removals are not recorded: their deliveries are sent again after a restart"
+            );
         }
     }
 
