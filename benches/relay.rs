@@ -35,12 +35,13 @@ fn payload(alerts: usize) -> Vec<u8> {
             let severity = ["critical", "warning", "info"][i % 3];
             json!({
                 "status": if i % 3 == 0 { "resolved" } else { "firing" },
+                // Names sorted, as Alertmanager sends them.
                 "labels": {
                     "alertname": "HighLatency",
-                    "severity": severity,
                     "namespace": format!("ns-{}", i % 7),
                     "pod": format!("api-{i}"),
                     "service": "api",
+                    "severity": severity,
                 },
                 "annotations": {"summary": "p99 latency above 1s", "description": format!("pod api-{i} is slow")},
                 "startsAt": "2026-11-27T03:59:40.014258703Z",

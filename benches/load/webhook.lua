@@ -1,5 +1,6 @@
 -- wrk script: POST Alertmanager payloads of 10 alerts to /webhook, every
--- request its own alert group (groupKey unique across threads).
+-- request its own alert group (groupKey unique across threads). Label names
+-- sorted, as Alertmanager sends them.
 local threads = {}
 local next_id = 0
 
@@ -15,7 +16,7 @@ function init(args)
   bad = 0
   local alerts = {}
   for i = 1, 10 do
-    alerts[i] = string.format('{"status":"firing","labels":{"alertname":"LoadTest","severity":"critical","namespace":"bench","pod":"api-%d"},"annotations":{"summary":"load test"},"startsAt":"2026-11-27T03:59:40.014258703Z","endsAt":"0001-01-01T00:00:00Z","generatorURL":"","fingerprint":"%d"}', i, i)
+    alerts[i] = string.format('{"status":"firing","labels":{"alertname":"LoadTest","namespace":"bench","pod":"api-%d","severity":"critical"},"annotations":{"summary":"load test"},"startsAt":"2026-11-27T03:59:40.014258703Z","endsAt":"0001-01-01T00:00:00Z","generatorURL":"","fingerprint":"%d"}', i, i)
   end
   head = '{"receiver":"relay","status":"firing","alerts":[' .. table.concat(alerts, ",") .. '],"groupLabels":{"alertname":"LoadTest"},"commonLabels":{"alertname":"LoadTest"},"commonAnnotations":{},"externalURL":"http://am","version":"4","truncatedAlerts":0,"groupKey":"'
 end
