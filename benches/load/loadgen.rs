@@ -8,6 +8,7 @@
 //!   loadgen hop --alertmanager URL --target ADDR --count N
 //!   loadgen soak --url URL --target ADDR --rate R --seconds S --receivers N --pid PID [--disk-dir DIR]
 //!   loadgen disk --dir DIR --bytes B --count N
+//!   loadgen forward --listen ADDR --to URL
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -15,6 +16,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+
+/// The relay's allocator, so that `forward` is the floor of the relay's parts
+/// and not of glibc's malloc (the load and the targets are in the same
+/// process for the relay's runs and for nginx's, so their comparisons hold).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -31,7 +38,8 @@ fn payload(group: &str, alerts: usize) -> Vec<u8> {
         .map(|i| {
             json!({
                 "status": "firing",
-                "labels": {"alertname": "LoadTest", "severity": "critical", "namespace": "bench", "pod": format!("api-{i}")},
+                // Names sorted, as Alertmanager sends them.
+                "labels": {"alertname": "LoadTest", "namespace": "bench", "pod": format!("api-{i}"), "severity": "critical"},
                 "annotations": {"summary": "load test"},
                 "startsAt": "2026-11-27T03:59:40.014258703Z",
                 "endsAt": "0001-01-01T00:00:00Z",
@@ -497,6 +505,47 @@ fn disk(args: &[String]) -> Value {
            "max_ms": ms.last().copied().unwrap_or(f64::NAN), "per_second": count as f64 / seconds})
 }
 
+/// The floor of the relay's own parts: actix-web takes each POST, reqwest
+/// forwards its body to `--to` (as the relay's client is set up: no proxy, no
+/// redirects, a timeout, a kept-alive pool) and the answer goes back once the
+/// target has answered, as nginx's does. Nothing else: no parsing, no spool.
+/// What a forwarder built from these crates costs before it does any work.
+async fn forward(args: &[String]) {
+    use actix_web::{web, App, HttpResponse, HttpServer};
+    let listen = arg(args, "--listen").expect("--listen");
+    let to = arg(args, "--to").expect("--to");
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10))
+        .pool_max_idle_per_host(64)
+        .build()
+        .unwrap();
+    let state = web::Data::new((client, to));
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    HttpServer::new(move || {
+        App::new().app_data(state.clone()).default_service(web::to(
+            |state: web::Data<(reqwest::Client, String)>, body: web::Bytes| async move {
+                let (client, to) = state.get_ref();
+                match client.post(to).header("content-type", "application/json").body(body).send().await {
+                    Ok(answer) if answer.status().is_success() => {
+                        HttpResponse::Ok().content_type("application/json").body(r#"{"deliveries":1}"#)
+                    }
+                    _ => HttpResponse::BadGateway().finish(),
+                }
+            },
+        ))
+    })
+    .workers(workers)
+    .disable_signals()
+    .bind(listen)
+    .unwrap()
+    .run()
+    .await
+    .unwrap();
+}
+
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -511,13 +560,19 @@ async fn main() {
             serve(listener, Arc::new(|_: &str, _: &str, _| {}), true).await;
             return;
         }
+        Some("forward") => {
+            forward(&args).await;
+            return;
+        }
         Some("target") => {
             let listener = TcpListener::bind(arg(&args, "--listen").expect("--listen")).await.unwrap();
             serve(listener, Arc::new(|_: &str, _: &str, _| {}), false).await;
             return;
         }
         _ => {
-            eprintln!("usage: loadgen post|latency|hop|soak|disk|hang|target ... (see benches/load/loadgen.rs)");
+            eprintln!(
+                "usage: loadgen post|latency|hop|soak|disk|hang|target|forward ... (see benches/load/loadgen.rs)"
+            );
             std::process::exit(2);
         }
     };
