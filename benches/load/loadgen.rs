@@ -3,7 +3,7 @@
 //! notification arrives. Prints one JSON object per run.
 //!
 //!   loadgen post --url URL --count N [--concurrency C] [--alerts A]
-//!   loadgen latency --url URL --target ADDR --rate R --seconds S
+//!   loadgen latency --url URL --target ADDR --rate R --seconds S [--dump FILE]
 //!   loadgen hang --listen ADDR
 //!   loadgen hop --alertmanager URL --target ADDR --count N
 //!   loadgen soak --url URL --target ADDR --rate R --seconds S --receivers N --pid PID [--disk-dir DIR]
@@ -219,6 +219,23 @@ async fn latency(args: &[String]) -> Value {
         .iter()
         .filter_map(|((_, key), at)| sent.get(key).map(|s| at.duration_since(*s).as_secs_f64() * 1000.0))
         .collect();
+    if let Some(path) = arg(args, "--dump") {
+        // Every delivery as "seconds after the first send, ms to arrival", in
+        // send order: where in the run the slow ones were.
+        let start = sent.values().min().copied();
+        let mut rows: Vec<(f64, f64)> = arrivals
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|((_, key), at)| {
+                let s = sent.get(key)?;
+                Some((s.duration_since(start?).as_secs_f64(), at.duration_since(*s).as_secs_f64() * 1000.0))
+            })
+            .collect();
+        rows.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let text: String = rows.iter().map(|(t, ms)| format!("{t:.4} {ms:.3}\n")).collect();
+        std::fs::write(path, text).expect("--dump: writable");
+    }
     ms.sort_by(f64::total_cmp);
     json!({
         "rate": rate, "sent": total, "accepted": accepted, "delivered": ms.len(),
