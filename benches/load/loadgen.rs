@@ -192,6 +192,9 @@ async fn latency(args: &[String]) -> Value {
     let mut tick = tokio::time::interval(Duration::from_nanos(1_000_000_000 / rate.max(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut tasks = Vec::with_capacity(total as usize);
+    let start = Instant::now();
+    let sampling = Arc::new(AtomicBool::new(true));
+    let steal = tokio::spawn(sample_steal(start, sampling.clone()));
     for i in 0..total {
         tick.tick().await;
         let key = format!("lat-{i}");
@@ -212,34 +215,64 @@ async fn latency(args: &[String]) -> Value {
     while (arrivals.lock().unwrap().len() as u64) < accepted && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    sampling.store(false, Ordering::Relaxed);
+    let steal = steal.await.unwrap();
     let sent = sent_at.lock().unwrap();
-    let mut ms: Vec<f64> = arrivals
+    // Every delivery: (seconds from the first send to its send, ms to arrival).
+    let mut rows: Vec<(f64, f64)> = arrivals
         .lock()
         .unwrap()
         .iter()
-        .filter_map(|((_, key), at)| sent.get(key).map(|s| at.duration_since(*s).as_secs_f64() * 1000.0))
+        .filter_map(|((_, key), at)| {
+            let s = sent.get(key)?;
+            Some((s.duration_since(start).as_secs_f64(), at.duration_since(*s).as_secs_f64() * 1000.0))
+        })
         .collect();
+    rows.sort_by(|a, b| a.0.total_cmp(&b.0));
     if let Some(path) = arg(args, "--dump") {
-        // Every delivery as "seconds after the first send, ms to arrival", in
-        // send order: where in the run the slow ones were.
-        let start = sent.values().min().copied();
-        let mut rows: Vec<(f64, f64)> = arrivals
-            .lock()
-            .unwrap()
-            .iter()
-            .filter_map(|((_, key), at)| {
-                let s = sent.get(key)?;
-                Some((s.duration_since(start?).as_secs_f64(), at.duration_since(*s).as_secs_f64() * 1000.0))
-            })
-            .collect();
-        rows.sort_by(|a, b| a.0.total_cmp(&b.0));
+        // In send order: where in the run the slow ones were.
         let text: String = rows.iter().map(|(t, ms)| format!("{t:.4} {ms:.3}\n")).collect();
         std::fs::write(path, text).expect("--dump: writable");
     }
+    let worst = rows.iter().copied().max_by(|a, b| a.1.total_cmp(&b.1));
+    let mut ms: Vec<f64> = rows.iter().map(|r| r.1).collect();
     ms.sort_by(f64::total_cmp);
     json!({
         "rate": rate, "sent": total, "accepted": accepted, "delivered": ms.len(),
         "p50_ms": percentile(&ms, 50.0), "p99_ms": percentile(&ms, 99.0), "max_ms": ms.last().copied().unwrap_or(f64::NAN),
+        "max_sent_at_s": worst.map(|w| w.0),
+        "steal": steal,
+    })
+}
+
+/// The CPU time the hypervisor took from this machine (every CPU's, from
+/// /proc/stat, whose unit is USER_HZ: 100 a second on Linux), in ms. None
+/// where there is no such figure.
+fn steal_ms() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let ticks: f64 = stat.lines().next()?.split_whitespace().nth(8)?.parse().ok()?;
+    Some(ticks * 10.0)
+}
+
+/// Samples the stolen time every 50 ms while `running`: the run's total, and
+/// the 100 ms in which the most was stolen, with when (seconds from `start`,
+/// the clock of `--dump`). A stall of the whole VM shows there, not in the
+/// relay's figures.
+async fn sample_steal(start: Instant, running: Arc<AtomicBool>) -> Value {
+    let mut samples: Vec<(f64, f64)> = Vec::new();
+    while running.load(Ordering::Relaxed) {
+        let Some(ms) = steal_ms() else { return Value::Null };
+        samples.push((start.elapsed().as_secs_f64(), ms));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (Some(first), Some(last)) = (samples.first(), samples.last()) else { return Value::Null };
+    let worst = samples.windows(3).map(|w| (w[0].0, w[2].1 - w[0].1)).max_by(|a, b| a.1.total_cmp(&b.1));
+    let seconds = (last.0 - first.0).max(1e-9);
+    json!({
+        "cpu_ms": last.1 - first.1,
+        "percent_of_one_cpu": (last.1 - first.1) / 10.0 / seconds,
+        "worst_100ms_cpu_ms": worst.map(|w| w.1),
+        "worst_100ms_at_s": worst.map(|w| w.0),
     })
 }
 
@@ -376,11 +409,18 @@ async fn soak(args: &[String]) -> Value {
     let mut tick = tokio::time::interval(Duration::from_nanos(1_000_000_000 / rate.max(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut minutes = Vec::new();
-    // A minute's figures, with the disk's beside them when it is probed.
+    // A minute's figures, with the disk's beside them when it is probed,
+    // and the CPU time the hypervisor took meanwhile.
+    let stolen = Mutex::new(steal_ms());
     let minute_of = |index: usize| {
         let mut minute = stretch.lock().unwrap().summary(index);
         if let Some(probe) = &probe {
             probe.add_to(&mut minute);
+        }
+        let now = steal_ms();
+        let before = std::mem::replace(&mut *stolen.lock().unwrap(), now);
+        if let (Some(now), Some(before)) = (now, before) {
+            minute["steal_cpu_ms"] = json!(now - before);
         }
         minute
     };
