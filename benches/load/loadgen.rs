@@ -16,14 +16,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
 
 /// The relay's allocator, so that `forward` is the floor of the relay's parts
 /// and not of glibc's malloc (the load and the targets are in the same
 /// process for the relay's runs and for nginx's, so their comparisons hold).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 
 fn arg(args: &[String], name: &str) -> Option<String> {
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
@@ -218,7 +218,7 @@ async fn latency(args: &[String]) -> Value {
     sampling.store(false, Ordering::Relaxed);
     let steal = steal.await.unwrap();
     let sent = sent_at.lock().unwrap();
-    // Every delivery: (seconds from the first send to its send, ms to arrival).
+    // Every delivery: (seconds from the run's start to its send, ms to arrival).
     let mut rows: Vec<(f64, f64)> = arrivals
         .lock()
         .unwrap()
