@@ -411,14 +411,14 @@ async fn soak(args: &[String]) -> Value {
     let mut minutes = Vec::new();
     // A minute's figures, with the disk's beside them when it is probed,
     // and the CPU time the hypervisor took meanwhile.
-    let stolen = Mutex::new(steal_ms());
+    let stolen = std::cell::Cell::new(steal_ms());
     let minute_of = |index: usize| {
         let mut minute = stretch.lock().unwrap().summary(index);
         if let Some(probe) = &probe {
             probe.add_to(&mut minute);
         }
         let now = steal_ms();
-        let before = std::mem::replace(&mut *stolen.lock().unwrap(), now);
+        let before = stolen.replace(now);
         if let (Some(now), Some(before)) = (now, before) {
             minute["steal_cpu_ms"] = json!(now - before);
         }
