@@ -26,6 +26,7 @@ pub struct Metrics {
     pub spool_commit_duration: Histogram,
     pub spool_commit_requests: Histogram,
     pub spool_deferred_commits: IntCounter,
+    pub spool_early_starts: IntCounter,
     pub reload_successful: IntGauge,
     /// 1 while the listener's certificate files last read well (or no TLS).
     pub tls_reload_successful: IntGauge,
@@ -152,6 +153,16 @@ impl Metrics {
                 let c = IntCounter::new(
                     "spool_deferred_commits_total",
                     "Spool commits of removals nobody waits for, made without an fsync of their own.",
+                )
+                .expect("static metric definition");
+                r.register(Box::new(c.clone())).expect("metric registered once");
+                c
+            },
+            spool_early_starts: {
+                let c = IntCounter::new(
+                    "spool_early_starts_total",
+                    "Webhook requests whose deliveries were queued before their commit was durable (it took over 5 ms); \
+                     the answer still waited for it.",
                 )
                 .expect("static metric definition");
                 r.register(Box::new(c.clone())).expect("metric registered once");

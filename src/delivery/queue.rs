@@ -13,6 +13,9 @@ struct Entry {
     /// A newer notification of the group arrived while this one was in flight:
     /// if the attempt fails it is dropped rather than retried.
     obsolete: bool,
+    /// Taken back while in flight (its commit failed): forgotten when the
+    /// attempt ends, whatever its outcome.
+    retracted: bool,
 }
 
 #[derive(Default)]
@@ -69,7 +72,10 @@ impl QueueState {
         let mut superseded = Vec::new();
         if !meta.group_key.is_empty() {
             let group = self.groups.entry(meta.group_key.clone()).or_default();
-            if group.in_flight.is_some_and(|f| f > id) || group.pending.is_some_and(|p| p > id) {
+            // One taken back (`retract`) is no newer notification.
+            let newer_flying =
+                group.in_flight.is_some_and(|f| f > id && self.entries.get(&f).is_some_and(|e| !e.retracted));
+            if newer_flying || group.pending.is_some_and(|p| p > id) {
                 return vec![id];
             }
             if let Some(older) = group.pending.replace(id) {
@@ -85,7 +91,7 @@ impl QueueState {
             }
         }
         self.due.insert((meta.next_due_ms, id));
-        self.entries.insert(id, Entry { meta, obsolete: false });
+        self.entries.insert(id, Entry { meta, obsolete: false, retracted: false });
         superseded
     }
 
@@ -127,6 +133,35 @@ impl QueueState {
         Step::Attempt(id, meta)
     }
 
+    /// Takes back a delivery added before its commit was durable, when that
+    /// commit failed: one waiting is gone at once, one in flight when its
+    /// attempt ends. A delivery of its group in flight that it made
+    /// obsolete is no longer (the caller adds back, with `add`, those it
+    /// superseded).
+    pub fn retract(&mut self, id: u64) {
+        let Some(entry) = self.entries.get_mut(&id) else { return };
+        let key = entry.meta.group_key.clone();
+        let due = entry.meta.next_due_ms;
+        let group = self.groups.get_mut(&key);
+        if group.as_ref().is_some_and(|g| g.in_flight == Some(id)) {
+            entry.retracted = true;
+            return;
+        }
+        self.entries.remove(&id);
+        self.due.remove(&(due, id));
+        if let Some(group) = group {
+            if group.pending == Some(id) {
+                group.pending = None;
+                if let Some(flying) = group.in_flight.and_then(|f| self.entries.get_mut(&f)) {
+                    flying.obsolete = false;
+                }
+            }
+            if group.in_flight.is_none() && group.pending.is_none() {
+                self.groups.remove(&key);
+            }
+        }
+    }
+
     /// Records the end of an attempt. True when the delivery was superseded
     /// meanwhile: the caller removes it from the spool instead of retrying.
     pub fn finish(&mut self, id: u64, how: Finish) -> bool {
@@ -136,6 +171,7 @@ impl QueueState {
         };
         let key = entry.meta.group_key.clone();
         let superseded = match how {
+            _ if entry.retracted => false,
             Finish::Gone { dead } => {
                 if dead {
                     self.dead += 1;
@@ -148,7 +184,7 @@ impl QueueState {
                 if let Some(group) = self.groups.get_mut(&key) {
                     group.pending = Some(id);
                 }
-                self.entries.insert(id, Entry { meta, obsolete: false });
+                self.entries.insert(id, Entry { meta, obsolete: false, retracted: false });
                 false
             }
         };
@@ -265,6 +301,46 @@ mod tests {
         assert_eq!(q.take(0), Step::Idle, "one in flight per group");
         assert!(q.finish(2, Finish::Retry(meta("g", 0))));
         assert!(matches!(q.take(0), Step::Attempt(3, _)));
+    }
+
+    #[test]
+    fn a_waiting_delivery_taken_back_leaves_its_group_as_it_was() {
+        let mut q = QueueState::default();
+        q.add(1, meta("g", 0));
+        assert!(matches!(q.take(0), Step::Attempt(1, _)));
+        assert!(q.add(2, meta("g", 0)).is_empty());
+        q.retract(2);
+        q.retract(2);
+        assert_eq!(q.pending(), 1);
+        // 1 is no longer obsolete: failing, it is retried, not dropped.
+        assert!(!q.finish(1, Finish::Retry(meta("g", 5))));
+        assert!(matches!(q.take(5), Step::Attempt(1, _)));
+        assert!(!q.finish(1, Finish::Gone { dead: false }));
+        assert!(q.entries.is_empty() && q.due.is_empty() && q.groups.is_empty());
+    }
+
+    #[test]
+    fn a_delivery_taken_back_in_flight_ends_with_its_attempt_and_supersedes_nothing() {
+        let mut q = QueueState::default();
+        q.add(1, meta("g", 0));
+        assert_eq!(q.add(2, meta("g", 0)), vec![1]);
+        assert!(matches!(q.take(0), Step::Attempt(2, _)));
+        q.retract(2);
+        assert_eq!(q.pending(), 1, "in flight until its attempt ends");
+        // What 2 superseded comes back, and waits for 2's attempt.
+        assert!(q.add(1, meta("g", 0)).is_empty());
+        assert_eq!(q.take(0), Step::Idle, "one in flight per group");
+        assert!(!q.finish(2, Finish::Retry(meta("g", 0))), "dropped, not retried nor superseded");
+        assert!(matches!(q.take(0), Step::Attempt(1, _)));
+        assert!(!q.finish(1, Finish::Gone { dead: false }));
+        assert_eq!(q.dead(), 0);
+        assert!(q.entries.is_empty() && q.due.is_empty() && q.groups.is_empty());
+        // A dead-lettered attempt of one taken back is not counted.
+        q.add(3, meta("g", 0));
+        assert!(matches!(q.take(0), Step::Attempt(3, _)));
+        q.retract(3);
+        assert!(!q.finish(3, Finish::Gone { dead: true }));
+        assert_eq!(q.dead(), 0);
     }
 
     #[test]

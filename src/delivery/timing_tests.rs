@@ -1,4 +1,5 @@
-//! Retry timing through the real dispatcher, queue, worker and spool, on
+//! Retry timing, and attempts while a commit stalls (the spool's test
+//! hooks hold its writer), through the real dispatcher, queue, worker and spool, on
 //! Tokio's paused clock: each attempt is answered by a script instead of a
 //! socket, so virtual time moves only to the workers' own timers and the
 //! schedule can be checked to the millisecond in no real time.
@@ -10,6 +11,9 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use std::sync::atomic::Ordering;
+
+use super::dispatcher::EARLY_START;
 use super::sender::{Attempt, Target};
 use super::{Dispatcher, NewDelivery};
 use crate::config::Config;
@@ -186,5 +190,78 @@ fn a_newer_notification_supersedes_one_waiting_for_its_retry_and_goes_at_once() 
         tokio::time::sleep(Duration::from_secs(60)).await;
         assert!(run.attempts.try_recv().is_err(), "the superseded one is never sent again");
         assert_eq!(run.dispatcher.pending(), 0);
+    });
+}
+
+impl Run {
+    /// Accepts one delivery of `group` in a task of its own, and returns
+    /// once its commit is in the writer's hands and stalled there.
+    async fn accept_stalled(&self) -> tokio::task::JoinHandle<Result<usize, crate::spool::SpoolError>> {
+        let faults = self.spool.faults();
+        faults.stall(true);
+        let dispatcher = self.dispatcher.clone();
+        let accepting = tokio::spawn(async move {
+            let delivery = NewDelivery { receiver: "r".into(), alerts: 1, body: b"{}".to_vec(), template_error: None };
+            dispatcher.accept("group", vec![delivery], Vec::new()).await
+        });
+        self.settle(|r| r.spool.faults().waiting.load(Ordering::SeqCst)).await;
+        accepting
+    }
+}
+
+#[test]
+fn a_delivery_whose_commit_stalls_is_attempted_meanwhile_once_and_the_answer_waits() {
+    on_paused_clock(|| async {
+        let mut run = start("", Vec::new(), delivered()).await;
+        // A start's first commit is never attempted early (see `ID_MARGIN`).
+        let t0 = run.accept().await;
+        run.next_attempts(t0, 1).await;
+        run.settle(|r| r.spool.load_all().unwrap().is_empty()).await;
+        let accepting = run.accept_stalled().await;
+        let t1 = Instant::now();
+        tokio::time::advance(EARLY_START).await;
+        assert_close(&run.next_attempts(t1, 1).await, &[5]);
+        assert!(!accepting.is_finished(), "answered before its commit was durable");
+        assert!(run.spool.load_all().unwrap().is_empty(), "nothing durable yet");
+        run.spool.faults().stall(false);
+        assert_eq!(accepting.await.unwrap().unwrap(), 1);
+        // Removed once delivered, after its insert (not before: it would come back).
+        run.settle(|r| r.spool.load_all().unwrap().is_empty() && r.dispatcher.pending() == 0).await;
+        let m = run.metrics.receiver("r");
+        assert_eq!((m.delivered.get(), m.notifications.get()), (2, 2));
+        assert_eq!(run.metrics.spool_early_starts.get(), 1);
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert!(run.attempts.try_recv().is_err(), "attempted once, not again once committed");
+    });
+}
+
+#[test]
+fn a_failed_commit_takes_back_what_it_queued_early_and_restores_what_that_superseded() {
+    on_paused_clock(|| async {
+        let retry = "retry: { initial_interval: 5s, multiplier: 2, max_interval: 1m, jitter: 0 }";
+        let mut run = start(retry, vec![failing(503, None); 2], delivered()).await;
+        let t0 = run.accept().await;
+        run.next_attempts(t0, 1).await;
+        run.settle(|r| r.spool.load_all().unwrap().first().is_some_and(|(_, m)| m.attempts == 1)).await;
+        let first = run.spool.load_all().unwrap()[0].0;
+        // A newer notification of the group, whose commit stalls, then fails.
+        run.spool.faults().failing.store(1, Ordering::SeqCst);
+        let accepting = run.accept_stalled().await;
+        tokio::time::advance(EARLY_START).await;
+        // Sent at once (and failing), the first superseded meanwhile.
+        run.next_attempts(t0, 1).await;
+        run.spool.faults().stall(false);
+        let answer = accepting.await.unwrap();
+        assert!(matches!(answer, Err(crate::spool::SpoolError::Unavailable(_))), "{answer:?}");
+        // The newer one is gone once its attempt is over; the first is back.
+        run.settle(|r| r.dispatcher.counts("r") == (1, 0)).await;
+        let rows = run.spool.load_all().unwrap();
+        assert_eq!(rows.iter().map(|(id, _)| *id).collect::<Vec<_>>(), [first]);
+        let m = run.metrics.receiver("r");
+        assert_eq!((m.superseded.get(), m.notifications.get()), (0, 1));
+        // It is retried on its own schedule, and delivered.
+        let times = run.next_attempts(t0, 1).await;
+        assert!(times[0] >= 5000, "the first's retry, 5 s after its attempt: {times:?}");
+        run.settle(|r| r.metrics.receiver("r").delivered.get() == 1 && r.dispatcher.pending() == 0).await;
     });
 }

@@ -26,7 +26,7 @@ mod store;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -48,6 +48,12 @@ const SLOW_COMMIT: Duration = Duration::from_millis(100);
 const HOLD: Duration = Duration::from_millis(5);
 /// Changes committed without an fsync are made durable within this time.
 const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+/// Ids a start skips past the last one in the log. Ids are handed out
+/// before their commit is durable, and a delivery may be attempted while
+/// its commit is in flight (`Pending::expose`): its id has then gone out in
+/// an `Idempotency-Key`. Only ids less than this far past the durable ones
+/// are exposed, so that a start after a crash never gives one out again.
+const ID_MARGIN: u64 = 1 << 16;
 
 /// The state of one delivery, without its payload.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -189,6 +195,8 @@ impl SpoolGauges {
 
 struct Batch {
     ops: Vec<Op>,
+    /// The first id of each insert in `ops` (with deliveries), in order.
+    keys: Vec<u64>,
     /// None for changes nobody waits for (`commit_later`'s, or the empty
     /// batch that wakes the writer for them): if their commit fails, they
     /// go with the next one instead of being lost.
@@ -200,7 +208,7 @@ struct Batch {
 /// free of another thread's memory takes that thread's arena lock; the
 /// writer freeing every request's body contended with the HTTP workers.)
 struct Answer {
-    ids: Result<Vec<u64>, SpoolError>,
+    result: Result<(), SpoolError>,
     _ops: Vec<Op>,
 }
 
@@ -241,6 +249,48 @@ pub struct Spool {
     thread: Option<std::thread::JoinHandle<()>>,
     instance: String,
     health: Arc<Health>,
+    /// The next id to hand out: ids are given when a commit is queued, so
+    /// that they are known before it is durable.
+    next_key: AtomicU64,
+    /// The log's next id after the last durable commit, kept by the writer.
+    durable_next: Arc<AtomicU64>,
+    #[cfg(test)]
+    faults: Arc<Faults>,
+}
+
+/// Test hooks of the writer: its commits stall while `stalled`, and fail
+/// while `failing` is above zero (one fewer each).
+#[cfg(test)]
+#[derive(Default)]
+pub(crate) struct Faults {
+    stalled: Mutex<bool>,
+    changed: std::sync::Condvar,
+    /// The writer waits in a stalled commit.
+    pub waiting: AtomicBool,
+    pub failing: std::sync::atomic::AtomicUsize,
+}
+
+#[cfg(test)]
+impl Faults {
+    pub fn stall(&self, stalled: bool) {
+        *lock(&self.stalled) = stalled;
+        self.changed.notify_all();
+    }
+
+    fn pass(&self) -> Result<(), String> {
+        let mut stalled = lock(&self.stalled);
+        while *stalled {
+            self.waiting.store(true, Ordering::SeqCst);
+            stalled = self.changed.wait(stalled).unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        self.waiting.store(false, Ordering::SeqCst);
+        let failing = self.failing.load(Ordering::SeqCst);
+        if failing > 0 {
+            self.failing.store(failing - 1, Ordering::SeqCst);
+            return Err("injected failure".into());
+        }
+        Ok(())
+    }
 }
 
 impl Drop for Spool {
@@ -263,13 +313,28 @@ const RECENT_BYTES: usize = 8 * 1024 * 1024;
 struct Recent {
     bodies: BTreeMap<u64, Bytes>,
     bytes: usize,
+    /// Bodies of deliveries attempted before their commit is durable
+    /// (`Pending::expose`), until it is: not bounded, not evicted, as the
+    /// file does not have them yet. Empty unless a commit is slow.
+    uncommitted: BTreeMap<u64, Bytes>,
 }
 
 impl Recent {
     fn take(&mut self, id: u64) -> Option<Bytes> {
+        if let Some(body) = self.uncommitted.get(&id) {
+            // Kept until the commit is over: a retry may need it again.
+            return Some(body.clone());
+        }
         let body = self.bodies.remove(&id)?;
         self.bytes -= body.len();
         Some(body)
+    }
+
+    /// Drops a cached body (its delivery is being removed).
+    fn forget(&mut self, id: u64) {
+        if let Some(body) = self.bodies.remove(&id) {
+            self.bytes -= body.len();
+        }
     }
 
     fn put(&mut self, id: u64, body: &Bytes) {
@@ -414,6 +479,10 @@ impl Spool {
             gauge: gauges.healthy.clone(),
         });
         health.set(None);
+        let durable_next = Arc::new(AtomicU64::new(state.next_id));
+        #[cfg(test)]
+        let faults = Arc::new(Faults::default());
+        let next_key = AtomicU64::new(state.next_id + ID_MARGIN);
         let state = Arc::new(RwLock::new(state));
         let (tx, rx) = std::sync::mpsc::channel();
         let later = Arc::new(Mutex::new(Vec::new()));
@@ -423,13 +492,34 @@ impl Spool {
             later: later.clone(),
             health: health.clone(),
             stats: gauges,
+            durable_next: durable_next.clone(),
+            #[cfg(test)]
+            faults: faults.clone(),
             _held: held,
         };
         let thread = std::thread::Builder::new()
             .name("spool-writer".into())
             .spawn(move || writer.run(&rx))
             .map_err(|e| dir_error(format!("cannot start the spool writer thread: {e}")))?;
-        Ok(Spool { state, recent: Mutex::default(), writer: Some(tx), later, thread: Some(thread), instance, health })
+        Ok(Spool {
+            state,
+            recent: Mutex::default(),
+            writer: Some(tx),
+            later,
+            thread: Some(thread),
+            instance,
+            health,
+            next_key,
+            durable_next,
+            #[cfg(test)]
+            faults,
+        })
+    }
+
+    /// The writer's test hooks.
+    #[cfg(test)]
+    pub(crate) fn faults(&self) -> &Faults {
+        &self.faults
     }
 
     /// A random id of this spool, stable across restarts: with the delivery id it
@@ -450,53 +540,57 @@ impl Spool {
     /// Applies the ops durably, together with whatever else is waiting; returns the
     /// ids given to the inserts, in order.
     pub async fn commit(&self, ops: Vec<Op>) -> Result<Vec<u64>, SpoolError> {
-        if ops.is_empty() {
-            return Ok(Vec::new());
-        }
-        let (ops, fresh) = self.prepare(ops);
-        let (reply, answer) = oneshot::channel();
-        let writer = self.writer.as_ref().ok_or(SpoolError::Closed)?;
-        writer.send(Batch { ops, reply: Some(reply) }).map_err(|_| SpoolError::Closed)?;
-        #[cfg(test)]
-        let _held = HoldPausedClock::new();
-        let ids = answer.await.map_err(|_| SpoolError::Closed)?.ids?;
-        let mut recent = lock(&self.recent);
-        let mut next = ids.iter();
-        for (attempted, body) in fresh {
-            // `attempted` first: zip stops on it without taking the next id.
-            for (attempted, id) in attempted.into_iter().zip(next.by_ref()) {
-                if attempted {
-                    recent.put(*id, &body);
-                }
-            }
-        }
-        Ok(ids)
+        let mut pending = self.begin(ops)?;
+        pending.durable().await?;
+        Ok(std::mem::take(&mut pending.ids))
     }
 
-    /// Readies ops for the writer, off its thread: drops the cached bodies
-    /// of deliveries being removed, compresses payloads. Returns the ops and,
-    /// per insert, the body as given and, per delivery sharing it, whether it
-    /// will be attempted (dead letters are not): for the cache once the ids
-    /// are known.
-    fn prepare(&self, ops: Vec<Op>) -> (Vec<Op>, Vec<(Vec<bool>, Bytes)>) {
+    /// Queues the ops for the next commit and returns at once, with the ids
+    /// its inserts get: `Pending::durable` waits for it.
+    pub fn begin(&self, ops: Vec<Op>) -> Result<Pending<'_>, SpoolError> {
+        let (ops, keys, fresh) = self.prepare(ops);
+        let ids = fresh.iter().flat_map(|(key, attempted, _)| (*key..).take(attempted.len())).collect();
+        let writer = self.writer.as_ref().ok_or(SpoolError::Closed)?;
+        let answer = if ops.is_empty() {
+            None
+        } else {
+            let (reply, answer) = oneshot::channel();
+            writer.send(Batch { ops, keys, reply: Some(reply) }).map_err(|_| SpoolError::Closed)?;
+            Some(answer)
+        };
+        Ok(Pending { spool: self, ids, fresh, answer, exposed: false })
+    }
+
+    /// Readies ops for the writer, off its thread: gives the inserts their
+    /// ids, drops the cached bodies of deliveries being removed, compresses
+    /// payloads. Returns the ops, the first id of each insert and, per
+    /// insert, that id, whether each delivery sharing the body will be
+    /// attempted (dead letters are not), and the body as given.
+    #[allow(clippy::type_complexity)]
+    fn prepare(&self, ops: Vec<Op>) -> (Vec<Op>, Vec<u64>, Vec<(u64, Vec<bool>, Bytes)>) {
         let mut fresh = Vec::new();
+        let mut keys = Vec::new();
         let mut recent = None;
         let ops = ops
             .into_iter()
             .map(|op| match op {
                 Op::Insert { metas, body } => {
                     let stored = compress(&body);
-                    fresh.push((metas.iter().map(|m| m.dead.is_none()).collect(), Bytes::from(body)));
+                    if !metas.is_empty() {
+                        let key = self.next_key.fetch_add(metas.len() as u64, Ordering::SeqCst);
+                        keys.push(key);
+                        fresh.push((key, metas.iter().map(|m| m.dead.is_none()).collect(), Bytes::from(body)));
+                    }
                     Op::Insert { metas, body: stored }
                 }
                 Op::Remove { id } => {
-                    recent.get_or_insert_with(|| lock(&self.recent)).take(id);
+                    recent.get_or_insert_with(|| lock(&self.recent)).forget(id);
                     Op::Remove { id }
                 }
                 other => other,
             })
             .collect();
-        (ops, fresh)
+        (ops, keys, fresh)
     }
 
     /// Queues the ops for the next commit without waiting for it. If that
@@ -505,7 +599,7 @@ impl Spool {
         if ops.is_empty() {
             return;
         }
-        let (ops, _) = self.prepare(ops);
+        let (ops, _, _) = self.prepare(ops);
         let first = {
             let mut later = lock(&self.later);
             let first = later.is_empty();
@@ -514,7 +608,12 @@ impl Spool {
         };
         // The first since the writer last took them wakes it (an empty
         // batch); the others ride along.
-        if first && self.writer.as_ref().is_none_or(|w| w.send(Batch { ops: Vec::new(), reply: None }).is_err()) {
+        if first
+            && self
+                .writer
+                .as_ref()
+                .is_none_or(|w| w.send(Batch { ops: Vec::new(), keys: Vec::new(), reply: None }).is_err())
+        {
             // Not kept for a writer that is gone: the deliveries are sent
             // again after a restart.
             lock(&self.later).clear();
@@ -581,6 +680,84 @@ impl Spool {
         let Some((file, at)) = self.state().payload_of(id) else { return Ok(None) };
         let stored = store::read_at(&file, at).map_err(|e| SpoolError::Unavailable(e.to_string()))?;
         decode_payload(&stored).map(Some).map_err(|e| SpoolError::Unavailable(format!("payload of delivery {id}: {e}")))
+    }
+}
+
+/// A commit queued for the writer (`Spool::begin`): the ids of its inserts
+/// are known before it is durable.
+pub struct Pending<'a> {
+    spool: &'a Spool,
+    ids: Vec<u64>,
+    /// Per insert: its first id, whether each delivery sharing the body will
+    /// be attempted, and the body as given (for the cache).
+    fresh: Vec<(u64, Vec<bool>, Bytes)>,
+    /// None once answered (or when there was nothing to write).
+    answer: Option<oneshot::Receiver<Answer>>,
+    /// The bodies are in `Recent::uncommitted`.
+    exposed: bool,
+}
+
+impl Pending<'_> {
+    /// The ids given to the inserts, in order.
+    pub fn ids(&self) -> &[u64] {
+        &self.ids
+    }
+
+    /// Makes the bodies of the deliveries to be attempted readable by
+    /// `Spool::body` before the commit is durable, so that they can be
+    /// attempted while it is in flight. False, and nothing exposed, when
+    /// the ids run too far ahead of the durable ones (see `ID_MARGIN`): the
+    /// deliveries then wait for the commit.
+    pub fn expose(&mut self) -> bool {
+        let limit = self.spool.durable_next.load(Ordering::SeqCst) + ID_MARGIN;
+        if self.exposed || self.answer.is_none() || self.ids.iter().any(|id| *id >= limit) {
+            return self.exposed;
+        }
+        let mut recent = lock(&self.spool.recent);
+        for (key, attempted, body) in &self.fresh {
+            for id in (*key..).zip(attempted).filter(|(_, a)| **a).map(|(id, _)| id) {
+                recent.uncommitted.insert(id, body.clone());
+            }
+        }
+        self.exposed = true;
+        true
+    }
+
+    /// Waits until the commit is durable (or has failed). Cancel-safe: a
+    /// wait given up can be taken up again.
+    pub async fn durable(&mut self) -> Result<(), SpoolError> {
+        let Some(answer) = self.answer.as_mut() else { return Ok(()) };
+        #[cfg(test)]
+        let _held = HoldPausedClock::new();
+        let result = answer.await.map_err(|_| SpoolError::Closed).and_then(|a| a.result);
+        self.answer = None;
+        let mut recent = lock(&self.spool.recent);
+        if self.exposed {
+            // Attempted from memory already: read from the file if retried.
+            for id in &self.ids {
+                recent.uncommitted.remove(id);
+            }
+            self.exposed = false;
+        } else if result.is_ok() {
+            for (key, attempted, body) in &self.fresh {
+                for id in (*key..).zip(attempted).filter(|(_, a)| **a).map(|(id, _)| id) {
+                    recent.put(id, body);
+                }
+            }
+        }
+        result
+    }
+}
+
+impl Drop for Pending<'_> {
+    /// A wait given up for good: exposed bodies are not kept for it.
+    fn drop(&mut self) {
+        if self.exposed {
+            let mut recent = lock(&self.spool.recent);
+            for id in &self.ids {
+                recent.uncommitted.remove(id);
+            }
+        }
     }
 }
 
@@ -695,6 +872,10 @@ struct Writer {
     later: Arc<Mutex<Vec<Op>>>,
     health: Arc<Health>,
     stats: SpoolGauges,
+    /// `Spool::durable_next`.
+    durable_next: Arc<AtomicU64>,
+    #[cfg(test)]
+    faults: Arc<Faults>,
 }
 
 impl Writer {
@@ -702,7 +883,7 @@ impl Writer {
     /// commit that failed), as one batch.
     fn take_later(&self) -> Option<Batch> {
         let ops = std::mem::take(&mut *lock(&self.later));
-        (!ops.is_empty()).then_some(Batch { ops, reply: None })
+        (!ops.is_empty()).then_some(Batch { ops, keys: Vec::new(), reply: None })
     }
 
     fn run(mut self, rx: &std::sync::mpsc::Receiver<Batch>) {
@@ -771,9 +952,10 @@ impl Writer {
                 self.fail(batches, &problem);
                 continue;
             }
-            let mut all: Vec<Batch> = self.take_later().into_iter().collect();
-            let first_new = all.len();
-            all.append(&mut batches);
+            // The later changes after the batches: a delivery attempted while
+            // its insert waited in the queue may be removed already.
+            let mut all = batches;
+            all.extend(self.take_later());
             // Woken for changes an earlier commit has taken already.
             if all.iter().all(|b| b.ops.is_empty() && b.reply.is_none())
                 && unflushed.is_none_or(|since| since.elapsed() < FLUSH_INTERVAL)
@@ -802,16 +984,17 @@ impl Writer {
                 );
             }
             match result {
-                Ok(ids) => {
+                Ok(()) => {
                     if durable {
                         unflushed = None;
+                        self.durable_next.store(crate::sync::read(&self.state).next_id, Ordering::SeqCst);
                     } else {
                         self.stats.deferred_commits.inc();
                         unflushed.get_or_insert(started);
                     }
-                    for (batch, ids) in all.into_iter().zip(ids).skip(first_new) {
+                    for batch in all {
                         if let Some(reply) = batch.reply {
-                            let _ = reply.send(Answer { ids: Ok(ids), _ops: batch.ops });
+                            let _ = reply.send(Answer { result: Ok(()), _ops: batch.ops });
                         }
                     }
                 }
@@ -862,8 +1045,8 @@ impl Writer {
         for batch in batches {
             match batch.reply {
                 Some(reply) => {
-                    let ids = Err(SpoolError::Unavailable(problem.to_string()));
-                    let _ = reply.send(Answer { ids, _ops: batch.ops });
+                    let result = Err(SpoolError::Unavailable(problem.to_string()));
+                    let _ = reply.send(Answer { result, _ops: batch.ops });
                 }
                 None => kept.extend(batch.ops),
             }
@@ -893,10 +1076,11 @@ impl Writer {
         }
     }
 
-    /// One frame for all batches; the inserted ids per batch. Not `durable`:
-    /// written without an fsync.
-    fn apply(&mut self, batches: &[Batch], durable: bool) -> Result<Vec<Vec<u64>>, String> {
-        self.log.commit(&self.state, batches.iter().map(|b| b.ops.as_slice()), durable)
+    /// One frame for all batches. Not `durable`: written without an fsync.
+    fn apply(&mut self, batches: &[Batch], durable: bool) -> Result<(), String> {
+        #[cfg(test)]
+        self.faults.pass()?;
+        self.log.commit(&self.state, batches.iter().map(|b| (b.ops.as_slice(), b.keys.as_slice())), durable)
     }
 }
 
@@ -1034,6 +1218,46 @@ mod tests {
         drop(spool);
         let spool = Spool::open(dir.path(), false, gauges()).unwrap();
         assert!(spool.load_all().unwrap().is_empty());
+    }
+
+    /// Ids are given when a commit is queued; an exposed body is readable
+    /// before its commit is durable; a delivery removed (`commit_later`)
+    /// while its insert still waits behind a commit in flight stays removed,
+    /// across a restart; the first commit after a start is not exposed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_delivery_removed_before_its_insert_is_written_stays_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), false, gauges()).unwrap();
+        let faults = spool.faults.clone();
+        let mut first = spool.begin(vec![Op::Insert { metas: vec![meta("a")], body: b"one".to_vec() }]).unwrap();
+        assert!(!first.expose(), "ids of a start's first commit run ahead of every durable one");
+        first.durable().await.unwrap();
+        faults.stall(true);
+        let mut held = spool.begin(vec![Op::Insert { metas: vec![meta("a")], body: b"held".to_vec() }]).unwrap();
+        eventually("the writer to stall", || faults.waiting.load(Ordering::SeqCst));
+        let mut queued =
+            spool.begin(vec![Op::Insert { metas: vec![meta("a"), meta("b")], body: b"queued".to_vec() }]).unwrap();
+        let ids = queued.ids().to_vec();
+        assert_eq!(ids, [held.ids()[0] + 1, held.ids()[0] + 2], "ids in the order commits are queued");
+        assert_eq!(spool.body(ids[0]).unwrap(), None, "neither written nor exposed");
+        assert!(queued.expose());
+        assert_eq!(spool.body(ids[0]).unwrap().as_deref(), Some(&b"queued"[..]));
+        assert_eq!(spool.body(ids[0]).unwrap().as_deref(), Some(&b"queued"[..]), "kept for a retry");
+        assert!(spool.get(ids[0]).unwrap().is_none(), "not durable yet");
+        spool.commit_later(vec![Op::Remove { id: ids[0] }]);
+        faults.stall(false);
+        held.durable().await.unwrap();
+        queued.durable().await.unwrap();
+        eventually("the removal", || spool.get(ids[0]).unwrap().is_none() && spool.get(ids[1]).unwrap().is_some());
+        drop((first, held, queued));
+        drop(spool);
+        let spool = Spool::open(dir.path(), false, gauges()).unwrap();
+        let left: Vec<u64> = spool.load_all().unwrap().iter().map(|(id, _)| *id).collect();
+        assert_eq!(left.len(), 3);
+        assert!(!left.contains(&ids[0]), "{left:?}");
+        assert_eq!(spool.payload(ids[1]).unwrap().as_deref(), Some(&b"queued"[..]));
+        let next = spool.commit(vec![Op::Insert { metas: vec![meta("c")], body: vec![] }]).await.unwrap()[0];
+        assert!(next >= ids[1] + ID_MARGIN, "a start skips the ids that may have gone out: {next}");
     }
 
     #[test]
@@ -1515,7 +1739,7 @@ mod tests {
         assert!(!legacy.exists());
         assert_eq!(names_starting(dir.path(), "spool.redb.imported-"), 1);
         let id = spool.commit(vec![Op::Insert { metas: vec![meta("b")], body: vec![] }]).await.unwrap()[0];
-        assert_eq!(id, 9, "ids go on from the imported next id");
+        assert_eq!(id, 9 + ID_MARGIN, "ids go on past the imported next id, and the margin a start skips");
         // The shared payload goes with the last of its deliveries.
         spool.commit(vec![Op::Remove { id: 5 }]).await.unwrap();
         assert_eq!(spool.payload(7).unwrap().as_deref(), Some(&b"shared"[..]));
@@ -1523,7 +1747,7 @@ mod tests {
         assert_eq!(stored_payloads(&spool).0, 1, "only the new delivery's");
         drop(spool);
         let spool = Spool::open(dir.path(), false, gauges()).unwrap();
-        assert_eq!(spool.load_all().unwrap().iter().map(|(id, _)| *id).collect::<Vec<_>>(), [9]);
+        assert_eq!(spool.load_all().unwrap().iter().map(|(id, _)| *id).collect::<Vec<_>>(), [id]);
     }
 
     #[test]

@@ -673,27 +673,25 @@ impl Log {
     }
 
     /// One frame for all of `batches`' ops (and, if durable, a share of the
-    /// oldest segment's live payloads), applied to `state` once written; the
-    /// ids given to the inserts, per batch. Not `durable`: no fdatasync.
+    /// oldest segment's live payloads), applied to `state` once written. Each
+    /// batch comes with the first id of each of its inserts, in order (the
+    /// spool hands them out before the commit). Not `durable`: no fdatasync.
     pub fn commit<'a>(
         &mut self,
         state: &RwLock<State>,
-        batches: impl Iterator<Item = &'a [Op]>,
+        batches: impl Iterator<Item = (&'a [Op], &'a [u64])>,
         durable: bool,
-    ) -> Result<Vec<Vec<u64>>, String> {
+    ) -> Result<(), String> {
         let mut frame = Frame::new();
         let mut changes = Vec::new();
         if durable {
             self.copy_forward(state, &mut frame, &mut changes)?;
         }
-        let mut next_id = read(state).next_id;
-        let mut all_ids = Vec::new();
-        for ops in batches {
-            let mut ids = Vec::new();
+        for (ops, keys) in batches {
+            let mut keys = keys.iter().copied();
             for op in ops {
-                self.encode(op, &mut frame, &mut changes, &mut next_id, &mut ids)?;
+                self.encode(op, &mut frame, &mut changes, &mut keys)?;
             }
-            all_ids.push(ids);
         }
         if frame.buf.len() - FRAME_HEAD > u32::MAX as usize {
             return Err(format!("a commit of {} bytes is too large for one frame", frame.buf.len()));
@@ -734,12 +732,11 @@ impl Log {
             for change in changes {
                 state.apply(change);
             }
-            state.next_id = state.next_id.max(next_id);
         }
         if durable {
             self.tidy(state);
         }
-        Ok(all_ids)
+        Ok(())
     }
 
     fn encode(
@@ -747,15 +744,14 @@ impl Log {
         op: &Op,
         frame: &mut Frame,
         changes: &mut Vec<Change>,
-        next_id: &mut u64,
-        ids: &mut Vec<u64>,
+        keys: &mut impl Iterator<Item = u64>,
     ) -> Result<(), String> {
         match op {
             Op::Insert { metas, body } => {
                 if metas.is_empty() {
                     return Ok(());
                 }
-                let key = *next_id;
+                let key = keys.next().ok_or("an insert without its id")?;
                 let shared = (metas.len() > 1).then_some(key);
                 let deliveries: Vec<(u64, DeliveryMeta)> = metas
                     .iter()
@@ -764,8 +760,6 @@ impl Log {
                     .collect();
                 let span = u32::try_from(metas.len()).map_err(|_| "too many deliveries".to_string())?;
                 let at = frame.payload(key, span, &deliveries, body)?;
-                *next_id += u64::from(span);
-                ids.extend(deliveries.iter().map(|(id, _)| *id));
                 let at = Place { seg: self.head, offset: self.end + at as u64, len: body.len() as u32 };
                 changes.push(Change::Payload { key, span, deliveries, at });
             }
