@@ -668,6 +668,7 @@ async fn metrics_health_and_readiness_from_start() {
     assert!(text.contains("alert_relay_build_info{version=\""));
     assert!(text.contains("alert_relay_config_last_reload_successful 1"));
     assert!(text.contains("alert_relay_spool_commit_duration_seconds_bucket"));
+    assert!(text.contains("alert_relay_spool_early_starts_total 0"));
     assert!(text.contains("process_resident_memory_bytes"));
     for path in ["/-/healthy", "/-/ready"] {
         assert_eq!(client().get(format!("{}{path}", relay.base)).send().await.unwrap().status().as_u16(), 200);
