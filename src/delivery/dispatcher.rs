@@ -87,7 +87,7 @@ pub(crate) const EARLY_START: Duration = Duration::from_millis(5);
 /// A delivery queued before its commit was durable.
 struct Early {
     queue: Arc<Queue>,
-    /// What it superseded, removed from the spool once the commit is.
+    /// Itself, when a newer durable one of its group was queued already.
     superseded: Vec<u64>,
 }
 
@@ -383,9 +383,10 @@ impl Dispatcher {
         let mut stale = Vec::new();
         for (id, meta) in ids.into_iter().zip(metas) {
             let name = meta.receiver.clone();
-            if let Some(queued) = early.remove(&id) {
-                queued.queue.metrics.notifications.inc();
-                self.superseded(&name, &queued.queue, queued.superseded, &mut stale);
+            if let Some(Early { queue, mut superseded }) = early.remove(&id) {
+                queue.metrics.notifications.inc();
+                superseded.extend(lock(&queue.state).confirm(id));
+                self.superseded(&name, &queue, superseded, &mut stale);
                 continue;
             }
             let Some(queue) = read(&self.queues).get(&name).cloned() else {
@@ -426,14 +427,14 @@ impl Dispatcher {
 
     /// Queues deliveries whose commit is still in flight (their bodies
     /// exposed by the spool), by id. What they supersede leaves the spool
-    /// only once the commit is durable.
+    /// only once the commit is durable (`QueueState::add_tentative`).
     fn queue_early(&self, ids: &[u64], metas: &[DeliveryMeta]) -> HashMap<u64, Early> {
         let mut early = HashMap::new();
         for (id, meta) in ids.iter().zip(metas).filter(|(_, m)| m.dead.is_none()) {
             let Some(queue) = read(&self.queues).get(&meta.receiver).cloned() else { continue };
             let superseded = {
                 let mut state = lock(&queue.state);
-                let superseded = state.add(*id, meta.clone());
+                let superseded = state.add_tentative(*id, meta.clone());
                 queue.show(&state);
                 superseded
             };
@@ -447,13 +448,12 @@ impl Dispatcher {
     }
 
     /// Takes back deliveries queued before their commit, which failed, and
-    /// puts back what they superseded.
+    /// puts back what they superseded (as it is in the spool).
     fn take_back(&self, early: HashMap<u64, Early>) {
         let mut stale = Vec::new();
-        for (id, Early { queue, superseded }) in early {
+        for (id, Early { queue, .. }) in early {
             let mut state = lock(&queue.state);
-            state.retract(id);
-            for old in superseded.into_iter().filter(|old| *old != id) {
+            for old in state.retract(id) {
                 match self.spool.get(old) {
                     Ok(Some(meta)) => stale.extend(state.add(old, meta)),
                     Ok(None) => {}

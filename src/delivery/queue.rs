@@ -48,6 +48,12 @@ pub struct QueueState {
     due: BTreeSet<(u64, u64)>,
     groups: HashMap<String, Group>,
     dead: usize,
+    /// Deliveries added before their commit was durable (`add_tentative`),
+    /// with the ids they superseded meanwhile: those leave the spool only
+    /// once that commit is durable (`confirm`), and come back if it fails
+    /// (`retract`). Kept after the delivery itself is gone (delivered, or
+    /// superseded by a newer one).
+    tentative: HashMap<u64, Vec<u64>>,
 }
 
 impl QueueState {
@@ -67,22 +73,53 @@ impl QueueState {
     }
 
     /// Adds a pending delivery; returns the ids it supersedes (possibly its own,
-    /// when a newer one of its group is already here).
+    /// when a newer one of its group is already here) for the caller to
+    /// remove from the spool. Those a tentative delivery supersedes are not
+    /// returned: they wait for its commit (`confirm`, `retract`).
     pub fn add(&mut self, id: u64, meta: DeliveryMeta) -> Vec<u64> {
+        self.insert(id, meta, false)
+    }
+
+    /// Adds a pending delivery whose commit is not durable yet; as `add`.
+    pub fn add_tentative(&mut self, id: u64, meta: DeliveryMeta) -> Vec<u64> {
+        self.insert(id, meta, true)
+    }
+
+    /// A tentative delivery's commit is durable: what it superseded, for
+    /// the caller to remove from the spool.
+    pub fn confirm(&mut self, id: u64) -> Vec<u64> {
+        self.tentative.remove(&id).unwrap_or_default()
+    }
+
+    /// `old` is superseded by `by`: returned for removal, or kept with `by`
+    /// while `by` is tentative.
+    fn supersede(tentative: &mut HashMap<u64, Vec<u64>>, old: u64, by: u64) -> Vec<u64> {
+        match tentative.get_mut(&by) {
+            Some(kept) => {
+                kept.push(old);
+                Vec::new()
+            }
+            None => vec![old],
+        }
+    }
+
+    fn insert(&mut self, id: u64, meta: DeliveryMeta, tentative: bool) -> Vec<u64> {
+        if tentative {
+            self.tentative.entry(id).or_default();
+        }
         let mut superseded = Vec::new();
         if !meta.group_key.is_empty() {
             let group = self.groups.entry(meta.group_key.clone()).or_default();
             // One taken back (`retract`) is no newer notification.
-            let newer_flying =
-                group.in_flight.is_some_and(|f| f > id && self.entries.get(&f).is_some_and(|e| !e.retracted));
-            if newer_flying || group.pending.is_some_and(|p| p > id) {
-                return vec![id];
+            let newer_flying = group.in_flight.filter(|f| *f > id && self.entries.get(f).is_some_and(|e| !e.retracted));
+            if let Some(newer) = group.pending.filter(|p| *p > id).or(newer_flying) {
+                return Self::supersede(&mut self.tentative, id, newer);
             }
             if let Some(older) = group.pending.replace(id) {
                 if let Some(old) = self.entries.remove(&older) {
                     self.due.remove(&(old.meta.next_due_ms, older));
                 }
-                superseded.push(older);
+                superseded.extend(Self::supersede(&mut self.tentative, older, id));
             }
             if let Some(flying) = group.in_flight {
                 if let Some(e) = self.entries.get_mut(&flying) {
@@ -133,19 +170,19 @@ impl QueueState {
         Step::Attempt(id, meta)
     }
 
-    /// Takes back a delivery added before its commit was durable, when that
-    /// commit failed: one waiting is gone at once, one in flight when its
-    /// attempt ends. A delivery of its group in flight that it made
-    /// obsolete is no longer (the caller adds back, with `add`, those it
-    /// superseded).
-    pub fn retract(&mut self, id: u64) {
-        let Some(entry) = self.entries.get_mut(&id) else { return };
+    /// Takes back a tentative delivery whose commit failed: one waiting is
+    /// gone at once, one in flight when its attempt ends, and a delivery of
+    /// its group in flight that it made obsolete is no longer. Returns what
+    /// it superseded, for the caller to add back from the spool.
+    pub fn retract(&mut self, id: u64) -> Vec<u64> {
+        let superseded = self.tentative.remove(&id).unwrap_or_default();
+        let Some(entry) = self.entries.get_mut(&id) else { return superseded };
         let key = entry.meta.group_key.clone();
         let due = entry.meta.next_due_ms;
         let group = self.groups.get_mut(&key);
         if group.as_ref().is_some_and(|g| g.in_flight == Some(id)) {
             entry.retracted = true;
-            return;
+            return superseded;
         }
         self.entries.remove(&id);
         self.due.remove(&(due, id));
@@ -160,6 +197,7 @@ impl QueueState {
                 self.groups.remove(&key);
             }
         }
+        superseded
     }
 
     /// Records the end of an attempt. True when the delivery was superseded
@@ -178,7 +216,12 @@ impl QueueState {
                 }
                 false
             }
-            Finish::Retry(_) if entry.obsolete => true,
+            Finish::Retry(_) if entry.obsolete => {
+                // Superseded by the group's newer one waiting: kept with it
+                // while that one is tentative.
+                let newer = self.groups.get(&key).and_then(|g| g.pending);
+                newer.is_none_or(|newer| !Self::supersede(&mut self.tentative, id, newer).is_empty())
+            }
             Finish::Retry(meta) => {
                 self.due.insert((meta.next_due_ms, id));
                 if let Some(group) = self.groups.get_mut(&key) {
@@ -203,6 +246,7 @@ impl QueueState {
     pub fn clear(&mut self) -> Vec<u64> {
         self.due.clear();
         self.groups.clear();
+        self.tentative.clear();
         self.entries.drain().map(|(id, _)| id).collect()
     }
 }
@@ -308,24 +352,24 @@ mod tests {
         let mut q = QueueState::default();
         q.add(1, meta("g", 0));
         assert!(matches!(q.take(0), Step::Attempt(1, _)));
-        assert!(q.add(2, meta("g", 0)).is_empty());
-        q.retract(2);
-        q.retract(2);
+        assert!(q.add_tentative(2, meta("g", 0)).is_empty());
+        assert!(q.retract(2).is_empty());
+        assert!(q.retract(2).is_empty());
         assert_eq!(q.pending(), 1);
         // 1 is no longer obsolete: failing, it is retried, not dropped.
         assert!(!q.finish(1, Finish::Retry(meta("g", 5))));
         assert!(matches!(q.take(5), Step::Attempt(1, _)));
         assert!(!q.finish(1, Finish::Gone { dead: false }));
-        assert!(q.entries.is_empty() && q.due.is_empty() && q.groups.is_empty());
+        assert!(q.entries.is_empty() && q.due.is_empty() && q.groups.is_empty() && q.tentative.is_empty());
     }
 
     #[test]
     fn a_delivery_taken_back_in_flight_ends_with_its_attempt_and_supersedes_nothing() {
         let mut q = QueueState::default();
         q.add(1, meta("g", 0));
-        assert_eq!(q.add(2, meta("g", 0)), vec![1]);
+        assert!(q.add_tentative(2, meta("g", 0)).is_empty(), "1 waits for 2's commit");
         assert!(matches!(q.take(0), Step::Attempt(2, _)));
-        q.retract(2);
+        assert_eq!(q.retract(2), vec![1]);
         assert_eq!(q.pending(), 1, "in flight until its attempt ends");
         // What 2 superseded comes back, and waits for 2's attempt.
         assert!(q.add(1, meta("g", 0)).is_empty());
@@ -336,11 +380,50 @@ mod tests {
         assert_eq!(q.dead(), 0);
         assert!(q.entries.is_empty() && q.due.is_empty() && q.groups.is_empty());
         // A dead-lettered attempt of one taken back is not counted.
-        q.add(3, meta("g", 0));
+        q.add_tentative(3, meta("g", 0));
         assert!(matches!(q.take(0), Step::Attempt(3, _)));
         q.retract(3);
         assert!(!q.finish(3, Finish::Gone { dead: true }));
         assert_eq!(q.dead(), 0);
+        assert!(q.tentative.is_empty());
+    }
+
+    /// What a tentative delivery supersedes (waiting, failing in flight, or
+    /// arriving late) is kept with it until its commit is durable or has
+    /// failed, and passed on along a chain of tentative ones.
+    #[test]
+    fn what_a_tentative_delivery_supersedes_waits_for_its_commit() {
+        let mut q = QueueState::default();
+        q.add(1, meta("g", 0));
+        assert!(matches!(q.take(0), Step::Attempt(1, _)));
+        q.add(5, meta("g", 0));
+        assert!(q.add_tentative(10, meta("g", 0)).is_empty());
+        assert!(q.add(4, meta("g", 0)).is_empty(), "older than a tentative one: kept with it");
+        // 1 fails in flight, obsolete: kept with 10, not removed.
+        assert!(!q.finish(1, Finish::Retry(meta("g", 0))));
+        assert!(q.add_tentative(11, meta("g", 0)).is_empty());
+        assert_eq!(q.pending(), 1);
+        // 10's commit fails: what it kept comes back, and 11 (newer,
+        // tentative too) keeps it in turn.
+        let mut back = q.retract(10);
+        back.sort_unstable();
+        assert_eq!(back, [1, 4, 5]);
+        for old in back {
+            assert!(q.add(old, meta("g", 0)).is_empty());
+        }
+        // 11's commit is durable: all of them go, 10 too (never written).
+        let mut gone = q.confirm(11);
+        gone.sort_unstable();
+        assert_eq!(gone, [1, 4, 5, 10]);
+        assert!(q.tentative.is_empty());
+        assert!(matches!(q.take(0), Step::Attempt(11, _)));
+        assert_eq!(q.take(0), Step::Idle);
+        // A durable delivery superseded at once by a newer durable one is
+        // returned, as ever; a tentative one that a durable newer one
+        // supersedes goes at once too.
+        assert_eq!(q.add(7, meta("g", 0)), vec![7]);
+        assert_eq!(q.add_tentative(8, meta("g", 0)), vec![8]);
+        assert!(q.confirm(8).is_empty());
     }
 
     #[test]

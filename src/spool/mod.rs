@@ -315,14 +315,16 @@ struct Recent {
     bytes: usize,
     /// Bodies of deliveries attempted before their commit is durable
     /// (`Pending::expose`), until it is: not bounded, not evicted, as the
-    /// file does not have them yet. Empty unless a commit is slow.
-    uncommitted: BTreeMap<u64, Bytes>,
+    /// file does not have them yet; and whether they were read. Empty
+    /// unless a commit is slow.
+    uncommitted: BTreeMap<u64, (Bytes, bool)>,
 }
 
 impl Recent {
     fn take(&mut self, id: u64) -> Option<Bytes> {
-        if let Some(body) = self.uncommitted.get(&id) {
+        if let Some((body, read)) = self.uncommitted.get_mut(&id) {
             // Kept until the commit is over: a retry may need it again.
+            *read = true;
             return Some(body.clone());
         }
         let body = self.bodies.remove(&id)?;
@@ -716,7 +718,7 @@ impl Pending<'_> {
         let mut recent = lock(&self.spool.recent);
         for (key, attempted, body) in &self.fresh {
             for id in (*key..).zip(attempted).filter(|(_, a)| **a).map(|(id, _)| id) {
-                recent.uncommitted.insert(id, body.clone());
+                recent.uncommitted.insert(id, (body.clone(), false));
             }
         }
         self.exposed = true;
@@ -732,16 +734,24 @@ impl Pending<'_> {
         let result = answer.await.map_err(|_| SpoolError::Closed).and_then(|a| a.result);
         self.answer = None;
         let mut recent = lock(&self.spool.recent);
+        let mut read = Vec::new();
         if self.exposed {
-            // Attempted from memory already: read from the file if retried.
             for id in &self.ids {
-                recent.uncommitted.remove(id);
+                if let Some((_, true)) = recent.uncommitted.remove(id) {
+                    read.push(*id);
+                }
             }
             self.exposed = false;
-        } else if result.is_ok() {
+        }
+        if result.is_ok() {
+            // Cached for the first attempt, unless it was made from memory
+            // already: one not made yet must not wait for a read of the file
+            // (written past the page cache) on a disk that may stall again.
             for (key, attempted, body) in &self.fresh {
                 for id in (*key..).zip(attempted).filter(|(_, a)| **a).map(|(id, _)| id) {
-                    recent.put(id, body);
+                    if !read.contains(&id) {
+                        recent.put(id, body);
+                    }
                 }
             }
         }
@@ -1248,6 +1258,13 @@ mod tests {
         faults.stall(false);
         held.durable().await.unwrap();
         queued.durable().await.unwrap();
+        {
+            let recent = lock(&spool.recent);
+            assert!(recent.uncommitted.is_empty());
+            // The one never read is cached for its first attempt, not left
+            // to a read of the file; the one read is not kept.
+            assert!(recent.bodies.contains_key(&ids[1]) && !recent.bodies.contains_key(&ids[0]));
+        }
         eventually("the removal", || spool.get(ids[0]).unwrap().is_none() && spool.get(ids[1]).unwrap().is_some());
         drop((first, held, queued));
         drop(spool);
