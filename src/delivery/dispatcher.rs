@@ -368,10 +368,10 @@ impl Dispatcher {
             () = tokio::time::sleep(EARLY_START) => true,
         };
         let mut early = HashMap::new();
-        if slow && pending.expose() {
-            early = self.queue_early(pending.ids(), &metas);
-        }
         if slow {
+            if pending.expose() {
+                early = self.queue_early(pending.ids(), &metas);
+            }
             if let Err(e) = pending.durable().await {
                 self.take_back(early);
                 return Err(e);

@@ -551,7 +551,7 @@ impl Spool {
     /// its inserts get: `Pending::durable` waits for it.
     pub fn begin(&self, ops: Vec<Op>) -> Result<Pending<'_>, SpoolError> {
         let (ops, keys, fresh) = self.prepare(ops);
-        let ids = fresh.iter().flat_map(|(key, attempted, _)| (*key..).take(attempted.len())).collect();
+        let ids = fresh.iter().flat_map(|f| (f.key..).take(f.attempted.len())).collect();
         let writer = self.writer.as_ref().ok_or(SpoolError::Closed)?;
         let answer = if ops.is_empty() {
             None
@@ -565,11 +565,9 @@ impl Spool {
 
     /// Readies ops for the writer, off its thread: gives the inserts their
     /// ids, drops the cached bodies of deliveries being removed, compresses
-    /// payloads. Returns the ops, the first id of each insert and, per
-    /// insert, that id, whether each delivery sharing the body will be
-    /// attempted (dead letters are not), and the body as given.
-    #[allow(clippy::type_complexity)]
-    fn prepare(&self, ops: Vec<Op>) -> (Vec<Op>, Vec<u64>, Vec<(u64, Vec<bool>, Bytes)>) {
+    /// payloads. Returns the ops, the first id of each insert, and each
+    /// insert's `Fresh`.
+    fn prepare(&self, ops: Vec<Op>) -> (Vec<Op>, Vec<u64>, Vec<Fresh>) {
         let mut fresh = Vec::new();
         let mut keys = Vec::new();
         let mut recent = None;
@@ -581,7 +579,8 @@ impl Spool {
                     if !metas.is_empty() {
                         let key = self.next_key.fetch_add(metas.len() as u64, Ordering::SeqCst);
                         keys.push(key);
-                        fresh.push((key, metas.iter().map(|m| m.dead.is_none()).collect(), Bytes::from(body)));
+                        let attempted = metas.iter().map(|m| m.dead.is_none()).collect();
+                        fresh.push(Fresh { key, attempted, body: Bytes::from(body) });
                     }
                     Op::Insert { metas, body: stored }
                 }
@@ -685,14 +684,28 @@ impl Spool {
     }
 }
 
+/// An insert of a queued commit, for the cache of bodies.
+struct Fresh {
+    /// The first id of the deliveries sharing the body.
+    key: u64,
+    /// Per delivery, whether it will be attempted (dead letters are not).
+    attempted: Vec<bool>,
+    /// The body as given.
+    body: Bytes,
+}
+
+impl Fresh {
+    fn attempted_ids(&self) -> impl Iterator<Item = u64> + '_ {
+        (self.key..).zip(&self.attempted).filter(|(_, a)| **a).map(|(id, _)| id)
+    }
+}
+
 /// A commit queued for the writer (`Spool::begin`): the ids of its inserts
 /// are known before it is durable.
 pub struct Pending<'a> {
     spool: &'a Spool,
     ids: Vec<u64>,
-    /// Per insert: its first id, whether each delivery sharing the body will
-    /// be attempted, and the body as given (for the cache).
-    fresh: Vec<(u64, Vec<bool>, Bytes)>,
+    fresh: Vec<Fresh>,
     /// None once answered (or when there was nothing to write).
     answer: Option<oneshot::Receiver<Answer>>,
     /// The bodies are in `Recent::uncommitted`.
@@ -716,9 +729,9 @@ impl Pending<'_> {
             return self.exposed;
         }
         let mut recent = lock(&self.spool.recent);
-        for (key, attempted, body) in &self.fresh {
-            for id in (*key..).zip(attempted).filter(|(_, a)| **a).map(|(id, _)| id) {
-                recent.uncommitted.insert(id, (body.clone(), false));
+        for fresh in &self.fresh {
+            for id in fresh.attempted_ids() {
+                recent.uncommitted.insert(id, (fresh.body.clone(), false));
             }
         }
         self.exposed = true;
@@ -747,11 +760,9 @@ impl Pending<'_> {
             // Cached for the first attempt, unless it was made from memory
             // already: one not made yet must not wait for a read of the file
             // (written past the page cache) on a disk that may stall again.
-            for (key, attempted, body) in &self.fresh {
-                for id in (*key..).zip(attempted).filter(|(_, a)| **a).map(|(id, _)| id) {
-                    if !read.contains(&id) {
-                        recent.put(id, body);
-                    }
+            for fresh in &self.fresh {
+                for id in fresh.attempted_ids().filter(|id| !read.contains(id)) {
+                    recent.put(id, &fresh.body);
                 }
             }
         }
