@@ -19,6 +19,12 @@
 //!   They wait in a buffer the writer empties into each commit, and only
 //!   the first after a commit wakes the writer (under load, one wake-up per
 //!   commit instead of one per delivery).
+//!
+//! A commit's ids are given when it is queued (`Spool::begin`), so that its
+//! deliveries can be attempted while a slow `fdatasync` is still in flight
+//! (`Pending::expose`; the dispatcher decides when). The removals nobody
+//! waits for therefore go after the queued batches in a frame: one of them
+//! may remove a delivery whose insert is in the same frame.
 
 mod direct;
 mod import;
