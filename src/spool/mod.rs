@@ -258,8 +258,6 @@ pub struct Spool {
     /// The next id to hand out: ids are given when a commit is queued, so
     /// that they are known before it is durable.
     next_key: AtomicU64,
-    /// The log's next id after the last durable commit, kept by the writer.
-    durable_next: Arc<AtomicU64>,
     #[cfg(test)]
     faults: Arc<Faults>,
 }
@@ -487,7 +485,6 @@ impl Spool {
             gauge: gauges.healthy.clone(),
         });
         health.set(None);
-        let durable_next = Arc::new(AtomicU64::new(state.next_id));
         #[cfg(test)]
         let faults = Arc::new(Faults::default());
         let next_key = AtomicU64::new(state.next_id + ID_MARGIN);
@@ -500,7 +497,6 @@ impl Spool {
             later: later.clone(),
             health: health.clone(),
             stats: gauges,
-            durable_next: durable_next.clone(),
             #[cfg(test)]
             faults: faults.clone(),
             _held: held,
@@ -518,7 +514,6 @@ impl Spool {
             instance,
             health,
             next_key,
-            durable_next,
             #[cfg(test)]
             faults,
         })
@@ -730,7 +725,9 @@ impl Pending<'_> {
     /// the ids run too far ahead of the durable ones (see `ID_MARGIN`): the
     /// deliveries then wait for the commit.
     pub fn expose(&mut self) -> bool {
-        let limit = self.spool.durable_next.load(Ordering::SeqCst) + ID_MARGIN;
+        // The state's next id is the durable one: inserts are only ever
+        // committed with an fsync, and the state changes once they are.
+        let limit = self.spool.state().next_id + ID_MARGIN;
         if self.exposed || self.answer.is_none() || self.ids.iter().any(|id| *id >= limit) {
             return self.exposed;
         }
@@ -753,15 +750,7 @@ impl Pending<'_> {
         let result = answer.await.map_err(|_| SpoolError::Closed).and_then(|a| a.result);
         self.answer = None;
         let mut recent = lock(&self.spool.recent);
-        let mut read = Vec::new();
-        if self.exposed {
-            for id in &self.ids {
-                if let Some((_, true)) = recent.uncommitted.remove(id) {
-                    read.push(*id);
-                }
-            }
-            self.exposed = false;
-        }
+        let read = self.unexpose(&mut recent);
         if result.is_ok() {
             // Cached for the first attempt, unless it was made from memory
             // already: one not made yet must not wait for a read of the file
@@ -774,16 +763,22 @@ impl Pending<'_> {
         }
         result
     }
+
+    /// Takes the exposed bodies back; the ids of those read meanwhile.
+    fn unexpose(&mut self, recent: &mut Recent) -> Vec<u64> {
+        if !std::mem::take(&mut self.exposed) {
+            return Vec::new();
+        }
+        self.ids.iter().filter(|id| matches!(recent.uncommitted.remove(id), Some((_, true)))).copied().collect()
+    }
 }
 
 impl Drop for Pending<'_> {
     /// A wait given up for good: exposed bodies are not kept for it.
     fn drop(&mut self) {
         if self.exposed {
-            let mut recent = lock(&self.spool.recent);
-            for id in &self.ids {
-                recent.uncommitted.remove(id);
-            }
+            let spool = self.spool;
+            self.unexpose(&mut lock(&spool.recent));
         }
     }
 }
@@ -899,8 +894,6 @@ struct Writer {
     later: Arc<Mutex<Vec<Op>>>,
     health: Arc<Health>,
     stats: SpoolGauges,
-    /// `Spool::durable_next`.
-    durable_next: Arc<AtomicU64>,
     #[cfg(test)]
     faults: Arc<Faults>,
 }
@@ -1014,7 +1007,6 @@ impl Writer {
                 Ok(()) => {
                     if durable {
                         unflushed = None;
-                        self.durable_next.store(crate::sync::read(&self.state).next_id, Ordering::SeqCst);
                     } else {
                         self.stats.deferred_commits.inc();
                         unflushed.get_or_insert(started);
