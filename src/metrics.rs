@@ -161,7 +161,7 @@ impl Metrics {
             spool_early_starts: {
                 let c = IntCounter::new(
                     "spool_early_starts_total",
-                    "Webhook requests whose deliveries were queued before their commit was durable (it took over 5 ms); \
+                    "Webhook requests whose deliveries were queued before their commit was durable (it took over 2 ms); \
                      the answer still waited for it.",
                 )
                 .expect("static metric definition");

@@ -80,9 +80,13 @@ pub struct Dispatcher {
 type Connect = Arc<dyn Fn(Arc<Receiver>) -> Result<Target, TargetError> + Send + Sync>;
 
 /// How long a new delivery waits for its commit before it is queued anyway
-/// (`Dispatcher::accept`). A commit takes 0.3-3 ms on a healthy disk, and
-/// the stalls this covers take tens of milliseconds to seconds.
-pub(crate) const EARLY_START: Duration = Duration::from_millis(5);
+/// (`Dispatcher::accept`). Under full load a commit's p50 is 0.2-0.3 ms and
+/// its p99 1-2 ms; the stalls this covers take tens of milliseconds to
+/// seconds. 2 ms against 5 ms (BENCHMARKS.md, "Session 13"): p99 at
+/// 1,000/s 4.4-4.7 ms against 7.4-7.6 on a noisy disk, no loss of
+/// throughput; 1 ms started early 3-6 % of commits at full load and cost
+/// CPU.
+pub(crate) const EARLY_START: Duration = Duration::from_millis(2);
 
 /// A delivery queued before its commit was durable.
 struct Early {
