@@ -96,6 +96,7 @@ impl Relay {
         let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
         let per_worker = config.server.max_connections.div_ceil(workers).max(1);
         let (head_timeout, body_timeout) = (config.server.request_head_timeout, config.server.request_body_timeout);
+        let idle_timeout = config.server.idle_timeout;
         let spool_dir = config.spool.dir.display().to_string();
         let listen_error = |source| StartError::Listen { addr: listen.clone(), source };
         let listener = std::net::TcpListener::bind(&listen).map_err(listen_error)?;
@@ -126,6 +127,7 @@ impl Relay {
         .workers(workers)
         .max_connections(per_worker)
         .client_request_timeout(head_timeout)
+        .keep_alive(idle_timeout)
         .on_connect(http::on_connect)
         .disable_signals()
         .shutdown_timeout(5);

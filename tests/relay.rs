@@ -590,6 +590,53 @@ async fn post_chunked(addr: &str, body: &[u8]) -> u16 {
     String::from_utf8_lossy(&answer[9..12]).parse().unwrap()
 }
 
+/// Sends `GET path` on a kept-alive connection and reads one answer; its status,
+/// or `None` if the relay had closed the connection.
+async fn get_on(tcp: &mut tokio::net::TcpStream, path: &str) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: relay\r\n\r\n").as_bytes()).await.ok()?;
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = tokio::time::timeout(DEADLINE, tcp.read(&mut buf)).await.expect("an answer or a close").ok()?;
+        if n == 0 {
+            return None;
+        }
+        answer.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length: usize = text
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().expect("a length"));
+            if answer.len() >= end + 4 + length {
+                return text[9..12].parse().ok();
+            }
+        }
+    }
+}
+
+/// Alertmanager's HTTP client keeps an idle connection for 5 minutes. The
+/// relay keeps it longer (`server.idle_timeout`, 6 minutes), so the client is
+/// the side that closes it, and never writes a notification into a connection
+/// the relay is closing (Go does not resend a POST that was written).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_alive_connections_stay_open_until_idle_timeout() {
+    use tokio::io::AsyncReadExt;
+    let default = TestRelay::start("receivers: []").await;
+    let short = TestRelay::start("server: { listen: '127.0.0.1:0', idle_timeout: 1s }\nreceivers: []").await;
+    let connect = |base: &str| tokio::net::TcpStream::connect(base.trim_start_matches("http://").to_string());
+    let (mut kept, mut closed) = (connect(&default.base).await.unwrap(), connect(&short.base).await.unwrap());
+    assert_eq!(get_on(&mut kept, "/-/healthy").await, Some(200));
+    assert_eq!(get_on(&mut closed, "/-/healthy").await, Some(200));
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(DEADLINE, closed.read_to_end(&mut rest)).await;
+    assert!(matches!(read, Ok(Ok(0))), "idle_timeout: 1s closes an idle connection: {read:?}");
+    // Idle past actix-web's own default of 5 s, the connection still answers.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(get_on(&mut kept, "/-/healthy").await, Some(200));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_auth_is_required_when_configured() {
     let dir = tempfile::tempdir().unwrap();

@@ -41,6 +41,8 @@ pub(super) struct RawServer {
     pub(super) request_head_timeout: Option<String>,
     /// Longest a client may take to send a request's body once its head is in.
     pub(super) request_body_timeout: Option<String>,
+    /// Longest a kept-alive connection may sit idle between requests.
+    pub(super) idle_timeout: Option<String>,
     /// Open connections at most; past it new ones wait in the listen backlog.
     pub(super) max_connections: Option<u64>,
     /// Serve HTTPS instead of HTTP.

@@ -35,6 +35,8 @@ pub struct Server {
     pub webhook_auth: Option<Secret>,
     pub request_head_timeout: Duration,
     pub request_body_timeout: Duration,
+    /// How long a kept-alive connection may sit idle between requests.
+    pub idle_timeout: Duration,
     pub max_connections: usize,
     /// HTTPS: the files, read and checked once at load.
     pub tls: Option<ListenerFiles>,
@@ -224,10 +226,25 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
             Some(spec) => auth(&spec, &mut errors.sub("webhook_auth")).header_value(),
             None => None,
         };
-        let request_head_timeout =
-            bounded_duration(raw.server.request_head_timeout.as_deref(), "5s", "request_head_timeout", &mut errors);
-        let request_body_timeout =
-            bounded_duration(raw.server.request_body_timeout.as_deref(), "10s", "request_body_timeout", &mut errors);
+        let request_head_timeout = bounded_duration(
+            raw.server.request_head_timeout.as_deref(),
+            "5s",
+            MAX_TIMEOUT,
+            "request_head_timeout",
+            &mut errors,
+        );
+        let request_body_timeout = bounded_duration(
+            raw.server.request_body_timeout.as_deref(),
+            "10s",
+            MAX_TIMEOUT,
+            "request_body_timeout",
+            &mut errors,
+        );
+        // Longer than the 5 minutes Alertmanager's HTTP client (prometheus/common)
+        // keeps an idle connection: the client closes first, so a POST is never
+        // written into a connection the relay is closing at that moment.
+        let idle_timeout =
+            bounded_duration(raw.server.idle_timeout.as_deref(), "6m", MAX_IDLE_TIMEOUT, "idle_timeout", &mut errors);
         let max_connections = raw.server.max_connections.unwrap_or(1024);
         if !(1..=MAX_CONNECTIONS).contains(&max_connections) {
             errors.push("max_connections", format!("{max_connections} is not between 1 and {MAX_CONNECTIONS}"));
@@ -240,6 +257,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
             webhook_auth,
             request_head_timeout,
             request_body_timeout,
+            idle_timeout,
             max_connections: usize::try_from(max_connections).unwrap_or(1),
         }
     };
@@ -377,6 +395,21 @@ mod tests {
         assert!(a.enabled && a.send_resolved);
         assert_eq!(c.server.max_body_bytes, 4 * 1024 * 1024);
         assert_eq!(c.spool.max_pending, 100_000);
+        // Above the 5 minutes Alertmanager keeps an idle connection.
+        assert_eq!(c.server.idle_timeout, Duration::from_secs(360));
+    }
+
+    #[test]
+    fn server_timeouts_are_bounded() {
+        let e = errors_of("server: { idle_timeout: 2h, request_head_timeout: 0s, request_body_timeout: 6m }");
+        assert_eq!(
+            e,
+            [
+                "server.request_head_timeout: must be more than 0 and at most 5m",
+                "server.request_body_timeout: must be more than 0 and at most 5m",
+                "server.idle_timeout: must be more than 0 and at most 1h",
+            ],
+        );
     }
 
     #[test]

@@ -85,6 +85,8 @@ pub(super) const MAX_ALERTS: u64 = 100_000;
 pub(super) const MAX_HEADERS: usize = 32;
 pub(super) const MAX_BODY_BYTES: u64 = 64 * 1024 * 1024;
 pub(super) const MAX_CONNECTIONS: u64 = 65_536;
+/// The longest `server.idle_timeout`.
+pub(super) const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// Headers the relay sets itself, or that would change how the body is framed
 /// or the connection handled: a receiver's `headers` may not set them.
@@ -130,12 +132,18 @@ pub(super) fn check_timeout(value: Duration, errors: &mut Errors<'_>) {
     }
 }
 
-/// A duration setting with a default, more than 0 and at most 5 minutes.
-pub(super) fn bounded_duration(text: Option<&str>, default: &str, field: &str, errors: &mut Errors<'_>) -> Duration {
+/// A duration setting with a default, more than 0 and at most `max`.
+pub(super) fn bounded_duration(
+    text: Option<&str>,
+    default: &str,
+    max: Duration,
+    field: &str,
+    errors: &mut Errors<'_>,
+) -> Duration {
     let fallback = duration(default).unwrap_or(Duration::from_secs(5));
     match duration(text.unwrap_or(default)) {
-        Ok(d) if d.is_zero() || d > MAX_TIMEOUT => {
-            errors.push(field, "must be more than 0 and at most 5m");
+        Ok(d) if d.is_zero() || d > max => {
+            errors.push(field, format!("must be more than 0 and at most {}", humantime::format_duration(max)));
             fallback
         }
         Ok(d) => d,
