@@ -250,7 +250,7 @@ pub fn header(r: &wiremock::Request, name: &str) -> String {
 }
 
 /// Dashboard panels that must show data once traffic has flowed.
-pub const CORE_PANELS: [&str; 16] = [
+pub const CORE_PANELS: [&str; 18] = [
     "Webhook requests by code",
     "Alerts received",
     "Alerts matched per receiver",
@@ -264,6 +264,8 @@ pub const CORE_PANELS: [&str; 16] = [
     "Pending per receiver",
     "Dead letters per receiver",
     "Spool commit latency",
+    "Requests per commit",
+    "Slow commits: early starts and removals",
     "Config reloads",
     "CPU",
     "Memory",
