@@ -17,7 +17,7 @@ fn alert_rules_pass_promtool_check_and_unit_tests() {
     }
     let dir = repo("deploy/prometheus");
     let out = run_ok("promtool", &["check", "rules", "alert-relay-rules.yaml"], &dir);
-    assert!(out.contains("SUCCESS: 8 rules found"), "{out}");
+    assert!(out.contains("SUCCESS: 9 rules found"), "{out}");
     run_ok("promtool", &["test", "rules", "alert-relay-rules.test.yaml"], &dir);
 }
 
@@ -77,7 +77,7 @@ fn readme_snippets_pass_the_real_tools() {
     std::fs::copy(repo("deploy/prometheus/alert-relay-rules.yaml"), dir.path().join("alert-relay-rules.yaml")).unwrap();
     let path = write(dir.path(), "prometheus.yml", &prom[0]);
     let out = run_ok("promtool", &["check", "config", path.to_str().unwrap()], dir.path());
-    assert!(out.contains("SUCCESS: 8 rules found"), "{out}");
+    assert!(out.contains("SUCCESS: 9 rules found"), "{out}");
 }
 
 /// A relay config whose secret paths under `prefix` are replaced by files in `dir`.
