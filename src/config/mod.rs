@@ -226,20 +226,11 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
             Some(spec) => auth(&spec, &mut errors.sub("webhook_auth")).header_value(),
             None => None,
         };
-        let request_head_timeout = bounded_duration(
-            raw.server.request_head_timeout.as_deref(),
-            "5s",
-            MAX_TIMEOUT,
-            "request_head_timeout",
-            &mut errors,
-        );
-        let request_body_timeout = bounded_duration(
-            raw.server.request_body_timeout.as_deref(),
-            "10s",
-            MAX_TIMEOUT,
-            "request_body_timeout",
-            &mut errors,
-        );
+        let mut request_timeout = |text: Option<String>, default, field| {
+            bounded_duration(text.as_deref(), default, MAX_TIMEOUT, field, &mut errors)
+        };
+        let request_head_timeout = request_timeout(raw.server.request_head_timeout, "5s", "request_head_timeout");
+        let request_body_timeout = request_timeout(raw.server.request_body_timeout, "10s", "request_body_timeout");
         // Longer than the 5 minutes Alertmanager's HTTP client (prometheus/common)
         // keeps an idle connection: the client closes first, so a POST is never
         // written into a connection the relay is closing at that moment.
