@@ -84,7 +84,7 @@ type Connect = Arc<dyn Fn(Arc<Receiver>) -> Result<Target, TargetError> + Send +
 /// its p99 1-2 ms; the stalls this covers take tens of milliseconds to
 /// seconds. 2 ms against 5 ms (BENCHMARKS.md, "Session 13"): p99 at
 /// 1,000/s 4.4-4.7 ms against 7.4-7.6 on a noisy disk, no loss of
-/// throughput; 1 ms started early 3-6 % of commits at full load and cost
+/// throughput; 1 ms started 3-6 % of requests early at full load and cost
 /// CPU.
 pub(crate) const EARLY_START: Duration = Duration::from_millis(2);
 
