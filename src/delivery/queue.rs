@@ -259,6 +259,14 @@ mod tests {
         DeliveryMeta { next_due_ms: due, ..DeliveryMeta::new("r".into(), group.into(), 1, 0) }
     }
 
+    /// A queue whose delivery 1, of group `g`, is in flight.
+    fn one_in_flight() -> QueueState {
+        let mut q = QueueState::default();
+        q.add(1, meta("g", 0));
+        assert!(matches!(q.take(0), Step::Attempt(1, _)));
+        q
+    }
+
     #[test]
     fn due_order_and_waiting() {
         let mut q = QueueState::default();
@@ -312,9 +320,7 @@ mod tests {
 
     #[test]
     fn a_delivered_older_one_leaves_the_newer_pending() {
-        let mut q = QueueState::default();
-        q.add(1, meta("g", 0));
-        assert!(matches!(q.take(0), Step::Attempt(1, _)));
+        let mut q = one_in_flight();
         q.add(2, meta("g", 0));
         assert!(!q.finish(1, Finish::Gone { dead: false }));
         assert!(matches!(q.take(0), Step::Attempt(2, _)));
@@ -332,9 +338,7 @@ mod tests {
 
     #[test]
     fn the_group_is_kept_while_its_next_delivery_waits() {
-        let mut q = QueueState::default();
-        q.add(1, meta("g", 0));
-        assert!(matches!(q.take(0), Step::Attempt(1, _)));
+        let mut q = one_in_flight();
         q.add(2, meta("g", 0));
         // 1 delivered: 2 still waits in the group, which must not be forgotten...
         assert!(!q.finish(1, Finish::Gone { dead: false }));
@@ -349,9 +353,7 @@ mod tests {
 
     #[test]
     fn a_waiting_delivery_taken_back_leaves_its_group_as_it_was() {
-        let mut q = QueueState::default();
-        q.add(1, meta("g", 0));
-        assert!(matches!(q.take(0), Step::Attempt(1, _)));
+        let mut q = one_in_flight();
         assert!(q.add_tentative(2, meta("g", 0)).is_empty());
         assert!(q.retract(2).is_empty());
         assert!(q.retract(2).is_empty());
@@ -393,9 +395,7 @@ mod tests {
     /// failed, and passed on along a chain of tentative ones.
     #[test]
     fn what_a_tentative_delivery_supersedes_waits_for_its_commit() {
-        let mut q = QueueState::default();
-        q.add(1, meta("g", 0));
-        assert!(matches!(q.take(0), Step::Attempt(1, _)));
+        let mut q = one_in_flight();
         q.add(5, meta("g", 0));
         assert!(q.add_tentative(10, meta("g", 0)).is_empty());
         assert!(q.add(4, meta("g", 0)).is_empty(), "older than a tentative one: kept with it");
@@ -428,9 +428,7 @@ mod tests {
 
     #[test]
     fn retried_delivery_comes_back_at_its_due_time() {
-        let mut q = QueueState::default();
-        q.add(1, meta("g", 0));
-        assert!(matches!(q.take(0), Step::Attempt(1, _)));
+        let mut q = one_in_flight();
         assert!(!q.finish(1, Finish::Retry(meta("g", 500))));
         assert_eq!(q.take(100), Step::WaitUntil(500));
         assert!(matches!(q.take(500), Step::Attempt(1, _)));
